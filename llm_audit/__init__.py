@@ -1,0 +1,12 @@
+"""llm-audit: audit neural networks by the spectra of their weight matrices (HTSR theory).
+
+`scan` streams a model tensor by tensor and returns an `AuditResult`: per-layer power-law alpha,
+WeightWatcher-compatible metrics, correlation traps, flags and a verdict.
+"""
+
+from llm_audit.config import AuditConfig, load_config
+from llm_audit.result import AuditResult
+from llm_audit.scan import scan
+
+__version__ = "0.1.0"
+__all__ = ["AuditConfig", "AuditResult", "__version__", "load_config", "scan"]

@@ -1,0 +1,143 @@
+"""Architecture knowledge as data: which tensors are layers, their block and role, their orientation.
+
+One JSON file per model family in `_data/architectures/` lists tensor-name templates
+(`model.layers.{block}.self_attn.q_proj.weight`) with a role. Templates match as name suffixes, so
+prefixed checkpoints (`bert.encoder...`, `model.model...`) match too. `generic.json` covers any 2-D
+weight the family files do not name. Files are validated strictly when loaded: an unknown key is an
+error, not a silently ignored typo.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+ROLES = (
+    "q", "k", "v", "o", "qkv", "up", "gate", "down", "gate_up", "embed", "lm_head", "other",
+)  # fmt: skip
+EMBEDDING_ROLES = ("embed", "lm_head")
+
+
+@dataclass(frozen=True)
+class Template:
+    pattern: re.Pattern[str]
+    role: str
+    index: int  # position in the family file: the order of tensors within a block
+    section: int  # 0 before the blocks, 1 inside them, 2 after them
+    stored_in_out: bool
+    tied_to: str | None
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: tuple[str, ...]
+    templates: tuple[Template, ...]
+
+
+@dataclass(frozen=True)
+class Generic:
+    block_pattern: re.Pattern[str]
+    roles_by_keyword: tuple[tuple[str, str], ...]
+
+
+_FAMILY_KEYS = {"family", "model_types", "tensors", "stored_in_out", "_comment"}
+_TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to"}
+_GENERIC_KEYS = {"family", "model_types", "tensors", "block_pattern", "roles_by_keyword", "_comment"}
+
+
+def _template_regex(name: str) -> re.Pattern[str]:
+    body = re.escape(name).replace(re.escape("{block}"), r"(\d+)")
+    return re.compile(rf"^(?:.*\.)?{body}$")
+
+
+def parse_family(data: dict[str, Any], where: str) -> Family:
+    """Validate one family file into a `Family` (ValueError naming the file and key if wrong)."""
+    _check_keys(data, _FAMILY_KEYS, where)
+    default_in_out = bool(data.get("stored_in_out", False))
+    templates = []
+    seen_block = False
+    for i, entry in enumerate(data["tensors"]):
+        _check_keys(entry, _TENSOR_KEYS, f"{where} tensors[{i}]")
+        if entry["role"] not in ROLES:
+            raise ValueError(f"{where}: tensors[{i}] has unknown role {entry['role']!r}")
+        in_block = "{block}" in entry["name"]
+        seen_block |= in_block
+        templates.append(
+            Template(
+                pattern=_template_regex(entry["name"]),
+                role=entry["role"],
+                index=i,
+                section=1 if in_block else (2 if seen_block else 0),
+                stored_in_out=bool(entry.get("stored_in_out", default_in_out)),
+                tied_to=entry.get("tied_to"),
+            )
+        )
+    return Family(data["family"], tuple(data["model_types"]), tuple(templates))
+
+
+def _check_keys(data: dict[str, Any], allowed: set[str], where: str) -> None:
+    unknown = set(data) - allowed
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
+    required = {k for k in ("family", "model_types", "tensors", "name", "role") if k in allowed}
+    missing = required - set(data)
+    if missing:
+        raise ValueError(f"{where}: missing key(s) {sorted(missing)}")
+
+
+@cache
+def families() -> tuple[tuple[Family, ...], Generic]:
+    """Every family file, validated, and the generic fallback rules."""
+    folder = resources.files("llm_audit") / "_data" / "architectures"
+    found = []
+    generic: Generic | None = None
+    for item in sorted(folder.iterdir(), key=lambda p: p.name):
+        if not item.name.endswith(".json"):
+            continue
+        data = json.loads(item.read_text())
+        if item.name == "generic.json":
+            _check_keys(data, _GENERIC_KEYS, item.name)
+            generic = Generic(
+                block_pattern=re.compile(data["block_pattern"]),
+                roles_by_keyword=tuple((r["keyword"], r["role"]) for r in data["roles_by_keyword"]),
+            )
+        else:
+            found.append(parse_family(data, item.name))
+    if generic is None:
+        raise RuntimeError("llm_audit/_data/architectures/generic.json is missing")
+    return tuple(found), generic
+
+
+def choose_family(names: list[str], config: dict[str, Any] | None) -> Family | None:
+    """The family named by config.json's model_type, else the one whose templates match most names."""
+    fams, _ = families()
+    model_type = (config or {}).get("model_type")
+    for fam in fams:
+        if model_type in fam.model_types:
+            return fam
+    best, best_hits = None, 0
+    for fam in fams:
+        hits = sum(any(t.pattern.match(n) for t in fam.templates) for n in names)
+        if hits > best_hits:
+            best, best_hits = fam, hits
+    return best
+
+
+def generic_role(name: str) -> str:
+    _, generic = families()
+    parts = name.split(".")
+    for keyword, role in generic.roles_by_keyword:
+        if keyword in parts:
+            return role
+    return "other"
+
+
+def generic_block(name: str) -> int | None:
+    _, generic = families()
+    match = generic.block_pattern.search("." + name)
+    return int(match.group(1)) if match else None

@@ -1,0 +1,78 @@
+"""Thresholds to per-layer flags, and flags to a model verdict. The rules live in the config."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from llm_audit.config import AuditConfig, Thresholds
+
+FLAGS = ("alpha_lt_2", "alpha_gt_6", "correlation_trap", "alpha_fit_failed")
+VERDICTS = ("healthy", "watch", "pathological")
+
+
+def layer_flags(record: dict[str, Any], t: Thresholds) -> list[str]:
+    """The flags one analyzed layer raises (skipped layers raise none)."""
+    status = record.get("status")
+    if status not in ("success", "fit_failed"):
+        return []
+    flags = []
+    alpha = record.get("alpha", math.nan)
+    if status == "fit_failed" or not math.isfinite(alpha):
+        flags.append("alpha_fit_failed")
+    elif alpha < t.alpha_low:
+        flags.append("alpha_lt_2")
+    elif alpha > t.alpha_high:
+        flags.append("alpha_gt_6")
+    if record.get("num_traps", 0) >= t.min_traps:
+        flags.append("correlation_trap")
+    return flags
+
+
+def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
+    """`healthy`, `watch` or `pathological`, and the reason, for the layers the summary counts."""
+    n = len(counted)
+    if n == 0:
+        return "watch", "no layer could be analyzed"
+    trap_layers = sum("correlation_trap" in r["flags"] for r in counted)
+    low = sum("alpha_lt_2" in r["flags"] for r in counted)
+    rule = cfg.verdict
+    if trap_layers >= rule.pathological_trap_layers and low / n >= rule.pathological_alpha_lt_2_fraction:
+        return "pathological", (
+            f"{trap_layers} layer(s) with correlation traps and {low} of {n} with alpha < "
+            f"{cfg.thresholds.alpha_low}: the anti-grokking signature"
+        )
+    if trap_layers / n >= rule.pathological_trap_fraction:
+        return "pathological", f"{trap_layers} of {n} layers have correlation traps"
+    flagged = sum(bool(r["flags"]) for r in counted)
+    if flagged:
+        return "watch", f"{flagged} of {n} layers flagged; see the flags column"
+    return "healthy", f"none of {n} layers flagged"
+
+
+def parse_fail_on(spec: str | None) -> tuple[str, ...]:
+    """`--fail-on alpha_lt_2,correlation_trap` (or a verdict: `pathological`, `watch`)."""
+    from llm_audit.errors import ConfigError
+
+    if not spec:
+        return ()
+    items = tuple(s.strip() for s in spec.split(",") if s.strip())
+    for item in items:
+        if item not in FLAGS and item not in VERDICTS[1:]:
+            raise ConfigError(
+                f"--fail-on: unknown flag {item!r}; use any of {', '.join(FLAGS)}, watch, pathological"
+            )
+    return items
+
+
+def failing(items: tuple[str, ...], summary: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+    """Which `--fail-on` items fired."""
+    fired = []
+    for item in items:
+        if item in FLAGS and any(item in r.get("flags", []) for r in records):
+            fired.append(item)
+        elif item == "pathological" and summary["verdict"] == "pathological":
+            fired.append(item)
+        elif item == "watch" and summary["verdict"] in ("watch", "pathological"):
+            fired.append(item)
+    return fired

@@ -1,0 +1,121 @@
+"""`llm_audit.scan`: one model in, one `AuditResult` out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import platform
+import re
+from collections.abc import Mapping
+from importlib import metadata
+from pathlib import Path
+import torch
+
+from llm_audit import engine
+from llm_audit.config import AuditConfig, load_config
+from llm_audit.errors import ConfigError
+from llm_audit.flags import layer_flags
+from llm_audit.layers import plan_layers
+from llm_audit.result import AuditResult
+from llm_audit.sources import Source, open_source
+from llm_audit.summary import summarize
+
+ModelSpec = str | Path | torch.nn.Module | Mapping[str, torch.Tensor] | None
+
+
+def scan(
+    model: ModelSpec = None,
+    *,
+    revision: str | None = None,
+    config: AuditConfig | str | Path | None = None,
+    traps: bool | None = None,
+    device: str | None = None,
+    seed: int | None = None,
+    estimator: str | None = None,
+    layers: str | None = None,
+    allow_pickle: bool = False,
+    progress: bool = False,
+) -> AuditResult:
+    """Audit every weight matrix of `model` (a path, Hub id, module or state dict; None: MiniLM).
+
+    `layers` is a regular expression on tensor names. Raises an `LlmAuditError` subclass on bad
+    input; per-layer problems (NaN weights, unknown dtypes, failed fits) are statuses, not errors.
+    """
+    cfg = config if isinstance(config, AuditConfig) else load_config(config)
+    cfg = cfg.replace(traps=traps, device=device, seed=seed, estimator=estimator)
+    only = _compile(layers)
+    source = open_source(model, revision=revision, allow_pickle=allow_pickle)
+    with source:
+        return _audit(source, cfg, only, progress=progress)
+
+
+def _compile(pattern: str | None) -> re.Pattern[str] | None:
+    if pattern is None:
+        return None
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ConfigError(f"--layers: invalid regular expression {pattern!r} ({exc})") from None
+
+
+def _audit(source: Source, cfg: AuditConfig, only: re.Pattern[str] | None, *, progress: bool) -> AuditResult:
+    started = dt.datetime.now(dt.timezone.utc)
+    tensors = source.tensors()
+    planned, family = plan_layers(tensors, source.info.config, only=only, min_evals=cfg.min_evals)
+    if not planned:
+        raise ConfigError(
+            "no weight matrices to analyze" + (" match --layers" if only else ""), path=source.info.id
+        )
+    outcomes, seconds = engine.run(source, planned, cfg, progress=progress)
+    records = []
+    for outcome in outcomes:
+        outcome.record["flags"] = layer_flags(outcome.record, cfg.thresholds)
+        records.append(outcome.record)
+    dtypes = sorted({t.dtype for t in tensors if len(t.shape) == 2})
+    model = {
+        "id": source.info.id,
+        "source": source.info.kind,
+        "revision": source.info.revision,
+        "files": source.info.files,
+        "family": family,
+        "num_parameters": sum(t.numel for t in tensors),
+        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+    }
+    settings = {
+        **cfg.as_dict(),
+        "device": str(engine.resolve_device(cfg.device)),
+        "eigensolver": "float64 Gram (smaller side) + eigvalsh",
+        "dtype_policy": "F64/F32/F16/BF16 read and upcast to float64 per chunk; other dtypes skipped",
+        "started": started.isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    return AuditResult(
+        model=model,
+        settings=settings,
+        summary=summarize(records, cfg, seconds),
+        records=records,
+        spectra={o.record["name"]: o.spectra for o in outcomes if o.spectra},
+    )
+
+
+def versions() -> dict[str, str]:
+    """The tool's and its numerical libraries' versions, recorded in every report."""
+    out = {"python": platform.python_version()}
+    for package in ("llm-audit", "torch", "numpy", "safetensors", "huggingface_hub", "pandas"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def slug(model_id: str) -> str:
+    """Folder name for a model's reports: `org--name` for Hub ids, the last name otherwise."""
+    if model_id == "sentence-transformers/all-MiniLM-L6-v2":
+        return "all-MiniLM-L6-v2"
+    path = Path(model_id)
+    if path.exists() or model_id.startswith(("/", ".")):
+        name = path.stem if path.suffix == ".safetensors" else path.name
+    else:
+        name = model_id.replace("/", "--")
+    return re.sub(r"[^\w.-]+", "_", name) or "model"
+

@@ -1,0 +1,63 @@
+"""What every weight source provides: a header-only listing of tensors, and reading one at a time."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as its header describes it; no weights are read to build this."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # safetensors spelling: F32, BF16, F8_E4M3, I8, ...
+    file: str | None = None  # the file it lives in, for messages and for closing files early
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+@dataclass
+class SourceInfo:
+    """Provenance recorded in every report."""
+
+    id: str
+    kind: str  # safetensors-file, folder, hub, module, state-dict, torch-bin
+    revision: str | None = None
+    files: list[str] = field(default_factory=list)
+    config: dict[str, Any] | None = None  # the model's config.json, if there is one
+
+
+class Source(abc.ABC):
+    """A model's weights: list them from headers, then read them one by one, in any order."""
+
+    info: SourceInfo
+
+    @abc.abstractmethod
+    def tensors(self) -> list[TensorInfo]:
+        """Every tensor, from the headers alone."""
+
+    @abc.abstractmethod
+    def read(self, tensor: TensorInfo) -> torch.Tensor:
+        """The tensor's values, on the CPU, in its stored dtype."""
+
+    def release(self, file: str) -> None:  # noqa: B027 - optional hook
+        """Called once every tensor of `file` has been read, so its memory map can be dropped."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Drop every open file."""
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

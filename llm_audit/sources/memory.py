@@ -1,0 +1,52 @@
+"""In-memory weights: a `torch.nn.Module` or a state dict, e.g. from inside a training loop."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+
+from llm_audit.sources.base import Source, SourceInfo, TensorInfo
+
+_DTYPE_NAMES = {
+    torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+    torch.uint8: "U8", torch.bool: "BOOL",
+    torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2",
+}  # fmt: skip
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return _DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+
+
+class StateDictSource(Source):
+    """Tensors held in memory. Tensors that share storage (tied weights) are listed once."""
+
+    def __init__(self, state: Mapping[str, torch.Tensor], info: SourceInfo):
+        self.info = info
+        self._state: dict[str, torch.Tensor] = {}
+        seen: set[tuple[int, tuple[int, ...]]] = set()
+        for name, value in state.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            key = (value.data_ptr(), tuple(value.shape))
+            if value.numel() and key in seen:
+                continue  # a tied copy of a tensor already listed
+            seen.add(key)
+            self._state[name] = value.detach()
+
+    @classmethod
+    def from_module(cls, module: torch.nn.Module) -> StateDictSource:
+        name = type(module).__name__
+        config = getattr(module, "config", None)
+        as_dict = config.to_dict() if hasattr(config, "to_dict") else None
+        return cls(module.state_dict(), SourceInfo(id=name, kind="module", config=as_dict))
+
+    def tensors(self) -> list[TensorInfo]:
+        return [
+            TensorInfo(name, tuple(t.shape), dtype_name(t.dtype)) for name, t in self._state.items()
+        ]
+
+    def read(self, tensor: TensorInfo) -> torch.Tensor:
+        return self._state[tensor.name]

@@ -1,0 +1,326 @@
+"""Power-law fits of one layer's eigenvalue spectrum: the HTSR exponent alpha.
+
+Every estimator fits the tail ``λ >= xmin`` with the continuous maximum-likelihood exponent of
+Clauset, Shalizi and Newman (CSN), ``alpha = 1 + n / Σ ln(λ / xmin)``, and measures the fit with the
+same Kolmogorov–Smirnov distance ``D``; they differ only in how xmin is chosen:
+
+- ``"ww"``: WeightWatcher 0.7.7's default (``WWFit``), reproduced: the xmin with the smallest D
+  among all eigenvalues, and WW's small-N path when fewer than 20 eigenvalues are left.
+- ``"xmin_peak"``: AlphaPruning/TempBalance: xmin near the peak of the log-spectrum histogram.
+- ``"median"``: TempBalance's Hill estimator (``xmin_mid``): xmin is the median eigenvalue.
+
+WW evaluates D for every candidate xmin in a Python loop, O(N²) work. Here every alpha comes from one
+suffix sum, and the smallest D from an exact branch and bound (`_argmin_ks`) that needs the full
+O(N) distance for only a few candidates; the chosen xmin is the one brute force would choose.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+Float = NDArray[np.float64]
+Index = NDArray[np.intp]
+
+ESTIMATORS = ("ww", "xmin_peak", "median")  # names recorded in outputs
+EVALS_THRESH = 1e-5  # WW drops eigenvalues <= this before fitting (absolute, WW units)
+
+SMALL_N = 20  # WW 0.7.7 switches to `fit_powerlaw_smallN` below this many eigenvalues
+SMALL_N_MIN_TAIL = 8  # ... where a candidate xmin needs at least this many points in its tail
+SMALL_N_DEGENERATE = 1e-12  # ... and Σ ln(λ/xmin) above this
+PEAK_BINS = 100  # xmin_peak: bins of the log10 histogram (AlphaPruning, WW)
+PEAK_WINDOW = (0.95, 1.5)  # xmin_peak: xmin searched in [0.95, 1.5] x the peak bin's left edge
+
+_CHUNK = 2**20  # KS terms evaluated at once: bounds memory to tens of MB whatever N is
+_GRID = 64  # evenly spread tail offsets sampled per candidate for the lower bound of its D
+_EPS = 1e-12  # slack on bound comparisons, far above rounding in D (<1e-15), far below any gap
+
+
+@dataclass(frozen=True)
+class PowerLawFit:
+    """One layer's power-law fit; a failed fit has NaN floats, ``num_pl_spikes=0`` and a reason."""
+
+    alpha: float  # exponent of the density p(λ) ∝ λ^-alpha on [xmin, ∞)
+    D: float  # KS distance between the tail and the fitted power law
+    xmin: float  # start of the tail (an eigenvalue, WW units)
+    xmax: float  # largest eigenvalue fitted
+    sigma: float  # standard error of alpha, (alpha - 1) / sqrt(n_tail)
+    num_pl_spikes: int  # eigenvalues >= xmin, i.e. the tail size
+    status: str  # "success" or "failed"
+    reason: str | None  # why it failed (None on success)
+    estimator: str  # one of ESTIMATORS
+
+
+def fit_power_law(evals: ArrayLike, *, estimator: str = "ww") -> PowerLawFit:
+    """Fit a power law to the tail of one layer's eigenvalues (all of WᵀW, any order, WW units).
+
+    Eigenvalues <= `EVALS_THRESH` are dropped first, as WW does. A fit that cannot be made is
+    returned with ``status="failed"`` and a reason, never raised. Raises ValueError for an unknown
+    `estimator` or an input that is not one-dimensional.
+    """
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+    evals = _as_vector(evals)
+    data, reason = _clean(evals)
+    if reason is not None:
+        return _failed(reason, estimator)
+    choice = _FITTERS[estimator](data)
+    if isinstance(choice, str):
+        return _failed(choice, estimator)
+    start, alpha, distance = choice
+    if not math.isfinite(alpha):
+        return _failed("alpha is not finite", estimator)
+    xmin = float(data[start])
+    return PowerLawFit(
+        alpha=alpha,
+        D=distance,
+        xmin=xmin,
+        xmax=float(data[-1]),
+        sigma=(alpha - 1.0) / math.sqrt(data.size - start),
+        num_pl_spikes=int(np.count_nonzero(evals >= xmin)),
+        status="success",
+        reason=None,
+        estimator=estimator,
+    )
+
+
+def candidate_fits(evals: ArrayLike) -> tuple[Float, Float, Float]:
+    """Every candidate of WW's standard scan: ``(xmins, alphas, Ds)``, as WW's ``fit.xmins`` etc.
+
+    Brute force, O(N²) work in bounded chunks: for plots of D against xmin, and for tests of the
+    branch and bound. Eigenvalues are thresholded and sorted as in `fit_power_law`.
+    """
+    evals = _as_vector(evals)
+    data = np.sort(evals[evals > EVALS_THRESH])
+    starts = np.arange(max(data.size - 1, 0))
+    alphas = _mle_alphas(data, starts)
+    return data[starts], alphas, _ks_exact(data, starts, alphas)
+
+
+# --- input and output -----------------------------------------------------------------------------
+
+
+def _as_vector(evals: ArrayLike) -> Float:
+    """The eigenvalues as a float64 vector; a matrix here is a caller's mistake, not a failed fit."""
+    array = np.asarray(evals, dtype=np.float64)
+    if array.ndim != 1:
+        raise ValueError(
+            f"expected a 1-D array of eigenvalues, got shape {array.shape}; "
+            "pass the eigenvalues of WᵀW, e.g. np.linalg.eigvalsh(W.T @ W)"
+        )
+    return array
+
+
+def _clean(evals: Float) -> tuple[Float, str | None]:
+    """The sorted eigenvalues above the threshold, or why no power law can be fitted to them."""
+    if not np.isfinite(evals).all():
+        return evals, "non-finite eigenvalues"
+    data = np.sort(evals[evals > EVALS_THRESH])
+    if data.size < 2:
+        return data, f"fewer than 2 eigenvalues above {EVALS_THRESH:g}"
+    if data[0] == data[-1]:
+        return data, "all eigenvalues are equal"
+    return data, None
+
+
+def _failed(reason: str, estimator: str) -> PowerLawFit:
+    """A failed fit is data: NaN everywhere, so that means and plots skip it (WW writes -1)."""
+    nan = float("nan")
+    return PowerLawFit(nan, nan, nan, nan, nan, 0, "failed", reason, estimator)
+
+
+# --- the estimators: each returns (index of xmin in data, alpha, D), or a failure reason --------------
+
+_Choice = tuple[int, float, float]
+
+
+def _fit_ww(data: Float) -> _Choice | str:
+    """WW's `WWFit`: the smallest D over every eigenvalue but the largest (first one on ties)."""
+    if data.size < SMALL_N:
+        return _fit_ww_small(data)
+    starts = np.arange(data.size - 1)
+    alphas = _mle_alphas(data, starts)
+    best, distance = _argmin_ks(data, starts, alphas)
+    return int(starts[best]), float(alphas[best]), distance
+
+
+def _fit_ww_small(data: Float) -> _Choice | str:
+    """WW 0.7.7's `fit_powerlaw_smallN` as WW actually returns it.
+
+    Candidates need a tail of `SMALL_N_MIN_TAIL` points, and alpha gets the (n-1)/n bias correction.
+    The J = D - 0.868/√n objective that WW computes is then discarded: `WWFit.__init__` re-picks
+    the candidate by argmin D, so that is what is reproduced. If no candidate qualifies, the whole
+    spectrum is the tail. Two deliberate differences: WW reports sigma = -1/√N in that fallback
+    (a stale array), here it is (alpha-1)/√N; and where WW returns alpha=0, D=1 for a degenerate
+    spectrum, this is a failure.
+    """
+    starts = np.arange(data.size - 1)
+    sizes = data.size - starts
+    log_sums = _tail_log_sums(data)[starts]
+    usable = (sizes >= SMALL_N_MIN_TAIL) & (log_sums > SMALL_N_DEGENERATE)
+    if not usable.any():
+        usable = starts == 0
+        if log_sums[0] <= SMALL_N_DEGENERATE:
+            return "eigenvalues nearly all equal"
+    starts, sizes, log_sums = starts[usable], sizes[usable], log_sums[usable]
+    alphas = 1.0 + (sizes - 1.0) / log_sums
+    distances = _ks_exact(data, starts, alphas)
+    best = int(np.argmin(distances))
+    return int(starts[best]), float(alphas[best]), float(distances[best])
+
+
+def _fit_xmin_peak(data: Float) -> _Choice | str:
+    """AlphaPruning/TempBalance: the smallest D among xmins near the log-spectrum's mode.
+
+    Robust to "fingers" (a few huge outliers that make the min-D scan pick a tiny tail). The window
+    is [0.95, 1.5] x the left edge of the fullest of 100 log10 bins, in linear units; WW and
+    AlphaPruning compare a *log10* lower bound with linear eigenvalues, which usually opens the
+    window down to the smallest eigenvalue. That bug is fixed here.
+    """
+    counts, edges = np.histogram(np.log10(data), bins=PEAK_BINS)
+    peak = 10.0 ** edges[int(np.argmax(counts))]
+    lower, upper = PEAK_WINDOW[0] * peak, PEAK_WINDOW[1] * peak
+    candidates = data[:-1]
+    starts = np.flatnonzero((candidates >= lower) & (candidates <= upper))
+    if starts.size == 0:
+        return "no eigenvalue in the xmin_peak window"
+    alphas = _mle_alphas(data, starts)
+    best, distance = _argmin_ks(data, starts, alphas)
+    return int(starts[best]), float(alphas[best]), distance
+
+
+def _fit_median(data: Float) -> _Choice | str:
+    """TempBalance's Hill estimator: xmin is the median eigenvalue, so the top half is the tail.
+
+    Index N // 2 of the sorted data, as ``xmin_mid`` with ``xmin_pos=2``; no scan, so it is stable
+    from layer to layer but biased when the power law covers less than half of the spectrum.
+    """
+    start = data.size // 2
+    if start > data.size - 2:
+        return "too few eigenvalues for the median estimator"
+    starts = np.array([start])
+    alphas = _mle_alphas(data, starts)
+    distance = float(_ks_exact(data, starts, alphas)[0])
+    return start, float(alphas[0]), distance
+
+
+_FITTERS = {"ww": _fit_ww, "xmin_peak": _fit_xmin_peak, "median": _fit_median}
+
+
+# --- alpha for every candidate at once -------------------------------------------------------------
+
+
+def _tail_log_sums(data: Float) -> Float:
+    """Σ_{j>=i} ln(x_j / x_i) for every i, from one suffix sum instead of N sums.
+
+    Logs are taken relative to the largest value, so the suffix sums stay small where the tails are
+    short and the cancellation in (sum - n·ln x_i) costs only a few digits. A tail of equal values
+    gets exactly 0, as the formula would give without rounding.
+    """
+    logs = np.log(data / data[-1])
+    suffix = np.cumsum(logs[::-1])[::-1]
+    sums = suffix - np.arange(data.size, 0, -1) * logs
+    sums[data == data[-1]] = 0.0
+    return sums
+
+
+def _mle_alphas(data: Float, starts: Index) -> Float:
+    """CSN's alpha = 1 + n / Σ ln(x/xmin) for each start, without the (n-1)/n bias correction (WW)."""
+    sizes = data.size - starts
+    with np.errstate(divide="ignore"):
+        return 1.0 + sizes / _tail_log_sums(data)[starts]
+
+
+# --- KS distances -------------------------------------------------------------------------------
+
+
+def _argmin_ks(data: Float, starts: Index, alphas: Float) -> tuple[int, float]:
+    """Position in `starts` (ascending) of the smallest KS distance and that distance, first on ties.
+
+    Exact, yet the full O(n) distance is computed for only a few candidates: a cheap lower bound of
+    every D (`_ks_lower_bounds`) orders them, the most promising one sets the bar, and only the
+    candidates whose bound does not exceed the best exact D so far are computed in full.
+    """
+    lower = _ks_lower_bounds(data, starts, alphas)
+    order = np.argsort(lower, kind="stable")
+    best = int(order[0])
+    best_d = float(_ks_exact(data, starts[order[:1]], alphas[order[:1]])[0])
+    pending = order[1:][lower[order[1:]] <= best_d + _EPS]
+    for rows in _row_chunks(data.size - starts[pending]):
+        batch = pending[rows]
+        if lower[batch[0]] > best_d + _EPS:
+            break
+        distances = _ks_exact(data, starts[batch], alphas[batch])
+        smallest = float(distances.min())
+        first = int(batch[distances == smallest].min())
+        if smallest < best_d or (smallest == best_d and first < best):
+            best, best_d = first, smallest
+    return best, best_d
+
+
+def _ks_exact(data: Float, starts: Index, alphas: Float) -> Float:
+    """WW's KS distance of each candidate, computed in chunks of rows to bound memory.
+
+    D_i = max_k |1 - (x_{i+k}/x_i)^(1-alpha_i) - k/n| with WW's floating-point operations, so it is
+    bitwise WW's for the same alpha; D_i = 1 where alpha_i <= 1, as in WW.
+    """
+    sizes = data.size - starts
+    distances = np.empty(starts.size)
+    for rows in _row_chunks(sizes):
+        width = int(sizes[rows].max())
+        # rows shorter than the chunk repeat their last offset: a duplicate cannot change a max
+        offsets = np.minimum(np.arange(width), sizes[rows, None] - 1)
+        distances[rows] = _ks_terms(data, starts[rows], alphas[rows], offsets).max(axis=1)
+    distances[~(alphas > 1.0)] = 1.0
+    return distances
+
+
+def _ks_lower_bounds(data: Float, starts: Index, alphas: Float) -> Float:
+    """A lower bound of each candidate's D, from about 3% of its terms; usually equal to D.
+
+    D is a max over tail offsets k, so a max over some of them is a lower bound. The bound samples
+    `_GRID` evenly spread offsets, then every offset next to the best sample: since both CDFs are
+    monotone, D exceeds a sample by at most the gap to its neighbours over n, so the true maximum
+    is almost always found there.
+    """
+    sizes = data.size - starts
+    steps = -(-(sizes - 1) // (_GRID - 1))  # largest gap between evenly spread samples
+    lower = np.empty(starts.size)
+    for rows in _row_chunks(_GRID + 2 * steps + 1):
+        spread = np.arange(_GRID) * (sizes[rows, None] - 1) // (_GRID - 1)
+        terms = _ks_terms(data, starts[rows], alphas[rows], spread)
+        peak = spread[np.arange(spread.shape[0]), terms.argmax(axis=1)][:, None]
+        step = steps[rows, None]
+        width = int(step.max())
+        near = np.clip(
+            peak + np.arange(-width, width + 1),
+            np.maximum(peak - step, 0),
+            np.minimum(peak + step, sizes[rows, None] - 1),
+        )
+        lower[rows] = np.maximum(
+            terms.max(axis=1), _ks_terms(data, starts[rows], alphas[rows], near).max(axis=1)
+        )
+    lower[~(alphas > 1.0)] = 1.0
+    return lower
+
+
+def _ks_terms(data: Float, starts: Index, alphas: Float, offsets: Index) -> Float:
+    """|fitted CDF - empirical CDF| at tail offsets (rows: candidates), in WW's operation order."""
+    left = starts[:, None]
+    fitted = (data[left + offsets] / data[left]) ** (1.0 - alphas)[:, None]
+    return np.abs(1.0 - fitted - offsets / (data.size - left))
+
+
+def _row_chunks(widths: Index) -> Iterator[slice]:
+    """Runs of consecutive rows whose padded block (rows x widest row) holds at most `_CHUNK` terms."""
+    start = 0
+    while start < widths.size:
+        widest = np.maximum.accumulate(widths[start:])
+        fits = np.arange(1, widest.size + 1) * widest <= _CHUNK
+        stop = start + max(int(np.count_nonzero(fits)), 1)
+        yield slice(start, stop)
+        start = stop

@@ -1,0 +1,67 @@
+"""The model-level summary: counts, alpha statistics by role, traps, verdict."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+import numpy as np
+
+from llm_audit.architectures import EMBEDDING_ROLES
+from llm_audit.config import AuditConfig
+from llm_audit.flags import verdict
+
+WORST = 5
+
+
+def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -> dict[str, Any]:
+    """Summary over the analyzed layers; embeddings and lm_head are left out unless configured."""
+    analyzed = [r for r in records if r["status"] in ("success", "fit_failed")]
+    counted = [
+        r for r in analyzed if cfg.include_embeddings_in_summary or r["role"] not in EMBEDDING_ROLES
+    ]
+    alphas = [r["alpha"] for r in counted if math.isfinite(r.get("alpha", math.nan))]
+    by_role: dict[str, list[float]] = {}
+    for r in analyzed:
+        if math.isfinite(r.get("alpha", math.nan)):
+            by_role.setdefault(r["role"], []).append(r["alpha"])
+    name, reason = verdict(counted, cfg)
+    return {
+        "num_layers": len(records),
+        "num_analyzed": len(analyzed),
+        "num_counted": len(counted),
+        "excluded_from_summary": [] if cfg.include_embeddings_in_summary else list(EMBEDDING_ROLES),
+        "skipped": dict(Counter(r["status"] for r in records if r not in analyzed)),
+        "mean_alpha": float(np.mean(alphas)) if alphas else math.nan,
+        "median_alpha": float(np.median(alphas)) if alphas else math.nan,
+        "alpha_by_role": {
+            role: {"mean": float(np.mean(v)), "median": float(np.median(v)), "count": len(v)}
+            for role, v in by_role.items()
+        },
+        **{f"num_{flag}": sum(flag in r["flags"] for r in counted) for flag in _flag_names()},
+        "num_trap_layers": sum("correlation_trap" in r["flags"] for r in counted),
+        "total_traps": sum(int(r.get("num_traps", 0)) for r in counted),
+        "total_rand_num_spikes": sum(int(r.get("rand_num_spikes", 0)) for r in counted),
+        "worst_layers": _worst(analyzed),
+        "verdict": name,
+        "verdict_reason": reason,
+        "seconds": seconds,
+    }
+
+
+def _flag_names() -> tuple[str, ...]:
+    from llm_audit.flags import FLAGS
+
+    return tuple(f for f in FLAGS if f != "correlation_trap")
+
+
+def _worst(analyzed: list[dict[str, Any]]) -> list[str]:
+    """Flagged layers first (most traps, then lowest alpha), at most WORST names."""
+    flagged = [r for r in analyzed if r["flags"]]
+    def severity(r: dict[str, Any]) -> tuple[int, float]:
+        alpha = r.get("alpha", math.nan)
+        return -int(r.get("num_traps", 0)), alpha if math.isfinite(alpha) else math.inf
+
+    flagged.sort(key=severity)
+    return [r["name"] for r in flagged[:WORST]]
