@@ -46,7 +46,7 @@ class Layer:
 
     @property
     def out_in(self) -> tuple[int, int]:
-        """The matrix shape as (out_features, in_features)."""
+        """The matrix shape as (out_features, in_features) (first two dims of other tensors)."""
         a, b = self.tensor.shape[0], self.tensor.shape[1]
         return (b, a) if self.stored_in_out else (a, b)
 
@@ -56,8 +56,12 @@ def _natural(name: str) -> tuple[Any, ...]:
 
 
 def is_layer_tensor(t: TensorInfo) -> bool:
-    """2-D weights are layers; norms, biases and buffers (position ids) are not."""
-    return len(t.shape) == 2 and (t.name == "weight" or t.name.endswith(".weight"))
+    """Weights of 2 or more dimensions are layers; norms, biases and buffers (position ids) are not.
+
+    Tensors of 3 or more dimensions (fused MoE experts, convolution kernels) are listed with the
+    status `unsupported_shape` rather than dropped silently.
+    """
+    return len(t.shape) >= 2 and (t.name == "weight" or t.name.endswith(".weight"))
 
 
 def plan_layers(
@@ -76,8 +80,6 @@ def plan_layers(
     for t in tensors:
         template = _match(family, t.name)
         if template is None and not is_layer_tensor(t):
-            continue
-        if template is not None and len(t.shape) != 2:
             continue
         if only is not None and not only.search(t.name):
             continue
@@ -120,6 +122,8 @@ def _make_layer(
 
 
 def _skip(t: TensorInfo, tied_to: str | None, min_evals: int) -> tuple[str | None, str | None]:
+    if len(t.shape) != 2:
+        return "unsupported_shape", f"{len(t.shape)}-D tensor; only 2-D matrices are analyzed"
     if tied_to is not None:
         return "tied", f"tied to {tied_to} (the same matrix), analyzed there"
     if t.dtype not in FLOAT_DTYPES:

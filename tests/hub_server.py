@@ -6,7 +6,7 @@ It lets the real ``huggingface_hub`` client (``snapshot_download``, ``hf_hub_dow
 * ``GET /api/models/{repo}[/revision/{rev}]``: repo info with ``sha`` and ``siblings``.
 * ``GET /api/models/{repo}/tree/{rev}[/{path}]``: the file listing ``snapshot_download`` filters.
 * ``HEAD|GET /{repo}/resolve/{rev}/{file}``: ``X-Repo-Commit``, ``ETag`` (git blob sha1) and the
-  body. LFS files (weights) answer ``302`` to a "CDN" on another host name (``localhost``) with
+  body. LFS files (weights) answer ``302`` to a "CDN" (a second port, so another origin) with
   ``X-Linked-Etag`` (sha256) and ``X-Linked-Size``, as the Hub does.
 * ``HEAD|GET /cdn/{repo}/resolve/{commit}/{file}``: the CDN. Both file routes honour ``Range``.
 * ``GET /api/agent-harnesses``: an empty registry (the client fetches it for its user agent).
@@ -112,12 +112,11 @@ class HubServer:
                 name: _scan(repo_id, name, Path(folder), lfs_suffixes)
                 for name, folder in folders.items()
             }
-        self.endpoint = ""
+        self.endpoint = self.cdn_endpoint = ""
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str, str | None]] = []
         self._faults: list[_Fault] = []
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._servers: list[tuple[_HTTPServer, threading.Thread]] = []
 
     def commit(self, repo_id: str, revision: str = "main") -> str:
         return self.repos[repo_id][revision].commit
@@ -150,21 +149,25 @@ class HubServer:
             self._faults.append(_Fault(pattern, status, drop_after, times))
 
     def start(self) -> HubServer:
-        self._httpd = httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.hub = self
-        self.endpoint = f"http://127.0.0.1:{httpd.server_address[1]}"
-        # A short poll interval keeps stop() fast (shutdown() waits for the next poll).
-        self._thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
-        self._thread.start()
+        assert not self._servers, "already started"
+        for _ in range(2):  # the Hub, then the "CDN": another origin, so a redirect to it is final
+            httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
+            httpd.hub = self
+            # A short poll interval keeps stop() fast (shutdown() waits for the next poll).
+            thread = threading.Thread(target=httpd.serve_forever, args=(0.02,), daemon=True)
+            thread.start()
+            self._servers.append((httpd, thread))
+        hub, cdn = (f"http://127.0.0.1:{httpd.server_address[1]}" for httpd, _ in self._servers)
+        self.endpoint, self.cdn_endpoint = hub, cdn
         return self
 
     def stop(self) -> None:
         """Stop serving; ``endpoint`` keeps its value (connections to it are then refused)."""
-        if self._httpd is not None and self._thread is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._thread.join()
-            self._httpd = self._thread = None
+        for httpd, thread in self._servers:
+            httpd.shutdown()
+            httpd.server_close()
+            thread.join()
+        self._servers.clear()
 
     def __enter__(self) -> HubServer:
         return self.start()
@@ -178,16 +181,16 @@ class HubServer:
         with self._lock:
             self._requests.append((method, path, file))
 
-    def _take_fault(self, method: str, path: str, *, body: bool) -> _Fault | None:
-        """The first live fault matching ``path``: status faults, or (``body``) drop faults."""
+    def _take_fault(self, path: str, *, body: bool) -> _Fault | None:
+        """Use up the first live fault for ``path``: a status fault, or with ``body`` a drop."""
         with self._lock:
             for fault in self._faults:
-                kind_ok = (
-                    fault.drop_after is None
-                    if not body
-                    else method == "GET" and fault.drop_after is not None
-                )
-                if kind_ok and fault.times != 0 and fnmatch.fnmatchcase(path, fault.pattern):
+                is_drop = fault.drop_after is not None
+                if (
+                    is_drop == body
+                    and fault.times != 0
+                    and fnmatch.fnmatchcase(path, fault.pattern)
+                ):
                     fault.times = None if fault.times is None else fault.times - 1
                     return fault
         return None
@@ -225,7 +228,7 @@ class _Handler(BaseHTTPRequestHandler):
         hub, path = self.server.hub, unquote(raw.path)
         resolve = _RESOLVE.fullmatch(raw.path)
         hub._record(self.command, path, unquote(resolve["file"]) if resolve else None)
-        if fault := hub._take_fault(self.command, path, body=False):
+        if fault := hub._take_fault(path, body=False):
             self._json(fault.status, {"error": "injected failure"})
             return
         try:
@@ -296,8 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise _HubError("EntryNotFound", f"{name} does not exist on {rev.name}", rev.commit)
         headers = {"X-Repo-Commit": rev.commit, "ETag": f'"{f.sha256 if f.lfs else f.git_oid}"'}
         if f.lfs and not m["cdn"]:
-            port = self.server.server_address[1]
-            location = f"http://localhost:{port}/cdn/{m['repo']}/resolve/{rev.commit}/{m['file']}"
+            cdn = self.server.hub.cdn_endpoint
+            location = f"{cdn}/cdn/{m['repo']}/resolve/{rev.commit}/{m['file']}"
             headers |= {
                 "X-Linked-Etag": f'"{f.sha256}"',
                 "X-Linked-Size": str(f.size),
@@ -314,9 +317,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             data, status = data[start : end + 1], 206
             headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
-        fault = self.server.hub._take_fault(
-            self.command, unquote(urlsplit(self.path).path), body=True
-        )
+        path = unquote(urlsplit(self.path).path)
+        fault = self.server.hub._take_fault(path, body=True) if self.command == "GET" else None
         self._send(status, data, headers, fault.drop_after if fault else None)
 
     def _json(self, status: int, payload: object, headers: Mapping[str, str] | None = None) -> None:

@@ -236,8 +236,9 @@ def _residuals(sigmas: FloatArray, target: _Target, Q: float) -> FloatArray:
     x = target.x[None, :]
     s = sigmas[:, None]
     if Q == 1:
-        return np.sum((_quarter_circle(x, s) - target.density) ** 2, axis=1)
-    cost = np.sum((_marchenko_pastur(x, s, Q) - target.density) ** 2, axis=1)
+        qc_cost: FloatArray = np.sum((_quarter_circle(x, s) - target.density) ** 2, axis=1)
+        return qc_cost
+    cost: FloatArray = np.sum((_marchenko_pastur(x, s, Q) - target.density) ** 2, axis=1)
     # WW penalizes a support that misses the KDE's mode or runs past the grid: 1000 per point.
     b = np.power(sigmas * (1 + np.sqrt(1 / Q)), 2)
     a = np.power(sigmas * (1 - np.sqrt(1 / Q)), 2)
@@ -256,7 +257,10 @@ def _marchenko_pastur(x: FloatArray, s: FloatArray, Q: float) -> FloatArray:
     a = np.power(s * (1 - np.sqrt(1 / Q)), 2)
     # Outside [a, b] the square root is NaN, and WW maps NaN to 0.
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.nan_to_num((1 / (2 * np.pi * s * s * x * y)) * np.sqrt((b - x) * (x - a)))
+        density: FloatArray = np.nan_to_num(
+            (1 / (2 * np.pi * s * s * x * y)) * np.sqrt((b - x) * (x - a))
+        )
+    return density
 
 
 def _quarter_circle(x: FloatArray, s: FloatArray) -> FloatArray:

@@ -296,9 +296,8 @@ def _ks_lower_bounds(data: Float, starts: Index, alphas: Float) -> Float:
         peak = spread[np.arange(spread.shape[0]), terms.argmax(axis=1)][:, None]
         step = steps[rows, None]
         width = int(step.max())
-        near = np.clip(
-            peak + np.arange(-width, width + 1),
-            np.maximum(peak - step, 0),
+        near = np.minimum(  # np.clip with array bounds is several times slower
+            np.maximum(peak + np.arange(-width, width + 1), np.maximum(peak - step, 0)),
             np.minimum(peak + step, sizes[rows, None] - 1),
         )
         lower[rows] = np.maximum(

@@ -97,6 +97,7 @@ def trap_metrics(
         "ww_softrank": float(first[-1]) / lam_max if lam_max > 0 else math.nan,
         "ww_maxdist": lam_max - float(first[-1]),
         "mean_weight": mu,
+        "rand_fit_status": "success" if mp.status == "ok" else f"failed: {mp.reason}",
     }
     if record["num_traps"] > 0:
         record["trap_entries"] = trap_culprits(W, mu)

@@ -1,0 +1,358 @@
+"""Known answers for `llm_audit.spectral.powerlaw`: WeightWatcher itself, planted power laws, failures."""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llm_audit.spectral import powerlaw
+from llm_audit.spectral.powerlaw import (
+    ESTIMATORS,
+    EVALS_THRESH,
+    PowerLawFit,
+    candidate_fits,
+    fit_power_law,
+)
+
+# --- WeightWatcher as the reference ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ww() -> Iterator[Any]:
+    """A `weightwatcher.WeightWatcher`, imported without letting it reconfigure logging and warnings.
+
+    Importing weightwatcher calls `logging.basicConfig(level=INFO)` and `warnings.simplefilter
+    ("ignore")`, which would change every later test; both are put back.
+    """
+    root = logging.getLogger()
+    level, handlers = root.level, root.handlers[:]
+    try:
+        with warnings.catch_warnings():  # restores warnings.filters on exit
+            module: ModuleType = pytest.importorskip("weightwatcher")
+            watcher = module.WeightWatcher()
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+    yield watcher
+
+
+def ww_fit(watcher: Any, evals: np.ndarray) -> dict[str, Any]:
+    """WW 0.7.7's own default fit (`WeightWatcher.fit_powerlaw`), as a dict of our field names."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        alpha, _, xmin, xmax, d, sigma, spikes, *_, status, _ = watcher.fit_powerlaw(
+            evals, plot=False
+        )
+    return {
+        "alpha": alpha,
+        "D": d,
+        "xmin": xmin,
+        "xmax": xmax,
+        "sigma": sigma,
+        "num_pl_spikes": spikes,
+        "status": status,
+    }
+
+
+def gram_evals(matrix: np.ndarray) -> np.ndarray:
+    """All eigenvalues of WᵀW, as the spectral module will hand them over."""
+    return np.linalg.eigvalsh(matrix.T @ matrix)
+
+
+def reference_spectra() -> list[tuple[str, np.ndarray]]:
+    """About twenty seeded spectra: Gaussian, heavy-tailed (Student-t), Pareto, tiny, degenerate."""
+    rng = np.random.default_rng(20240607)
+    spectra = []
+    for rows, cols in [(100, 50), (300, 100), (256, 256), (1000, 300)]:
+        spectra.append((f"gauss {rows}x{cols}", gram_evals(rng.standard_normal((rows, cols)))))
+    for rows, cols, dof in [(200, 100, 3.0), (400, 200, 2.5), (800, 400, 4.0)]:
+        matrix = rng.standard_t(dof, size=(rows, cols))
+        spectra.append((f"student-t{dof} {rows}x{cols}", gram_evals(matrix)))
+    for size, tail in [(50, 1.0), (1000, 2.0), (3000, 0.7)]:
+        spectra.append((f"pareto a={tail} n={size}", rng.pareto(tail, size) + 1.0))
+    # rank 60 of 100: forty eigenvalues are ~0 (some tiny negatives) and must be thresholded away
+    low_rank = rng.standard_normal((200, 60)) @ rng.standard_normal((60, 100))
+    spectra.append(("rank-deficient 200x100", gram_evals(low_rank)))
+    # exact duplicates everywhere: candidate xmins repeat, ratios are exactly 1
+    spectra.append(("integers with repeats", rng.integers(1, 6, size=60).astype(float)))
+    spectra.append(("powers of two", 2.0 ** rng.integers(0, 12, size=80)))
+    # WW's small-N path (fewer than 20 eigenvalues above the threshold), with and without fallback
+    for size in (2, 5, 8, 12, 19):
+        spectra.append((f"small pareto n={size}", rng.pareto(1.5, size) + 1.0))
+    spectra.append(("small gauss 19x40", gram_evals(rng.standard_normal((40, 19)))))
+    spectra.append(("small with zeros", np.concatenate([np.zeros(30), rng.pareto(2.0, 15) + 1.0])))
+    return spectra
+
+
+SPECTRA = reference_spectra()
+
+
+@pytest.mark.parametrize(("name", "evals"), SPECTRA, ids=[name for name, _ in SPECTRA])
+def test_ww_estimator_matches_weightwatcher(ww: Any, name: str, evals: np.ndarray) -> None:
+    ours = fit_power_law(evals)
+    theirs = ww_fit(ww, evals)
+    assert ours.status == theirs["status"] == "success"
+    assert ours.xmin == theirs["xmin"]  # the same candidate, not merely a close one
+    assert ours.xmax == theirs["xmax"]
+    assert ours.num_pl_spikes == theirs["num_pl_spikes"]
+    # same formulas, summed in another order: agreement to rounding, not to the bit
+    assert ours.alpha == pytest.approx(theirs["alpha"], rel=1e-9)
+    assert ours.D == pytest.approx(theirs["D"], rel=1e-9)
+    fitted = int(np.count_nonzero(evals > EVALS_THRESH))
+    if fitted < powerlaw.SMALL_N_MIN_TAIL:
+        # the one deliberate difference: WW's small-N fallback reports a stale sigma, -1/sqrt(N)
+        assert theirs["sigma"] == pytest.approx(-1.0 / math.sqrt(fitted), rel=1e-12)
+        assert ours.sigma == pytest.approx((ours.alpha - 1.0) / math.sqrt(fitted), rel=1e-12)
+    else:
+        assert ours.sigma == pytest.approx(theirs["sigma"], rel=1e-9)
+
+
+def test_small_n_selection_is_argmin_d_not_the_j_objective(ww: Any) -> None:
+    """WW computes J = D - 0.868/sqrt(n) for small N, but `WWFit.__init__` then re-picks argmin D."""
+    evals = np.random.default_rng(1).pareto(2.0, size=19) + 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from weightwatcher.WW_powerlaw import WWFit
+
+        fit = WWFit(np.sort(evals))
+    assert np.argmin(fit.Js) != np.argmin(fit.Ds)  # this seed separates the two rules
+    assert fit_power_law(evals).xmin == fit.xmins[np.argmin(fit.Ds)] == fit.xmin
+
+
+def test_argmin_ties_go_to_the_first_candidate() -> None:
+    """Like WW's np.argmin. Exact ties need identical candidates, so the list repeats some."""
+    rng = np.random.default_rng(3)
+    data = np.sort(rng.pareto(1.5, 300) + 1.0)
+    _, alphas, distances = candidate_fits(data)
+    best = int(np.argmin(distances))
+    starts = np.array([0, best, best, best + 1, best + 1, 250, 250])
+    position, distance = powerlaw._argmin_ks(data, starts, alphas[starts])
+    assert position == 1
+    assert distance == distances[best]
+    # with the optimum absent, the tie between two copies of the best remaining goes to the first
+    rest = starts[3:]
+    position, _ = powerlaw._argmin_ks(data, rest, alphas[rest])
+    assert position == int(np.argmin(distances[rest]))
+    assert position % 2 == 0  # copies sit at (0, 1) and (2, 3): always the first of a pair
+
+
+# --- the vectorized KS distance against a plain loop ---------------------------------------------
+
+
+def reference_distances(data: np.ndarray, alphas: np.ndarray) -> np.ndarray:
+    """WW's loop written out: D_i = max_k |1 - (x_{i+k}/x_i)^(1-alpha_i) - k/n|, 1 when alpha <= 1."""
+    distances = np.ones(data.size - 1)
+    for i, alpha in enumerate(alphas):
+        n = float(data.size - i)
+        if alpha > 1:
+            fitted = (data[i:] / data[i]) ** (-alpha + 1)
+            distances[i] = np.max(np.abs(1 - fitted - np.arange(n) / n))
+    return distances
+
+
+@pytest.mark.parametrize(("name", "evals"), SPECTRA, ids=[name for name, _ in SPECTRA])
+def test_vectorized_distances_equal_the_loop(name: str, evals: np.ndarray) -> None:
+    data = np.sort(evals[evals > EVALS_THRESH])
+    xmins, alphas, distances = candidate_fits(evals)
+    np.testing.assert_array_equal(xmins, data[:-1])
+    np.testing.assert_array_equal(distances, reference_distances(data, alphas))  # bit for bit
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_branch_and_bound_picks_the_brute_force_argmin(seed: int) -> None:
+    """The pruned search returns exactly np.argmin of every D, on spectra of several kinds."""
+    rng = np.random.default_rng(seed)
+    size = int(rng.integers(20, 1500))
+    kind = seed % 3
+    if kind == 0:
+        evals = rng.pareto(rng.uniform(0.5, 4.0), size) + 1.0
+    elif kind == 1:
+        evals = gram_evals(rng.standard_t(3.0, size=(2 * size, size)))
+    else:
+        evals = gram_evals(rng.standard_normal((size + 10, size)))
+    data = np.sort(evals[evals > EVALS_THRESH])
+    starts = np.arange(data.size - 1)
+    _, alphas, distances = candidate_fits(evals)
+    position, distance = powerlaw._argmin_ks(data, starts, alphas)
+    assert position == int(np.argmin(distances))
+    assert distance == distances.min()
+
+
+def test_lower_bounds_never_exceed_the_distance() -> None:
+    rng = np.random.default_rng(7)
+    data = np.sort(rng.standard_t(2.5, size=(1200, 600)).std(axis=0) ** 2)
+    starts = np.arange(data.size - 1)
+    _, alphas, distances = candidate_fits(data)
+    assert np.all(powerlaw._ks_lower_bounds(data, starts, alphas) <= distances)
+
+
+# --- planted power laws --------------------------------------------------------------------------
+
+PLANTED_ALPHAS = (1.5, 2.0, 3.0, 4.0, 5.0)
+
+
+def pareto_sample(alpha: float, size: int, seed: int) -> np.ndarray:
+    """Samples with density p(x) ∝ x^-alpha on [1, ∞): numpy's Lomax shape is alpha - 1."""
+    return np.random.default_rng(seed).pareto(alpha - 1.0, size) + 1.0
+
+
+# Tolerance per estimator. The CSN maximum-likelihood alpha has standard error (alpha-1)/sqrt(n_tail)
+# (the fit's own sigma) and bias (alpha-1)/(n_tail-1), negligible at these sizes, so 4 sigma fails by
+# chance about once in 16,000 fits. "ww" chooses n_tail itself by min D, which adds selection noise
+# on top of sigma, hence 4 sigma + 0.05. "xmin_peak" starts its window at the histogram mode, here
+# the smallest sample, so its tail is nearly all the data: 4 sigma + 0.02. "median" fits the top half
+# of a pure power law, which is itself a power law with the same alpha: 4 sigma with sigma for n/2.
+TOLERANCE = {"ww": (4.0, 0.05), "xmin_peak": (4.0, 0.02), "median": (4.0, 0.0)}
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("alpha", PLANTED_ALPHAS)
+def test_planted_pareto_alpha_is_recovered(estimator: str, alpha: float) -> None:
+    fit = fit_power_law(pareto_sample(alpha, 2000, seed=int(alpha * 10)), estimator=estimator)
+    assert fit.status == "success"
+    assert fit.estimator == estimator
+    sigmas, bias = TOLERANCE[estimator]
+    assert abs(fit.alpha - alpha) <= sigmas * fit.sigma + bias
+    assert fit.sigma == pytest.approx((fit.alpha - 1.0) / math.sqrt(fit.num_pl_spikes))
+
+
+def planted_matrix(alpha: float, seed: int) -> np.ndarray:
+    """W = U diag(s) Vᵀ, 1200 x 600, whose s² are a bulk under 1 and a power-law tail above it.
+
+    The bottom 40% of s² are uniform on [0.05, 1); the top 60% have density ∝ λ^-alpha on [1, ∞),
+    so the median eigenvalue lies in the tail and WW's xmin should land near 1.
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = 1200, 600
+    bulk = int(0.4 * cols)
+    squares = np.concatenate(
+        [rng.uniform(0.05, 1.0, bulk), rng.pareto(alpha - 1.0, cols - bulk) + 1.0]
+    )
+    left, _ = np.linalg.qr(rng.standard_normal((rows, cols)))
+    right, _ = np.linalg.qr(rng.standard_normal((cols, cols)))
+    return (left * np.sqrt(squares)) @ right.T
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("alpha", (2.0, 3.0, 4.0))
+def test_planted_matrix_alpha_is_recovered(estimator: str, alpha: float) -> None:
+    # tail of 360 eigenvalues: sigma ~ (alpha-1)/19. The bulk just below xmin = 1 pulls a min-D
+    # xmin a little up or down the tail, so the same 4 sigma + bias as for the pure Pareto sample.
+    evals = gram_evals(planted_matrix(alpha, seed=int(alpha)))
+    fit = fit_power_law(evals, estimator=estimator)
+    assert fit.status == "success"
+    sigmas, bias = TOLERANCE[estimator]
+    assert abs(fit.alpha - alpha) <= sigmas * fit.sigma + bias
+    if estimator != "median":  # the median is inside the tail, well above its start
+        assert 0.9 <= fit.xmin <= 1.6
+
+
+def test_gaussian_matrix_looks_under_trained() -> None:
+    """A random Gaussian layer has a Marchenko–Pastur spectrum, no power law: alpha > 6."""
+    evals = gram_evals(np.random.default_rng(0).standard_normal((1000, 500)) / math.sqrt(1000))
+    fit = fit_power_law(evals)
+    assert fit.status == "success"
+    assert fit.alpha > 6.0
+
+
+# --- the other estimators' definitions -----------------------------------------------------------
+
+
+def test_median_estimator_is_the_hill_fit_of_the_top_half() -> None:
+    evals = pareto_sample(2.5, 1001, seed=5)
+    data = np.sort(evals)
+    xmin = data[data.size // 2]
+    tail = data[data.size // 2 :]
+    fit = fit_power_law(evals, estimator="median")
+    assert fit.xmin == xmin
+    assert fit.num_pl_spikes == tail.size == 501
+    assert fit.alpha == pytest.approx(1.0 + tail.size / math.fsum(np.log(tail / xmin)), rel=1e-12)
+    n = float(tail.size)
+    terms = 1 - (tail / xmin) ** (-fit.alpha + 1) - np.arange(n) / n
+    assert fit.D == np.max(np.abs(terms))
+
+
+def test_xmin_peak_searches_only_near_the_histogram_mode() -> None:
+    """xmin is the min-D candidate in [0.95, 1.5] x the log10-histogram mode's left edge (linear).
+
+    WW and AlphaPruning take log10(0.95 x edge) as the lower bound instead. On this Marchenko–Pastur
+    bulk with three outliers ("fingers") the edge is ~ 3.3, so that bound is ~ 0.49 and admits
+    eigenvalues far below the mode; min D then lands below the window: the bug changes the answer.
+    """
+    bulk = gram_evals(np.random.default_rng(11).standard_normal((2000, 1000)) / math.sqrt(1000))
+    evals = np.concatenate([bulk, [50.0, 80.0, 120.0]])
+    counts, edges = np.histogram(np.log10(evals), bins=100)
+    peak = 10.0 ** edges[np.argmax(counts)]
+    fit = fit_power_law(evals, estimator="xmin_peak")
+    assert fit.status == "success"
+    xmins, _, distances = candidate_fits(evals)
+
+    window = (xmins >= 0.95 * peak) & (xmins <= 1.5 * peak)
+    assert fit.xmin == xmins[window][np.argmin(distances[window])]
+    assert fit.num_pl_spikes == np.count_nonzero(evals >= fit.xmin)
+
+    buggy = (xmins >= np.log10(0.95 * peak)) & (xmins <= 1.5 * peak)
+    assert buggy.sum() > 3 * window.sum()
+    assert xmins[buggy][np.argmin(distances[buggy])] < 0.95 * peak < fit.xmin
+
+
+# --- failures --------------------------------------------------------------------------------------
+
+FAILURES = {
+    "empty": (np.array([]), "fewer than 2"),
+    "all below threshold": (np.array([0.0, 1e-7, -1e-9, EVALS_THRESH]), "fewer than 2"),
+    "one value": (np.array([0.0, 0.0, 3.0]), "fewer than 2"),
+    "all equal": (np.full(50, 2.0), "equal"),
+    "all equal, small": (np.full(5, 2.0), "equal"),
+    "nan present": (np.array([1.0, 2.0, np.nan, 4.0] * 10), "non-finite"),
+    "inf present": (np.array([1.0, 2.0, np.inf, 4.0] * 10), "non-finite"),
+}
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("case", FAILURES)
+def test_failed_fits_are_nan_with_a_reason(case: str, estimator: str) -> None:
+    evals, phrase = FAILURES[case]
+    fit = fit_power_law(evals, estimator=estimator)
+    assert fit.status == "failed"
+    assert fit.reason is not None and phrase in fit.reason
+    assert fit.estimator == estimator
+    assert fit.num_pl_spikes == 0
+    for value in (fit.alpha, fit.D, fit.xmin, fit.xmax, fit.sigma):
+        assert math.isnan(value)
+
+
+def test_median_needs_a_tail_of_two() -> None:
+    fit = fit_power_law(np.array([1.0, 2.0]), estimator="median")
+    assert fit.status == "failed" and fit.reason is not None and "median" in fit.reason
+
+
+def test_success_has_no_reason_and_is_frozen() -> None:
+    fit = fit_power_law(pareto_sample(3.0, 200, seed=0))
+    assert fit.status == "success" and fit.reason is None
+    with pytest.raises(AttributeError):
+        fit.alpha = 2.0  # type: ignore[misc]
+    assert isinstance(fit, PowerLawFit)
+
+
+def test_bad_arguments_raise() -> None:
+    with pytest.raises(ValueError, match="ww, xmin_peak, median"):
+        fit_power_law(np.ones(10), estimator="hill")
+    with pytest.raises(ValueError, match="1-D"):
+        fit_power_law(np.ones((4, 4)))
+
+
+def test_order_and_zeros_do_not_matter() -> None:
+    evals = pareto_sample(2.5, 500, seed=9)
+    shuffled = np.random.default_rng(0).permutation(np.concatenate([evals, np.zeros(100)]))
+    for estimator in ESTIMATORS:
+        assert fit_power_law(shuffled, estimator=estimator) == fit_power_law(
+            evals, estimator=estimator
+        )
