@@ -95,7 +95,7 @@ def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
             value, (type(default), int) if isinstance(default, float) else type(default)
         ):
             raise ConfigError(
-                f"{name} must be a {type(default).__name__}, got {value!r}", path=where
+                f"{name} must be of type {type(default).__name__}, got {value!r}", path=where
             )
         else:
             values[name] = value

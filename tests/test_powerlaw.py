@@ -1,4 +1,4 @@
-"""Known answers for `llm_audit.spectral.powerlaw`: WeightWatcher itself, planted power laws, failures."""
+"""Known answers for `spectral.powerlaw`: WeightWatcher itself, planted power laws, failures."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from llm_audit.spectral.powerlaw import (
 
 @pytest.fixture(scope="module")
 def ww() -> Iterator[Any]:
-    """A `weightwatcher.WeightWatcher`, imported without letting it reconfigure logging and warnings.
+    """A `weightwatcher.WeightWatcher`, imported without letting it reconfigure logging, warnings.
 
     Importing weightwatcher calls `logging.basicConfig(level=INFO)` and `warnings.simplefilter
     ("ignore")`, which would change every later test; both are put back.
@@ -104,7 +104,7 @@ def test_ww_estimator_matches_weightwatcher(ww: Any, name: str, evals: np.ndarra
     assert ours.num_pl_spikes == theirs["num_pl_spikes"]
     # same formulas, summed in another order: agreement to rounding, not to the bit
     assert ours.alpha == pytest.approx(theirs["alpha"], rel=1e-9)
-    assert ours.D == pytest.approx(theirs["D"], rel=1e-9)
+    assert pytest.approx(theirs["D"], rel=1e-9) == ours.D
     fitted = int(np.count_nonzero(evals > EVALS_THRESH))
     if fitted < powerlaw.SMALL_N_MIN_TAIL:
         # the one deliberate difference: WW's small-N fallback reports a stale sigma, -1/sqrt(N)
@@ -115,7 +115,7 @@ def test_ww_estimator_matches_weightwatcher(ww: Any, name: str, evals: np.ndarra
 
 
 def test_small_n_selection_is_argmin_d_not_the_j_objective(ww: Any) -> None:
-    """WW computes J = D - 0.868/sqrt(n) for small N, but `WWFit.__init__` then re-picks argmin D."""
+    """WW computes J = D - 0.868/sqrt(n) for small N, but `WWFit.__init__` re-picks by argmin D."""
     evals = np.random.default_rng(1).pareto(2.0, size=19) + 1.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -147,7 +147,7 @@ def test_argmin_ties_go_to_the_first_candidate() -> None:
 
 
 def reference_distances(data: np.ndarray, alphas: np.ndarray) -> np.ndarray:
-    """WW's loop written out: D_i = max_k |1 - (x_{i+k}/x_i)^(1-alpha_i) - k/n|, 1 when alpha <= 1."""
+    """WW's loop: D_i = max_k |1 - (x_{i+k}/x_i)^(1-alpha_i) - k/n|, and 1 when alpha_i <= 1."""
     distances = np.ones(data.size - 1)
     for i, alpha in enumerate(alphas):
         n = float(data.size - i)
@@ -203,12 +203,15 @@ def pareto_sample(alpha: float, size: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).pareto(alpha - 1.0, size) + 1.0
 
 
-# Tolerance per estimator. The CSN maximum-likelihood alpha has standard error (alpha-1)/sqrt(n_tail)
-# (the fit's own sigma) and bias (alpha-1)/(n_tail-1), negligible at these sizes, so 4 sigma fails by
-# chance about once in 16,000 fits. "ww" chooses n_tail itself by min D, which adds selection noise
-# on top of sigma, hence 4 sigma + 0.05. "xmin_peak" starts its window at the histogram mode, here
-# the smallest sample, so its tail is nearly all the data: 4 sigma + 0.02. "median" fits the top half
-# of a pure power law, which is itself a power law with the same alpha: 4 sigma with sigma for n/2.
+# Tolerance per estimator, as (number of sigmas, absolute slack). The CSN maximum-likelihood
+# alpha has standard error (alpha-1)/sqrt(n_tail) (the fit's own sigma) and bias
+# (alpha-1)/(n_tail-1), negligible here, so 4 sigma fails by chance about once in 16,000 fits.
+# "ww" picks n_tail itself by min D, and that selection widens the spread: over 300 seeds
+# (alpha_hat - alpha)/sigma had mean 0.1 and standard deviation 1.1 (max 4.0), hence
+# 4 sigma + 0.05. "xmin_peak" starts its window at the histogram mode, here the smallest samples,
+# so its tail is nearly all the data and it behaves like a fit at the true xmin (sd 1.0-1.1):
+# 4 sigma + 0.02. "median" fits the top half of a pure power law, itself a power law with the
+# same alpha (sd 1.0, max 3.4): 4 sigma, with sigma for n/2.
 TOLERANCE = {"ww": (4.0, 0.05), "xmin_peak": (4.0, 0.02), "median": (4.0, 0.0)}
 
 
@@ -243,15 +246,16 @@ def planted_matrix(alpha: float, seed: int) -> np.ndarray:
 @pytest.mark.parametrize("estimator", ESTIMATORS)
 @pytest.mark.parametrize("alpha", (2.0, 3.0, 4.0))
 def test_planted_matrix_alpha_is_recovered(estimator: str, alpha: float) -> None:
-    # tail of 360 eigenvalues: sigma ~ (alpha-1)/19. The bulk just below xmin = 1 pulls a min-D
-    # xmin a little up or down the tail, so the same 4 sigma + bias as for the pure Pareto sample.
+    # A tail of 360 eigenvalues: sigma ~ (alpha-1)/19. The bulk just under 1 moves a min-D xmin a
+    # little down into it or up the tail (0.87 to 2.45 over 30 seeds at alpha = 2; standardized
+    # error sd 1.3, max 2.8), so the same 4 sigma + slack as for the pure Pareto sample.
     evals = gram_evals(planted_matrix(alpha, seed=int(alpha)))
     fit = fit_power_law(evals, estimator=estimator)
     assert fit.status == "success"
     sigmas, bias = TOLERANCE[estimator]
     assert abs(fit.alpha - alpha) <= sigmas * fit.sigma + bias
     if estimator != "median":  # the median is inside the tail, well above its start
-        assert 0.9 <= fit.xmin <= 1.6
+        assert 0.8 <= fit.xmin <= 2.5
 
 
 def test_gaussian_matrix_looks_under_trained() -> None:
@@ -276,7 +280,7 @@ def test_median_estimator_is_the_hill_fit_of_the_top_half() -> None:
     assert fit.alpha == pytest.approx(1.0 + tail.size / math.fsum(np.log(tail / xmin)), rel=1e-12)
     n = float(tail.size)
     terms = 1 - (tail / xmin) ** (-fit.alpha + 1) - np.arange(n) / n
-    assert fit.D == np.max(np.abs(terms))
+    assert np.max(np.abs(terms)) == fit.D
 
 
 def test_xmin_peak_searches_only_near_the_histogram_mode() -> None:
@@ -303,7 +307,7 @@ def test_xmin_peak_searches_only_near_the_histogram_mode() -> None:
     assert xmins[buggy][np.argmin(distances[buggy])] < 0.95 * peak < fit.xmin
 
 
-# --- failures --------------------------------------------------------------------------------------
+# --- failures -------------------------------------------------------------------------------------
 
 FAILURES = {
     "empty": (np.array([]), "fewer than 2"),

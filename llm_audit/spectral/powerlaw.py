@@ -9,9 +9,9 @@ same Kolmogorov–Smirnov distance ``D``; they differ only in how xmin is chosen
 - ``"xmin_peak"``: AlphaPruning/TempBalance: xmin near the peak of the log-spectrum histogram.
 - ``"median"``: TempBalance's Hill estimator (``xmin_mid``): xmin is the median eigenvalue.
 
-WW evaluates D for every candidate xmin in a Python loop, O(N²) work. Here every alpha comes from one
-suffix sum, and the smallest D from an exact branch and bound (`_argmin_ks`) that needs the full
-O(N) distance for only a few candidates; the chosen xmin is the one brute force would choose.
+WW evaluates D for every candidate xmin in a Python loop, O(N²) work. Here every alpha comes from
+one suffix sum, and the smallest D from an exact branch and bound (`_argmin_ks`) that needs the
+full O(N) distance for only a few candidates; the chosen xmin is the one brute force would choose.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def fit_power_law(evals: ArrayLike, *, estimator: str = "ww") -> PowerLawFit:
     `estimator` or an input that is not one-dimensional.
     """
     if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+        valid = ", ".join(ESTIMATORS)
+        raise ValueError(f"unknown estimator {estimator!r}; expected one of {valid}")
     evals = _as_vector(evals)
     data, reason = _clean(evals)
     if reason is not None:
@@ -105,7 +106,7 @@ def candidate_fits(evals: ArrayLike) -> tuple[Float, Float, Float]:
 
 
 def _as_vector(evals: ArrayLike) -> Float:
-    """The eigenvalues as a float64 vector; a matrix here is a caller's mistake, not a failed fit."""
+    """The eigenvalues as a float64 vector; a matrix is a caller's mistake, not a failed fit."""
     array = np.asarray(evals, dtype=np.float64)
     if array.ndim != 1:
         raise ValueError(
@@ -133,7 +134,7 @@ def _failed(reason: str, estimator: str) -> PowerLawFit:
     return PowerLawFit(nan, nan, nan, nan, nan, 0, "failed", reason, estimator)
 
 
-# --- the estimators: each returns (index of xmin in data, alpha, D), or a failure reason --------------
+# --- the estimators: each returns (index of xmin in data, alpha, D) or a failure reason ----------
 
 _Choice = tuple[int, float, float]
 
@@ -211,7 +212,7 @@ def _fit_median(data: Float) -> _Choice | str:
 _FITTERS = {"ww": _fit_ww, "xmin_peak": _fit_xmin_peak, "median": _fit_median}
 
 
-# --- alpha for every candidate at once -------------------------------------------------------------
+# --- alpha for every candidate at once ------------------------------------------------------------
 
 
 def _tail_log_sums(data: Float) -> Float:
@@ -229,7 +230,7 @@ def _tail_log_sums(data: Float) -> Float:
 
 
 def _mle_alphas(data: Float, starts: Index) -> Float:
-    """CSN's alpha = 1 + n / Σ ln(x/xmin) for each start, without the (n-1)/n bias correction (WW)."""
+    """CSN's alpha = 1 + n / Σ ln(x/xmin) per start, without the (n-1)/n bias correction (as WW)."""
     sizes = data.size - starts
     with np.errstate(divide="ignore"):
         return 1.0 + sizes / _tail_log_sums(data)[starts]
@@ -239,7 +240,7 @@ def _mle_alphas(data: Float, starts: Index) -> Float:
 
 
 def _argmin_ks(data: Float, starts: Index, alphas: Float) -> tuple[int, float]:
-    """Position in `starts` (ascending) of the smallest KS distance and that distance, first on ties.
+    """Position in `starts` of the smallest KS distance, and that distance; the first one on ties.
 
     Exact, yet the full O(n) distance is computed for only a few candidates: a cheap lower bound of
     every D (`_ks_lower_bounds`) orders them, the most promising one sets the bar, and only the
@@ -315,7 +316,7 @@ def _ks_terms(data: Float, starts: Index, alphas: Float, offsets: Index) -> Floa
 
 
 def _row_chunks(widths: Index) -> Iterator[slice]:
-    """Runs of consecutive rows whose padded block (rows x widest row) holds at most `_CHUNK` terms."""
+    """Runs of consecutive rows whose padded block (rows x widest) holds at most `_CHUNK` terms."""
     start = 0
     while start < widths.size:
         widest = np.maximum.accumulate(widths[start:])

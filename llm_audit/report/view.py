@@ -1,0 +1,213 @@
+"""The audit as the page shows it: formatted cells, table columns, and binned spectra per layer.
+
+Everything here is plain data (strings, rounded numbers, integer counts), so the page stays small:
+raw eigenvalues stay in spectra.npz, the page carries one histogram of log10 λ per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from llm_audit.architectures import ROLES
+
+BINS = 72  # histogram bins per layer, over the layer's log10 λ range
+FLOOR_DECADES = 8.0  # eigenvalues below λ_max·1e-8 are numerically zero: counted, not drawn
+MAX_SPIKES = 20  # shuffled eigenvalues above the MP edge kept per layer (there are a handful)
+MAX_TRAP_ROWS = 20
+ANALYZED = ("success", "fit_failed")
+
+# Shown by default, in this order; every other key of the layer records becomes an extra column.
+MAIN_COLUMNS = (
+    "name", "block", "role", "shape", "Q", "alpha", "D", "xmin", "xmax", "num_pl_spikes",
+    "lambda_max", "log_norm", "stable_rank", "entropy", "num_traps", "rand_num_spikes",
+    "rand_bulk_max", "max_rand_eval", "flags", "status",
+)  # fmt: skip
+NOT_COLUMNS = ("trap_entries",)
+TEXT_COLUMNS = ("name", "role", "shape", "flags", "status", "reason", "dtype")
+
+# The metrics listed in a layer's detail card.
+DETAIL_METRICS = (
+    "alpha", "D", "xmin", "xmax", "num_pl_spikes", "lambda_max", "rand_bulk_max", "max_rand_eval",
+    "num_traps", "rand_num_spikes", "stable_rank", "log_norm",
+)  # fmt: skip
+
+COLUMN_HELP = {
+    "name": "tensor name in the checkpoint",
+    "block": "transformer block (depth); empty for embeddings and heads",
+    "role": "what the matrix does: q, k, v, o attention; up, gate, down MLP; embed, lm_head, other",
+    "shape": "shape as stored",
+    "Q": "aspect ratio N/M ≥ 1 of the matrix; alpha depends on it",
+    "alpha": "power-law exponent of the ESD tail (HTSR); 2–6 is the usual range",
+    "D": "Kolmogorov–Smirnov distance of the power-law fit (smaller fits better)",
+    "xmin": "start of the fitted power-law tail (eigenvalue of WᵀW)",
+    "xmax": "end of the fitted tail (largest eigenvalue)",
+    "num_pl_spikes": "eigenvalues in the fitted tail",
+    "lambda_max": "largest eigenvalue of WᵀW (squared spectral norm)",
+    "log_norm": "log10 of the squared Frobenius norm",
+    "stable_rank": "squared Frobenius norm / squared spectral norm",
+    "entropy": "matrix entropy of the singular values (0 to 1)",
+    "num_traps": "correlation traps: spikes of the shuffled matrix above the MP edge, mean spike excluded",
+    "rand_num_spikes": "WeightWatcher's count of shuffled spikes (includes the mean spike)",
+    "rand_bulk_max": "Marchenko–Pastur bulk edge fitted to the shuffled matrix",
+    "max_rand_eval": "largest eigenvalue of the shuffled matrix",
+    "flags": "thresholds this layer crosses (see 'What the flags mean')",
+    "status": "success, fit_failed, or why the layer was skipped",
+}
+
+# Fixed decimals where a column's scale is known; other floats get 4 significant digits.
+DECIMALS = {"alpha": 2, "alpha_weighted": 2, "Q": 2, "D": 3, "entropy": 3}
+
+
+def num(value: Any) -> float | None:
+    """A finite float, or None for missing, null, NaN, Inf, booleans and non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def rounded(value: Any, digits: int = 4) -> float | None:
+    """`value` to `digits` significant digits (for embedding), None if not finite."""
+    v = num(value)
+    if v is None or v == 0:
+        return v
+    return round(v, digits - 1 - math.floor(math.log10(abs(v))))
+
+
+def fmt(value: Any, key: str = "") -> str:
+    """A metric as the page prints it; "—" when missing or not finite."""
+    if isinstance(value, str):
+        return value
+    v = num(value)
+    if v is None:
+        return "—"
+    if isinstance(value, (int, np.integer)):
+        return str(int(value))
+    if key in DECIMALS:
+        return f"{v:.{DECIMALS[key]}f}"
+    if v == 0:
+        return "0"
+    if 1e-3 <= abs(v) < 1e5:
+        return f"{v:.4g}"
+    return f"{v:.3g}"
+
+
+def shape_text(record: Mapping[str, Any]) -> str:
+    shape = record.get("shape")
+    if isinstance(shape, (list, tuple)):
+        return "×".join(str(s) for s in shape)
+    return "—"
+
+
+def role_order(roles: Any) -> list[str]:
+    """Roles in the architecture order (q, k, v, o, ..., other), unknown ones after, sorted."""
+    known = [r for r in ROLES if r in roles]
+    return known + sorted(set(roles) - set(known))
+
+
+def columns(records: list[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """(main columns, extra columns): every key any record has, except the trap entries."""
+    seen: dict[str, None] = {}
+    for record in records:
+        seen.update(dict.fromkeys(record))
+    extra = [k for k in seen if k not in MAIN_COLUMNS and k not in NOT_COLUMNS]
+    return list(MAIN_COLUMNS), extra
+
+
+def cell(record: Mapping[str, Any], key: str) -> tuple[str, str]:
+    """(text shown, sort key) of one table cell; the sort key is empty when there is no value."""
+    value = record.get(key)
+    if key == "shape":
+        return shape_text(record), shape_text(record)
+    if key == "flags":
+        text = ", ".join(str(f) for f in value or [])
+        return text, text
+    if isinstance(value, str):
+        return value, value
+    if value is None:
+        return "—", ""
+    v = num(value)
+    if v is None:
+        return (fmt(value), "") if not isinstance(value, (list, dict)) else ("…", "")
+    return fmt(value, key), repr(rounded(v, 7))
+
+
+def esd_view(record: Mapping[str, Any], spectrum: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+    """Binned ESD of one layer: counts of log10 λ in `BINS` equal bins, both series on one grid.
+
+    Counts, not densities, are stored; the plot divides by n and the bin width in λ. Eigenvalues
+    below λ_max·1e-8 (zero up to rounding) are counted in `below`, not drawn.
+    """
+    evals = _clean(spectrum.get("evals"))
+    rand = _clean(spectrum.get("rand_evals"))
+    if evals.size == 0 or not np.any(evals > 0):
+        return None
+    top = float(max(evals.max(), rand.max() if rand.size else 0.0))
+    floor = top * 10.0**-FLOOR_DECADES
+    both = np.concatenate([evals, rand])
+    lo = math.log10(float(both[both >= floor].min()))
+    hi = math.log10(top)
+    if hi - lo < 0.5:  # all eigenvalues (nearly) equal: give the bars some width
+        lo, hi = (lo + hi) / 2 - 0.25, (lo + hi) / 2 + 0.25
+    lo, hi = math.floor(lo * 1e4) / 1e4, math.ceil(hi * 1e4) / 1e4
+    edges = np.linspace(lo, hi, BINS + 1)
+
+    def counts(values: np.ndarray) -> list[int]:
+        shown = values[values >= floor]
+        return [int(c) for c in np.histogram(np.log10(shown), bins=edges)[0]] if shown.size else []
+
+    bulk = num(record.get("rand_bulk_max"))
+    spikes = np.sort(rand[rand > bulk])[::-1][:MAX_SPIKES] if bulk is not None else rand[:0]
+    return {
+        "lo": lo,
+        "hi": hi,
+        "e": counts(evals),
+        "ne": int(evals.size),
+        "below": int(np.sum(evals < floor)),
+        "r": counts(rand),
+        "nr": int(rand.size),
+        "spikes": [rounded(s) for s in spikes],
+        "alpha": rounded(record.get("alpha")),
+        "xmin": rounded(record.get("xmin"), 6),
+        "xmax": rounded(record.get("xmax"), 6),
+        "npl": num(record.get("num_pl_spikes")),
+        "bulk": rounded(bulk),
+        "mre": rounded(record.get("max_rand_eval")),
+    }
+
+
+def layer_view(
+    index: int, record: Mapping[str, Any], spectrum: Mapping[str, np.ndarray] | None
+) -> dict[str, Any]:
+    """What a layer's detail card shows, with every number already formatted."""
+    entries = record.get("trap_entries") or []
+    return {
+        "i": index,
+        "name": str(record.get("name", "")),
+        "role": str(record.get("role", "")),
+        "block": fmt(record.get("block")),
+        "shape": shape_text(record),
+        "Q": fmt(record.get("Q"), "Q"),
+        "flags": [str(f) for f in record.get("flags") or []],
+        "status": str(record.get("status", "")),
+        "reason": str(record.get("reason") or ""),
+        "m": [[k, fmt(record.get(k), k)] for k in DETAIL_METRICS if k in record],
+        "te": [
+            [fmt(e.get("row")), fmt(e.get("col")), fmt(e.get("value")), fmt(e.get("z"))]
+            for e in entries[:MAX_TRAP_ROWS]
+            if isinstance(e, Mapping)
+        ],
+        "te_total": len(entries),
+        "esd": esd_view(record, spectrum) if spectrum is not None else None,
+    }
+
+
+def _clean(values: Any) -> np.ndarray:
+    if values is None:
+        return np.zeros(0)
+    array = np.asarray(values, dtype=np.float64).ravel()
+    return array[np.isfinite(array)]

@@ -1,0 +1,139 @@
+"""Correlation traps: known answers, the mean spike, reproducibility, and WeightWatcher's counts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import llm_audit
+from llm_audit.spectral import traps
+from llm_audit.spectral.esd import eigenvalues
+from tests.ww_reference import ww_details
+
+
+def _gaussian(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(rows, cols, generator=torch.Generator().manual_seed(seed))
+
+
+def _traps(W: torch.Tensor, seed: int = 0) -> dict[str, Any]:
+    record, _ = traps.trap_metrics(W, eigenvalues(W).numpy(), seed=seed)
+    return record
+
+
+@pytest.mark.parametrize("shape", [(512, 256), (256, 256), (1024, 256), (256, 1024)])
+def test_gaussian_matrix_has_no_traps(shape: tuple[int, int]) -> None:
+    r = _traps(_gaussian(*shape))
+    assert r["rand_num_spikes"] == 0 and r["num_traps"] == 0 and "trap_entries" not in r
+
+
+@pytest.mark.parametrize("shape", [(512, 256), (256, 512), (1024, 256)])
+def test_planted_entries_are_traps_and_are_located(shape: tuple[int, int]) -> None:
+    W = _gaussian(*shape, seed=1)
+    planted = [(3, 7), (50, 100), (101, 11), (200, 250), (377 % shape[0], 42)]
+    for r, c in planted:
+        W[r, c] = 50.0  # 50 standard deviations: each entry alone is a rank-one spike of 2500
+    rec = _traps(W)
+    # Planted entries that the shuffle puts in one row or column merge into one spike (about 6%
+    # of shuffles here), so the expected count is the number of groups sharing no row or column.
+    shuffled = traps._shuffle(W, torch.Generator().manual_seed(0))
+    expected = _groups([tuple(p) for p in (shuffled.abs() > 40).nonzero().tolist()])
+    assert 4 <= expected <= 5
+    assert rec["num_traps"] == expected and rec["rand_num_spikes"] == expected
+    located = {(e["row"], e["col"]) for e in rec["trap_entries"][:5]}
+    assert located == set(planted)
+    assert all(e["z"] > 40 for e in rec["trap_entries"][:5])
+
+
+def _groups(cells: list[tuple[int, int]]) -> int:
+    """Connected groups of cells linked by a shared row or column."""
+    parent = list(range(len(cells)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, a in enumerate(cells):
+        for j, b in enumerate(cells[:i]):
+            if a[0] == b[0] or a[1] == b[1]:
+                parent[root(i)] = root(j)
+    return len({root(i) for i in range(len(cells))})
+
+
+def test_constant_offset_is_a_mean_spike_not_a_trap() -> None:
+    W = _gaussian(512, 256, seed=2) + 0.5  # mean 0.5: a shuffled spike of about N·M·0.25
+    rec = _traps(W)
+    assert rec["rand_num_spikes"] == 1  # WeightWatcher's count includes the mean spike
+    assert rec["num_traps"] == 0  # centring removes it
+    assert rec["mean_weight"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_small_layers_are_shuffled_five_times() -> None:
+    rec, spectra = traps.trap_metrics(_gaussian(200, 50), eigenvalues(_gaussian(200, 50)).numpy(), seed=0)
+    assert rec["num_shuffles"] == 5 and len(spectra["rand_evals"]) == 250
+    assert rec["num_traps"] == 0 and rec["num_traps_std"] == 0
+
+
+def test_shuffles_are_reproducible_and_seeded() -> None:
+    W = _gaussian(300, 100, seed=4)
+    a, sa = traps.trap_metrics(W, eigenvalues(W).numpy(), seed=11)
+    b, sb = traps.trap_metrics(W, eigenvalues(W).numpy(), seed=11)
+    _, sc = traps.trap_metrics(W, eigenvalues(W).numpy(), seed=12)
+    np.testing.assert_array_equal(sa["rand_evals"], sb["rand_evals"])
+    assert a == b
+    assert not np.array_equal(sa["rand_evals"], sc["rand_evals"])
+    # The shuffle keeps the Frobenius norm: the shuffled spectrum has the same sum.
+    assert sa["rand_evals"].sum() == pytest.approx(eigenvalues(W).sum().item(), rel=1e-10)
+
+
+@pytest.mark.parametrize("t", [0.5, 50.0, 300.0, 800.0, 5000.0])
+def test_cholesky_count_equals_eigenvalue_count(t: float) -> None:
+    W = _gaussian(400, 120, seed=5).double()
+    W[0, 0] = W[1, 1] = 30.0
+    G = W.T @ W
+    count, _ = traps._count_above(G, t)
+    assert count == int((torch.linalg.eigvalsh(G) > t).sum())
+
+
+def test_unfittable_shuffled_spectrum_is_a_status_not_a_crash() -> None:
+    W = torch.zeros(64, 32)
+    W[0, 0] = 1.0  # a single non-zero entry: every shuffle has one eigenvalue, the rest are 0
+    rec = _traps(W)
+    assert rec["num_traps"] == 1
+    assert rec["rand_fit_status"].startswith(("success", "failed"))
+
+
+def test_scan_flags_the_trap_layer_only() -> None:
+    g = torch.Generator().manual_seed(6)
+    trapped = torch.randn(512, 256, generator=g)
+    trapped[10, 20] = trapped[30, 40] = 60.0
+    state = {"clean.weight": torch.randn(512, 256, generator=g), "trapped.weight": trapped}
+    result = llm_audit.scan(state, traps=True)
+    flags = {r["name"]: r["flags"] for r in result.records}
+    assert "correlation_trap" in flags["trapped.weight"] and "correlation_trap" not in flags["clean.weight"]
+    assert result.summary["num_trap_layers"] == 1 and result.summary["total_traps"] == 2
+
+
+@pytest.fixture(scope="module")
+def minilm_with_traps() -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in llm_audit.scan(traps=True, seed=0).records}
+
+
+def test_rand_num_spikes_matches_weightwatcher_randomize(
+    minilm: Path, minilm_with_traps: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """WeightWatcher shuffles with numpy's RNG, we with torch's: the counts are compared per layer,
+    and must agree on at least 90% of the layers (measured: all 39)."""
+    pytest.importorskip("weightwatcher")
+    ww = ww_details(minilm, tmp_path_factory.mktemp("ww") / "randomize.json", randomize=True)
+    ours = minilm_with_traps
+    agree = [ours[n]["rand_num_spikes"] == ww[n]["rand_num_spikes"] for n in ww]
+    assert np.mean(agree) >= 0.9, {n: (ours[n]["rand_num_spikes"], ww[n]["rand_num_spikes"]) for n in ww}
+    # Every layer WeightWatcher says has a trap is flagged by us, or its spike is the mean spike.
+    for name in (n for n in ww if ww[n]["rand_num_spikes"] > 0):
+        row = ours[name]
+        assert "correlation_trap" in row["flags"] or row["rand_num_spikes"] > row["num_traps"], name
