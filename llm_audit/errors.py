@@ -23,7 +23,7 @@ class SourceNotFoundError(LlmAuditError, FileNotFoundError):
 
 
 class CheckpointFormatError(LlmAuditError, ValueError):
-    """A checkpoint file is malformed: truncated, bad header, offsets out of range, unknown dtype."""
+    """A malformed checkpoint: truncated, bad header, offsets out of range, unknown dtype."""
 
 
 class PickleRefusedError(LlmAuditError, PermissionError):

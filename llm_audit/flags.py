@@ -37,7 +37,10 @@ def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
     trap_layers = sum("correlation_trap" in r["flags"] for r in counted)
     low = sum("alpha_lt_2" in r["flags"] for r in counted)
     rule = cfg.verdict
-    if trap_layers >= rule.pathological_trap_layers and low / n >= rule.pathological_alpha_lt_2_fraction:
+    if (
+        trap_layers >= rule.pathological_trap_layers
+        and low / n >= rule.pathological_alpha_lt_2_fraction
+    ):
         return "pathological", (
             f"{trap_layers} layer(s) with correlation traps and {low} of {n} with alpha < "
             f"{cfg.thresholds.alpha_low}: the anti-grokking signature"
@@ -60,19 +63,16 @@ def parse_fail_on(spec: str | None) -> tuple[str, ...]:
     for item in items:
         if item not in FLAGS and item not in VERDICTS[1:]:
             raise ConfigError(
-                f"--fail-on: unknown flag {item!r}; use any of {', '.join(FLAGS)}, watch, pathological"
+                f"--fail-on: unknown flag {item!r}; "
+                f"use any of {', '.join(FLAGS)}, watch, pathological"
             )
     return items
 
 
-def failing(items: tuple[str, ...], summary: dict[str, Any], records: list[dict[str, Any]]) -> list[str]:
+def failing(
+    items: tuple[str, ...], summary: dict[str, Any], records: list[dict[str, Any]]
+) -> list[str]:
     """Which `--fail-on` items fired."""
-    fired = []
-    for item in items:
-        if item in FLAGS and any(item in r.get("flags", []) for r in records):
-            fired.append(item)
-        elif item == "pathological" and summary["verdict"] == "pathological":
-            fired.append(item)
-        elif item == "watch" and summary["verdict"] in ("watch", "pathological"):
-            fired.append(item)
-    return fired
+    flagged = {flag for r in records for flag in r.get("flags", [])}
+    worse = {"pathological": ("pathological",), "watch": ("watch", "pathological")}
+    return [item for item in items if item in flagged or summary["verdict"] in worse.get(item, ())]

@@ -114,7 +114,13 @@ def _make_layer(
         )
         tied_to = template.tied_to
     else:
-        block, role, in_out, index, tied_to = generic_block(t.name), generic_role(t.name), False, 999, None
+        block, role, in_out, index, tied_to = (
+            generic_block(t.name),
+            generic_role(t.name),
+            False,
+            999,
+            None,
+        )
         section = 1 if block is not None else (0 if role == "embed" else 2)
     key = (section, block if block is not None else -1, index, _natural(t.name))
     status, reason = _skip(t, tied_to if tied and tied_to in present else None, min_evals)

@@ -57,14 +57,18 @@ class AuditResult:
             folder.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         except OSError as exc:
-            raise OutputError(f"cannot create the output folder ({exc.strerror})", path=str(folder)) from None
+            raise OutputError(
+                f"cannot create the output folder ({exc.strerror})", path=str(folder)
+            ) from None
         try:
             self._write_all(staging)
             folder.mkdir(exist_ok=True)
             for name in os.listdir(staging):
                 os.replace(staging / name, folder / name)
         except OSError as exc:
-            raise OutputError(f"cannot write the report ({exc.strerror})", path=str(folder)) from None
+            raise OutputError(
+                f"cannot write the report ({exc.strerror})", path=str(folder)
+            ) from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder
@@ -74,9 +78,11 @@ class AuditResult:
         table = self.layers
         table.to_csv(folder / "layers.csv", index=False)
         table.to_parquet(folder / "layers.parquet", index=False)
-        arrays = {f"{layer}/{kind}": v for layer, d in self.spectra.items() for kind, v in d.items()}
+        arrays = {
+            f"{layer}/{kind}": v for layer, d in self.spectra.items() for kind, v in d.items()
+        }
         with (folder / "spectra.npz").open("wb") as fh:
-            np.savez_compressed(fh, **arrays)
+            np.savez_compressed(fh, allow_pickle=False, **arrays)
 
 
 def _clean(value: Any) -> Any:

@@ -8,6 +8,7 @@ import re
 from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
+
 import torch
 
 from llm_audit import engine
@@ -57,13 +58,16 @@ def _compile(pattern: str | None) -> re.Pattern[str] | None:
         raise ConfigError(f"--layers: invalid regular expression {pattern!r} ({exc})") from None
 
 
-def _audit(source: Source, cfg: AuditConfig, only: re.Pattern[str] | None, *, progress: bool) -> AuditResult:
+def _audit(
+    source: Source, cfg: AuditConfig, only: re.Pattern[str] | None, *, progress: bool
+) -> AuditResult:
     started = dt.datetime.now(dt.timezone.utc)
     tensors = source.tensors()
     planned, family = plan_layers(tensors, source.info.config, only=only, min_evals=cfg.min_evals)
     if not planned:
         raise ConfigError(
-            "no weight matrices to analyze" + (" match --layers" if only else ""), path=source.info.id
+            "no weight matrices to analyze" + (" match --layers" if only else ""),
+            path=source.info.id,
         )
     outcomes, seconds = engine.run(source, planned, cfg, progress=progress)
     records = []
@@ -84,7 +88,7 @@ def _audit(source: Source, cfg: AuditConfig, only: re.Pattern[str] | None, *, pr
         **cfg.as_dict(),
         "device": str(engine.resolve_device(cfg.device)),
         "eigensolver": "float64 Gram (smaller side) + eigvalsh",
-        "dtype_policy": "F64/F32/F16/BF16 read and upcast to float64 per chunk; other dtypes skipped",
+        "dtype_policy": "F64/F32/F16/BF16 upcast to float64 chunk by chunk; other dtypes skipped",
         "started": started.isoformat(timespec="seconds"),
         "versions": versions(),
     }
@@ -118,4 +122,3 @@ def slug(model_id: str) -> str:
     else:
         name = model_id.replace("/", "--")
     return re.sub(r"[^\w.-]+", "_", name) or "model"
-

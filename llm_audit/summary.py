@@ -59,6 +59,7 @@ def _flag_names() -> tuple[str, ...]:
 def _worst(analyzed: list[dict[str, Any]]) -> list[str]:
     """Flagged layers first (most traps, then lowest alpha), at most WORST names."""
     flagged = [r for r in analyzed if r["flags"]]
+
     def severity(r: dict[str, Any]) -> tuple[int, float]:
         alpha = r.get("alpha", math.nan)
         return -int(r.get("num_traps", 0)), alpha if math.isfinite(alpha) else math.inf

@@ -18,7 +18,9 @@ from llm_audit.sources import bundled_model_path
 
 
 @pytest.fixture(autouse=True)
-def _isolated_hub(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+def _isolated_hub(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Every test gets an empty Hugging Face cache and no network to the real Hub."""
     cache = tmp_path_factory.mktemp("hf-cache")
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
@@ -30,7 +32,9 @@ def minilm() -> Path:
     return bundled_model_path()
 
 
-def write_shards(folder: Path, tensors: dict[str, torch.Tensor], shards: int = 1, config: dict | None = None) -> Path:
+def write_shards(
+    folder: Path, tensors: dict[str, torch.Tensor], shards: int = 1, config: dict | None = None
+) -> Path:
     """A Hub-layout folder: one model.safetensors, or `shards` files plus an index.json."""
     folder.mkdir(parents=True, exist_ok=True)
     names = list(tensors)
@@ -50,9 +54,13 @@ def write_shards(folder: Path, tensors: dict[str, torch.Tensor], shards: int = 1
     return folder
 
 
-def llama_tensors(blocks: int = 3, hidden: int = 32, inter: int = 64, vocab: int = 100, seed: int = 0) -> dict[str, torch.Tensor]:
+def llama_tensors(
+    blocks: int = 3, hidden: int = 32, inter: int = 64, vocab: int = 100, seed: int = 0
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    t: dict[str, torch.Tensor] = {"model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g)}
+    t: dict[str, torch.Tensor] = {
+        "model.embed_tokens.weight": torch.randn(vocab, hidden, generator=g)
+    }
     for b in range(blocks):
         p = f"model.layers.{b}."
         for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
@@ -69,8 +77,12 @@ def llama_tensors(blocks: int = 3, hidden: int = 32, inter: int = 64, vocab: int
 @pytest.fixture
 def tiny_llama(tmp_path: Path) -> Path:
     """A 3-block Llama-shaped model in 2 shards with an index, random weights."""
-    return write_shards(tmp_path / "tiny-llama", llama_tensors(), shards=2,
-                        config={"model_type": "llama", "tie_word_embeddings": False})
+    return write_shards(
+        tmp_path / "tiny-llama",
+        llama_tensors(),
+        shards=2,
+        config={"model_type": "llama", "tie_word_embeddings": False},
+    )
 
 
 @pytest.fixture
@@ -88,11 +100,16 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
     return run
 
 
-def run_cli_process(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> tuple[int, str, str]:
+def run_cli_process(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> tuple[int, str, str]:
     """Run `python -m llm_audit ARGS` in a fresh process (for settings read at import time)."""
     full_env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "llm_audit", *args],
-        capture_output=True, text=True, env=full_env, timeout=timeout,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
     )
     return proc.returncode, proc.stdout, proc.stderr

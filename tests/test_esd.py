@@ -37,7 +37,9 @@ def test_batched_equals_one_by_one() -> None:
 
 def test_rank_deficient_matrix_has_exact_zeros() -> None:
     g = torch.Generator().manual_seed(2)
-    W = torch.randn(200, 8, generator=g, dtype=torch.float64) @ torch.randn(8, 60, generator=g, dtype=torch.float64)
+    W = torch.randn(200, 8, generator=g, dtype=torch.float64) @ torch.randn(
+        8, 60, generator=g, dtype=torch.float64
+    )
     ev = esd.eigenvalues(W)
     assert int((ev == 0).sum()) == 60 - 8
     assert bool((ev >= 0).all())

@@ -24,7 +24,10 @@ def test_layer_flags() -> None:
     assert _rec(7.0, traps=2)["flags"] == ["alpha_gt_6", "correlation_trap"]
     assert _rec(math.nan, status="fit_failed")["flags"] == ["alpha_fit_failed"]
     assert layer_flags({"status": "too_small"}, Thresholds()) == []
-    assert layer_flags({"alpha": 2.5, "num_traps": 1, "status": "success"}, Thresholds(min_traps=2)) == []
+    assert (
+        layer_flags({"alpha": 2.5, "num_traps": 1, "status": "success"}, Thresholds(min_traps=2))
+        == []
+    )
 
 
 def test_verdict_rule() -> None:
@@ -38,7 +41,9 @@ def test_verdict_rule() -> None:
     name, reason = verdict([*healthy[:8], _rec(1.5), _rec(3.0, traps=3)], cfg)
     assert name == "pathological" and "anti-grokking" in reason
     # Traps on >= 25% of the layers are pathological on their own.
-    assert verdict([*healthy[:7], *(_rec(3.0, traps=1) for _ in range(3))], cfg)[0] == "pathological"
+    assert (
+        verdict([*healthy[:7], *(_rec(3.0, traps=1) for _ in range(3))], cfg)[0] == "pathological"
+    )
     assert verdict([], cfg)[0] == "watch"
 
 
@@ -48,7 +53,9 @@ def test_fail_on() -> None:
     with pytest.raises(ConfigError, match="unknown flag 'traps'"):
         parse_fail_on("traps")
     records = [_rec(1.5)]
-    assert failing(("alpha_lt_2", "correlation_trap"), {"verdict": "watch"}, records) == ["alpha_lt_2"]
+    assert failing(("alpha_lt_2", "correlation_trap"), {"verdict": "watch"}, records) == [
+        "alpha_lt_2"
+    ]
     assert failing(("pathological",), {"verdict": "watch"}, records) == []
     assert failing(("watch",), {"verdict": "pathological"}, records) == ["watch"]
 
@@ -56,9 +63,10 @@ def test_fail_on() -> None:
 def test_default_config_is_the_shipped_file() -> None:
     cfg = load_config()
     assert cfg == AuditConfig()  # configs/default.yaml and the dataclass defaults agree
-    assert Path("configs/default.yaml").resolve().read_text() == Path(
-        "llm_audit/_data/default.yaml"
-    ).read_text()
+    assert (
+        Path("configs/default.yaml").resolve().read_text()
+        == Path("llm_audit/_data/default.yaml").read_text()
+    )
 
 
 @pytest.mark.parametrize(

@@ -20,34 +20,68 @@ REPO = "acme/tiny-llama"
 
 @pytest.fixture
 def hub_repo(tmp_path: Path) -> dict[str, Path]:
-    main = write_shards(tmp_path / "main", llama_tensors(seed=1), shards=2,
-                        config={"model_type": "llama", "tie_word_embeddings": False})
+    main = write_shards(
+        tmp_path / "main",
+        llama_tensors(seed=1),
+        shards=2,
+        config={"model_type": "llama", "tie_word_embeddings": False},
+    )
     torch.save({"x": torch.zeros(2)}, main / "pytorch_model.bin")
     (main / "tokenizer.json").write_text("{}")
-    v1 = write_shards(tmp_path / "v1", llama_tensors(blocks=2, seed=2), config={"model_type": "llama"})
+    v1 = write_shards(
+        tmp_path / "v1", llama_tensors(blocks=2, seed=2), config={"model_type": "llama"}
+    )
     return {"main": main, "v1": v1}
 
 
 def _env(hub: HubServer, cache: Path, offline: bool = False) -> dict[str, str]:
-    return {"HF_ENDPOINT": hub.endpoint, "HF_HUB_CACHE": str(cache), "HF_HOME": str(cache.parent / "home"),
-            "HF_HUB_OFFLINE": "1" if offline else "0", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1",
-            "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    return {
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HOME": str(cache.parent / "home"),
+        "HF_HUB_OFFLINE": "1" if offline else "0",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    }
 
 
-def test_scan_from_hub_fetches_only_weights_and_records_the_commit(hub_repo: dict[str, Path], tmp_path: Path) -> None:
+def test_scan_from_hub_fetches_only_weights_and_records_the_commit(
+    hub_repo: dict[str, Path], tmp_path: Path
+) -> None:
     cache = tmp_path / "cache"
     with HubServer({REPO: hub_repo}) as hub:
-        code, out, err = run_cli_process("scan", REPO, "--out", str(tmp_path / "r"), "--no-traps",
-                                         "--no-progress", env=_env(hub, cache))
+        code, out, err = run_cli_process(
+            "scan",
+            REPO,
+            "--out",
+            str(tmp_path / "r"),
+            "--no-traps",
+            "--no-progress",
+            env=_env(hub, cache),
+        )
         assert code == 0, err
         fetched = set(hub.requested_files())
         commit = hub.commit(REPO)
-        code_v1, _, err_v1 = run_cli_process("scan", REPO, "--revision", "v1", "--out", str(tmp_path / "r1"),
-                                             "--no-traps", "--no-progress", env=_env(hub, cache))
+        code_v1, _, err_v1 = run_cli_process(
+            "scan",
+            REPO,
+            "--revision",
+            "v1",
+            "--out",
+            str(tmp_path / "r1"),
+            "--no-traps",
+            "--no-progress",
+            env=_env(hub, cache),
+        )
         assert code_v1 == 0, err_v1
         commit_v1 = hub.commit(REPO, "v1")
-    assert fetched == {"model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-                       "model.safetensors.index.json", "config.json"}
+    assert fetched == {
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+        "config.json",
+    }
     audit = json.loads((tmp_path / "r" / "audit.json").read_text())
     assert audit["model"]["id"] == REPO and audit["model"]["source"] == "hub"
     assert audit["model"]["revision"] == commit
@@ -57,19 +91,32 @@ def test_scan_from_hub_fetches_only_weights_and_records_the_commit(hub_repo: dic
     assert audit_v1["summary"]["num_layers"] == 2 * 7 + 2
 
     # The server is gone: offline, the same scan comes from the cache with the same numbers.
-    code, out, err = run_cli_process("scan", REPO, "--out", str(tmp_path / "r2"), "--no-traps",
-                                     "--no-progress", env=_env(hub, cache, offline=True))
+    code, _, err = run_cli_process(
+        "scan",
+        REPO,
+        "--out",
+        str(tmp_path / "r2"),
+        "--no-traps",
+        "--no-progress",
+        env=_env(hub, cache, offline=True),
+    )
     assert code == 0, err
     offline = json.loads((tmp_path / "r2" / "audit.json").read_text())
     assert offline["model"]["revision"] == commit
     assert [r["alpha"] for r in offline["layers"]] == [r["alpha"] for r in audit["layers"]]
 
 
-def test_unknown_repo_and_revision_are_one_line_errors(hub_repo: dict[str, Path], tmp_path: Path) -> None:
+def test_unknown_repo_and_revision_are_one_line_errors(
+    hub_repo: dict[str, Path], tmp_path: Path
+) -> None:
     with HubServer({REPO: hub_repo}) as hub:
         env = _env(hub, tmp_path / "cache")
-        code, _, err = run_cli_process("scan", "acme/nothing", "--out", str(tmp_path / "a"), env=env)
+        code, _, err = run_cli_process(
+            "scan", "acme/nothing", "--out", str(tmp_path / "a"), env=env
+        )
         assert code == 2 and err.count("\n") == 1 and "no such model on the Hub" in err
-        code, _, err = run_cli_process("scan", REPO, "--revision", "nope", "--out", str(tmp_path / "b"), env=env)
+        code, _, err = run_cli_process(
+            "scan", REPO, "--revision", "nope", "--out", str(tmp_path / "b"), env=env
+        )
         assert code == 2 and err.count("\n") == 1 and "revision 'nope' does not exist" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 import torch
-from tests.hub_server import HubServer
 from safetensors.torch import save_file
+
+from tests.hub_server import HubServer
 
 REPO = "acme/tiny-llama"
 SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]

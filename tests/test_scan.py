@@ -10,15 +10,37 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from safetensors.torch import save_file
 
 import llm_audit
 from llm_audit.sources.safetensors_files import SafetensorsSource
 from tests.conftest import write_shards
 
-WW_COLUMNS = ["N", "M", "Q", "num_evals", "alpha", "alpha_weighted", "D", "xmin", "xmax", "sigma",
-              "num_pl_spikes", "lambda_max", "norm", "log_norm", "spectral_norm", "log_spectral_norm",
-              "log_alpha_norm", "stable_rank", "entropy", "rank_loss", "name", "block", "role", "status"]
+WW_COLUMNS = [
+    "N",
+    "M",
+    "Q",
+    "num_evals",
+    "alpha",
+    "alpha_weighted",
+    "D",
+    "xmin",
+    "xmax",
+    "sigma",
+    "num_pl_spikes",
+    "lambda_max",
+    "norm",
+    "log_norm",
+    "spectral_norm",
+    "log_spectral_norm",
+    "log_alpha_norm",
+    "stable_rank",
+    "entropy",
+    "rank_loss",
+    "name",
+    "block",
+    "role",
+    "status",
+]
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +58,20 @@ def test_result_has_every_column_and_a_summary(minilm_result: llm_audit.AuditRes
     counted = frame[~frame.role.isin(["embed", "lm_head"]) & (frame.status == "success")]
     assert s["mean_alpha"] == pytest.approx(counted.alpha.mean())
     assert s["median_alpha"] == pytest.approx(counted.alpha.median())
-    assert minilm_result.model["num_parameters"] == 22_713_216 + 512  # weights + position_ids buffer
+    assert (
+        minilm_result.model["num_parameters"] == 22_713_216 + 512
+    )  # weights + position_ids buffer
     assert minilm_result.settings["estimator"] == "ww"
 
 
 def test_save_writes_consistent_files(minilm_result: llm_audit.AuditResult, tmp_path: Path) -> None:
     out = minilm_result.save(tmp_path / "r")
-    assert sorted(p.name for p in out.iterdir()) == ["audit.json", "layers.csv", "layers.parquet", "spectra.npz"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "audit.json",
+        "layers.csv",
+        "layers.parquet",
+        "spectra.npz",
+    ]
     audit = json.loads((out / "audit.json").read_text())
     assert audit["schema_version"] == 1
     assert audit["settings"]["estimator"] == "ww"
@@ -55,7 +84,9 @@ def test_save_writes_consistent_files(minilm_result: llm_audit.AuditResult, tmp_
     evals = spectra[f"{q}/evals"]
     assert len(evals) == 384
     row = next(r for r in audit["layers"] if r["name"] == q)
-    assert evals.max() == pytest.approx(row["lambda_max"]) and evals.sum() == pytest.approx(row["norm"])
+    assert evals.max() == pytest.approx(row["lambda_max"]) and evals.sum() == pytest.approx(
+        row["norm"]
+    )
 
 
 def test_per_layer_problems_are_statuses_and_the_scan_goes_on(tmp_path: Path) -> None:
@@ -76,21 +107,33 @@ def test_per_layer_problems_are_statuses_and_the_scan_goes_on(tmp_path: Path) ->
     result = llm_audit.scan(write_shards(tmp_path / "m", tensors), traps=True)
     status = {r["name"]: r["status"] for r in result.records}
     assert status == {
-        "a.good.weight": "success", "b.nan.weight": "nonfinite", "c.inf.weight": "nonfinite",
-        "d.zero.weight": "zero_matrix", "e.tiny.weight": "too_small", "f.int8.weight": "unsupported_dtype",
-        "g.fp8.weight": "unsupported_dtype", "h.bf16.weight": "success",
+        "a.good.weight": "success",
+        "b.nan.weight": "nonfinite",
+        "c.inf.weight": "nonfinite",
+        "d.zero.weight": "zero_matrix",
+        "e.tiny.weight": "too_small",
+        "f.int8.weight": "unsupported_dtype",
+        "g.fp8.weight": "unsupported_dtype",
+        "h.bf16.weight": "success",
     }
     reasons = {r["name"]: r["reason"] for r in result.records}
     assert reasons["b.nan.weight"] == "1 NaN or Inf weights"
     assert "F8_E4M3" in reasons["g.fp8.weight"]
     skipped = [r for r in result.records if r["status"] not in ("success", "fit_failed")]
     assert all(math.isnan(r.get("alpha", math.nan)) and r["flags"] == [] for r in skipped)
-    assert result.summary["skipped"] == {"nonfinite": 2, "zero_matrix": 1, "too_small": 1, "unsupported_dtype": 2}
+    assert result.summary["skipped"] == {
+        "nonfinite": 2,
+        "zero_matrix": 1,
+        "too_small": 1,
+        "unsupported_dtype": 2,
+    }
 
 
 def test_gaussian_layers_are_flagged_under_trained() -> None:
     g = torch.Generator().manual_seed(3)
-    result = llm_audit.scan({f"l{i}.weight": torch.randn(1000, 500, generator=g) for i in range(2)}, traps=False)
+    result = llm_audit.scan(
+        {f"l{i}.weight": torch.randn(1000, 500, generator=g) for i in range(2)}, traps=False
+    )
     assert all(r["alpha"] > 6 and r["flags"] == ["alpha_gt_6"] for r in result.records)
     assert result.summary["verdict"] == "watch"
 
@@ -111,7 +154,9 @@ def test_cli_scan_writes_report_and_prints_summary(cli, tiny_llama: Path, tmp_pa
     assert audit["settings"]["traps"] is True and "rand_num_spikes" in audit["layers"][1]
 
 
-def test_cli_describe_reads_no_weights(cli, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_describe_reads_no_weights(
+    cli, tiny_llama: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def refuse(*_: object) -> None:
         raise AssertionError("describe read a tensor")
 
@@ -128,7 +173,10 @@ def test_cli_describe_reads_no_weights(cli, tiny_llama: Path, monkeypatch: pytes
         (["scan", "/nonexistent/model"], "no such file or folder"),
         (["scan", "{m}", "--fail-on", "alpha_lt_3"], "unknown flag 'alpha_lt_3'"),
         (["scan", "{m}", "--layers", "("], "invalid regular expression"),
-        (["scan", "{m}", "--layers", "nothing-matches"], "no weight matrices to analyze match --layers"),
+        (
+            ["scan", "{m}", "--layers", "nothing-matches"],
+            "no weight matrices to analyze match --layers",
+        ),
         (["scan", "{m}", "--config", "{bad_config}"], "alpha_low < alpha_high"),
         (["scan", "{m}", "--config", "{typo_config}"], "unknown key 'alpah_low'"),
         (["scan", "{m}", "--device", "cuda:7"], "CUDA is not available"),
@@ -140,11 +188,15 @@ def test_cli_bad_input_is_one_line_exit_2_and_writes_nothing(
 ) -> None:
     (tmp_path / "bad.yaml").write_text("thresholds:\n  alpha_low: -1\n")
     (tmp_path / "typo.yaml").write_text("thresholds:\n  alpah_low: 2\n")
-    fill = {"m": tiny_llama, "bad_config": tmp_path / "bad.yaml", "typo_config": tmp_path / "typo.yaml"}
+    fill = {
+        "m": tiny_llama,
+        "bad_config": tmp_path / "bad.yaml",
+        "typo_config": tmp_path / "typo.yaml",
+    }
     argv = [a.format(**fill) for a in args]
     if argv[0] == "scan":
         argv += ["--out", str(tmp_path / "out"), "--no-progress"]
-    code, out, err = cli(*argv)
+    code, _, err = cli(*argv)
     assert code == 2
     assert err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "out").exists()
@@ -160,7 +212,11 @@ def test_cli_truncated_shard_is_named(cli, tiny_llama: Path, tmp_path: Path) -> 
 
 def test_fail_on_exits_1_when_a_flag_fires(cli, tmp_path: Path) -> None:
     folder = write_shards(tmp_path / "g", {"x.weight": torch.randn(1000, 400)})
-    code, _, err = cli("scan", folder, "--out", tmp_path / "r", "--fail-on", "alpha_gt_6", "--no-progress")
+    code, _, err = cli(
+        "scan", folder, "--out", tmp_path / "r", "--fail-on", "alpha_gt_6", "--no-progress"
+    )
     assert code == 1 and "alpha_gt_6" in err
-    code, _, _ = cli("scan", folder, "--out", tmp_path / "r", "--fail-on", "alpha_lt_2", "--no-progress")
+    code, _, _ = cli(
+        "scan", folder, "--out", tmp_path / "r", "--fail-on", "alpha_lt_2", "--no-progress"
+    )
     assert code == 0

@@ -38,7 +38,8 @@ def test_state_dict_and_module_sources_list_tied_weights_once() -> None:
         assert [t.name for t in source.tensors()] == ["embed.weight"]
     with open_source({"a.weight": torch.ones(3, 4), "b": torch.zeros(2)}) as source:
         assert [(t.name, t.shape, t.dtype) for t in source.tensors()] == [
-            ("a.weight", (3, 4), "F32"), ("b", (2,), "F32")
+            ("a.weight", (3, 4), "F32"),
+            ("b", (2,), "F32"),
         ]
 
 
@@ -48,7 +49,7 @@ def test_missing_path_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(SourceNotFoundError, match="holds no \\*.safetensors weights"):
+    with pytest.raises(SourceNotFoundError, match=r"holds no \*\.safetensors weights"):
         open_source(tmp_path)
 
 
@@ -66,7 +67,9 @@ class _Boom:
         return (print, ("pwned",))
 
 
-def test_malicious_pickle_is_refused_even_with_opt_in(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_malicious_pickle_is_refused_even_with_opt_in(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     torch.save({"w.weight": torch.randn(8, 8), "x": _Boom()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(CheckpointFormatError, match="weights_only=True"):
         open_source(tmp_path, allow_pickle=True)
@@ -126,10 +129,12 @@ def test_unknown_dtype_string(tmp_path: Path) -> None:
 
 
 def test_overlapping_offsets(tmp_path: Path) -> None:
-    header = json.dumps({
-        "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
-        "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
-    }).encode()
+    header = json.dumps(
+        {
+            "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+            "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+        }
+    ).encode()
     with pytest.raises(CheckpointFormatError, match="overlaps"):
         read_header(_with_header(tmp_path, header, b"\0" * 12))
 
@@ -152,8 +157,11 @@ def test_index_pointing_outside_the_folder(tiny_llama: Path) -> None:
 def test_uncached_hub_id_offline(tmp_path: Path) -> None:
     # HF_HUB_OFFLINE is read when huggingface_hub is imported, so this runs the real CLI in a
     # fresh process with an empty cache: one line on stderr, exit code 2, nothing written.
-    code, out, err = run_cli_process(
-        "scan", "acme/does-not-exist", "--out", str(tmp_path / "out"),
+    code, _, err = run_cli_process(
+        "scan",
+        "acme/does-not-exist",
+        "--out",
+        str(tmp_path / "out"),
         env={"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "cache")},
     )
     assert code == 2

@@ -73,7 +73,9 @@ def test_constant_offset_is_a_mean_spike_not_a_trap() -> None:
 
 
 def test_small_layers_are_shuffled_five_times() -> None:
-    rec, spectra = traps.trap_metrics(_gaussian(200, 50), eigenvalues(_gaussian(200, 50)).numpy(), seed=0)
+    rec, spectra = traps.trap_metrics(
+        _gaussian(200, 50), eigenvalues(_gaussian(200, 50)).numpy(), seed=0
+    )
     assert rec["num_shuffles"] == 5 and len(spectra["rand_evals"]) == 250
     assert rec["num_traps"] == 0 and rec["num_traps_std"] == 0
 
@@ -114,7 +116,10 @@ def test_scan_flags_the_trap_layer_only() -> None:
     state = {"clean.weight": torch.randn(512, 256, generator=g), "trapped.weight": trapped}
     result = llm_audit.scan(state, traps=True)
     flags = {r["name"]: r["flags"] for r in result.records}
-    assert "correlation_trap" in flags["trapped.weight"] and "correlation_trap" not in flags["clean.weight"]
+    assert (
+        "correlation_trap" in flags["trapped.weight"]
+        and "correlation_trap" not in flags["clean.weight"]
+    )
     assert result.summary["num_trap_layers"] == 1 and result.summary["total_traps"] == 2
 
 
@@ -124,7 +129,9 @@ def minilm_with_traps() -> dict[str, dict[str, Any]]:
 
 
 def test_rand_num_spikes_matches_weightwatcher_randomize(
-    minilm: Path, minilm_with_traps: dict[str, dict[str, Any]], tmp_path_factory: pytest.TempPathFactory
+    minilm: Path,
+    minilm_with_traps: dict[str, dict[str, Any]],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """WeightWatcher shuffles with numpy's RNG, we with torch's: the counts are compared per layer,
     and must agree on at least 90% of the layers (measured: all 39)."""
@@ -132,7 +139,9 @@ def test_rand_num_spikes_matches_weightwatcher_randomize(
     ww = ww_details(minilm, tmp_path_factory.mktemp("ww") / "randomize.json", randomize=True)
     ours = minilm_with_traps
     agree = [ours[n]["rand_num_spikes"] == ww[n]["rand_num_spikes"] for n in ww]
-    assert np.mean(agree) >= 0.9, {n: (ours[n]["rand_num_spikes"], ww[n]["rand_num_spikes"]) for n in ww}
+    assert np.mean(agree) >= 0.9, {
+        n: (ours[n]["rand_num_spikes"], ww[n]["rand_num_spikes"]) for n in ww
+    }
     # Every layer WeightWatcher says has a trap is flagged by us, or its spike is the mean spike.
     for name in (n for n in ww if ww[n]["rand_num_spikes"] > 0):
         row = ours[name]

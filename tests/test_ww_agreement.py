@@ -17,8 +17,18 @@ from tests.ww_reference import ww_details
 
 pytest.importorskip("weightwatcher")
 
-RELATIVE = ("D", "xmin", "log_norm", "log_spectral_norm", "stable_rank", "alpha_weighted",
-            "lambda_max", "norm", "log_alpha_norm", "entropy")
+RELATIVE = (
+    "D",
+    "xmin",
+    "log_norm",
+    "log_spectral_norm",
+    "stable_rank",
+    "alpha_weighted",
+    "lambda_max",
+    "norm",
+    "log_alpha_norm",
+    "entropy",
+)
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +60,8 @@ def test_other_metrics_match(ours: dict, ww: dict, column: str) -> None:
         assert ours[name][column] == pytest.approx(ww[name][column], rel=1e-3), name
 
 
-@pytest.mark.parametrize("column", ["num_pl_spikes", "num_evals", "N", "M", "rank_loss", "matrix_rank"])
+@pytest.mark.parametrize(
+    "column", ["num_pl_spikes", "num_evals", "N", "M", "rank_loss", "matrix_rank"]
+)
 def test_counts_match_exactly(ours: dict, ww: dict, column: str) -> None:
     assert {n: ours[n][column] for n in ww} == {n: ww[n][column] for n in ww}

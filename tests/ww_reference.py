@@ -19,8 +19,14 @@ def ww_details(folder: Path, out: Path, *, randomize: bool = False) -> dict[str,
     if not out.exists():
         env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
         args = [sys.executable, "-m", "tests.ww_reference", str(folder), str(out)]
-        subprocess.run(args + (["--randomize"] if randomize else []), check=True, env=env,
-                       capture_output=True, timeout=1800, cwd=Path(__file__).parent.parent)
+        subprocess.run(
+            args + (["--randomize"] if randomize else []),
+            check=True,
+            env=env,
+            capture_output=True,
+            timeout=1800,
+            cwd=Path(__file__).parent.parent,
+        )
     return {row["name"] + ".weight": row for row in json.loads(out.read_text())}
 
 

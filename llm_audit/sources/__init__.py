@@ -63,7 +63,9 @@ def open_source(
 
 
 def _open_file(path: Path, *, allow_pickle: bool) -> Source:
-    info = SourceInfo(id=str(path), kind="file", files=[str(path)], config=_read_config(path.parent))
+    info = SourceInfo(
+        id=str(path), kind="file", files=[str(path)], config=_read_config(path.parent)
+    )
     if path.suffix == ".safetensors":
         return SafetensorsSource([path], info)
     if path.suffix in (".bin", ".pt", ".pth"):

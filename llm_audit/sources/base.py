@@ -1,4 +1,4 @@
-"""What every weight source provides: a header-only listing of tensors, and reading one at a time."""
+"""What every weight source provides: a header-only list of tensors, and reading them one by one."""
 
 from __future__ import annotations
 

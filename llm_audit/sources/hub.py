@@ -33,7 +33,9 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
     patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     try:
         folder = Path(
-            snapshot_download(repo_id, revision=revision, allow_patterns=patterns, repo_type="model")
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=patterns, repo_type="model"
+            )
         )
     except RevisionNotFoundError:
         raise SourceNotFoundError(
@@ -42,7 +44,8 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
     except RepositoryNotFoundError:
         raise SourceNotFoundError(
             "no such local path, and no such model on the Hub (if private, set HF_TOKEN); "
-            "check the name", path=repo_id
+            "check the name",
+            path=repo_id,
         ) from None
     except LocalEntryNotFoundError:
         raise SourceNotFoundError(

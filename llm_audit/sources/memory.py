@@ -40,7 +40,8 @@ class StateDictSource(Source):
     def from_module(cls, module: torch.nn.Module) -> StateDictSource:
         name = type(module).__name__
         config = getattr(module, "config", None)
-        as_dict = config.to_dict() if hasattr(config, "to_dict") else None
+        to_dict = getattr(config, "to_dict", None)
+        as_dict = to_dict() if callable(to_dict) else None
         return cls(module.state_dict(), SourceInfo(id=name, kind="module", config=as_dict))
 
     def tensors(self) -> list[TensorInfo]:

@@ -8,6 +8,7 @@ file's map is dropped as soon as its last tensor has been read.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import struct
@@ -102,7 +103,7 @@ def _check_entries(header: dict[str, Any], *, data_size: int, path: Path) -> lis
         spans.append((begin, end, name))
         tensors.append(info)
     spans.sort()
-    for (_, prev_end, prev), (begin, _, name) in zip(spans, spans[1:], strict=False):
+    for (_, prev_end, prev), (begin, _, name) in itertools.pairwise(spans):
         if begin < prev_end:
             raise CheckpointFormatError(
                 f"data overlaps tensor {prev!r}", path=str(path), tensor=name
@@ -181,7 +182,7 @@ class SafetensorsSource(Source):
             handle = self._open.get(tensor.file)
             if handle is None:
                 handle = self._open[tensor.file] = safe_open(tensor.file, framework="pt")
-            return handle.get_tensor(tensor.name)  # type: ignore[no-any-return]
+            return handle.get_tensor(tensor.name)
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointFormatError(
                 f"cannot read tensor ({exc}); the file may have changed or be truncated",

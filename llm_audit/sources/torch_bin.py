@@ -44,7 +44,9 @@ def _load(path: Path) -> dict[str, Any]:
             f"refused by torch.load(weights_only=True): {first}", path=str(path)
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as exc:
-        raise CheckpointFormatError(f"not a readable torch checkpoint ({exc})", path=str(path)) from None
+        raise CheckpointFormatError(
+            f"not a readable torch checkpoint ({exc})", path=str(path)
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -61,7 +63,8 @@ class TorchBinSource(Source):
         for path in files:
             state = _load(path)
             self._tensors += [
-                TensorInfo(k, tuple(v.shape), dtype_name(v.dtype), str(path)) for k, v in state.items()
+                TensorInfo(k, tuple(v.shape), dtype_name(v.dtype), str(path))
+                for k, v in state.items()
             ]
         self._loaded: tuple[str, dict[str, Any]] | None = None
 
@@ -72,7 +75,7 @@ class TorchBinSource(Source):
         assert tensor.file is not None
         if self._loaded is None or self._loaded[0] != tensor.file:
             self._loaded = (tensor.file, _load(Path(tensor.file)))
-        return self._loaded[1][tensor.name]  # type: ignore[no-any-return]
+        return self._loaded[1][tensor.name]
 
     def release(self, file: str) -> None:
         if self._loaded and self._loaded[0] == file:

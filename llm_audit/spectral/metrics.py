@@ -1,8 +1,8 @@
 """Per-layer metrics from an ESD, with WeightWatcher's column names and formulas.
 
 Units are WeightWatcher's: eigenvalues of WᵀW without 1/N, so `norm` is the squared Frobenius norm
-and `spectral_norm`/`lambda_max` the squared largest singular value. Metrics that depend on alpha are
-NaN when the fit failed (WeightWatcher computes them from its alpha = -1 sentinel instead).
+and `spectral_norm`/`lambda_max` the squared largest singular value. Metrics that depend on alpha
+are NaN when the fit failed (WeightWatcher computes them from its alpha = -1 sentinel instead).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ def shape_columns(rows: int, cols: int) -> dict[str, float | int]:
 
 
 def spectrum_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, float | int]:
-    """Every ESD metric of one layer. `evals`: ascending float64, exact zeros where numerically 0."""
+    """Every ESD metric of one layer; `evals` ascending float64, exactly 0 where numerically 0."""
     lam_max = float(evals[-1])
     norm = float(evals.sum())
     alpha = fit.alpha

@@ -32,7 +32,7 @@ MAX_CULPRITS = 10  # largest |w - μ| entries reported per trap layer
 
 
 def trap_threshold(mean_eval: float, Q: float, M: int) -> float:
-    """Spike threshold (original units) for a centred shuffle: MP edge plus the Tracy–Widom margin."""
+    """Spike threshold (original units) of a centred shuffle: MP edge plus Tracy–Widom margin."""
     bulk_max = (1 + Q**-0.5) ** 2
     tw = Q**-0.5 * bulk_max ** (2 / 3) * M ** (-2 / 3)
     return (bulk_max + math.sqrt(tw)) * mean_eval
@@ -85,7 +85,7 @@ def trap_metrics(
     lam_max = float(evals[-1])
     record: dict[str, Any] = {
         "rand_num_spikes": mp.num_spikes,
-        "num_traps": int(round(float(np.mean(trap_counts)))),
+        "num_traps": round(float(np.mean(trap_counts))),
         "num_traps_std": float(np.std(trap_counts)),
         "num_shuffles": replicas,
         "max_rand_eval": float(rand_evals[-1]),
