@@ -13,7 +13,7 @@ import contextlib
 import os
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +25,7 @@ from tqdm import tqdm
 from llm_audit.config import AuditConfig
 from llm_audit.layers import Layer
 from llm_audit.sources import Source
-from llm_audit.spectral.esd import eigenvalues
+from llm_audit.spectral.esd import gram, gram_eigenvalues
 from llm_audit.spectral.metrics import shape_columns, spectrum_metrics
 from llm_audit.spectral.powerlaw import fit_power_law
 from llm_audit.spectral.traps import trap_metrics
@@ -69,33 +69,36 @@ def base_record(layer: Layer) -> dict[str, Any]:
     }
 
 
+def skipped(layer: Layer, status: str, reason: str | None) -> LayerOutcome:
+    """The row of a layer that is not analyzed, with its status and reason."""
+    return LayerOutcome({**base_record(layer), "status": status, "reason": reason})
+
+
 def analyze_batch(
     layers: list[Layer], matrices: list[torch.Tensor], cfg: AuditConfig
 ) -> list[LayerOutcome]:
     """Spectra and metrics of same-shape matrices (already on the compute device, as (out, in))."""
-    outcomes: list[LayerOutcome | None] = [None] * len(layers)
-    good = []
-    for i, (layer, W) in enumerate(zip(layers, matrices, strict=True)):
-        problem = _matrix_problem(W)
+    if matrices[0].is_cuda and len(matrices) > 1:
+        grams = list(gram(torch.stack(matrices)))  # one batched product on a GPU
+    else:
+        grams = [gram(W) for W in matrices]
+    outcomes = []
+    for layer, W, G in zip(layers, matrices, grams, strict=True):
+        problem = _matrix_problem(W, G)
         if problem:
-            outcomes[i] = LayerOutcome(
-                {**base_record(layer), "status": problem[0], "reason": problem[1]}
-            )
-        else:
-            good.append(i)
-    if good:
-        stacked = torch.stack([matrices[i] for i in good]) if len(good) > 1 else matrices[good[0]]
-        evals = eigenvalues(stacked).cpu().numpy().reshape(len(good), -1)
-        for row, i in zip(evals, good, strict=True):
-            outcomes[i] = _layer_outcome(layers[i], matrices[i], row, cfg)
-    return [o for o in outcomes if o is not None]
+            outcomes.append(skipped(layer, *problem))
+            continue
+        evals = gram_eigenvalues(G, long_side=max(W.shape)).cpu().numpy()
+        outcomes.append(_layer_outcome(layer, W, evals, cfg))
+    return outcomes
 
 
-def _matrix_problem(W: torch.Tensor) -> tuple[str, str] | None:
-    if not bool(torch.isfinite(W).all()):
+def _matrix_problem(W: torch.Tensor, G: torch.Tensor) -> tuple[str, str] | None:
+    """NaN/Inf or all-zero weights, seen on the small Gram rather than by a pass over W."""
+    if not bool(torch.isfinite(G).all()):
         bad = int((~torch.isfinite(W)).sum())
         return "nonfinite", f"{bad} NaN or Inf weights"
-    if not bool(W.any()):
+    if float(torch.diagonal(G).sum()) == 0.0:
         return "zero_matrix", "every weight is zero"
     return None
 
@@ -126,6 +129,41 @@ def _torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+@dataclass(frozen=True)
+class Job:
+    """Matrices analyzed together: (key, layer) pairs, and how to read them on the main thread.
+
+    `read` returns one (out, in) CPU matrix per item. A scan job is one layer (or a same-shape batch
+    on a GPU); a compare job is one aligned layer of every model and their differences.
+    """
+
+    items: list[tuple[str, Layer]]
+    read: Callable[[], list[torch.Tensor]]
+
+
+def layer_jobs(source: Source, layers: list[Layer], *, batch: int) -> Iterator[Job]:
+    """Jobs reading `layers` in order; a file's memory map is released after its last layer."""
+    last_use = {layer.tensor.file: layer.name for layer in layers if layer.tensor.file}
+
+    def reader(group: list[Layer]) -> Callable[[], list[torch.Tensor]]:
+        def read() -> list[torch.Tensor]:
+            mats = [oriented(source.read(layer.tensor), layer) for layer in group]
+            for layer in group:
+                if layer.tensor.file and last_use[layer.tensor.file] == layer.name:
+                    source.release(layer.tensor.file)
+            return mats
+
+        return read
+
+    for group in _batches(layers, batch):
+        yield Job([(layer.name, layer) for layer in group], reader(group))
+
+
+def oriented(W: torch.Tensor, layer: Layer) -> torch.Tensor:
+    """The matrix as (out, in): HF GPT-2 Conv1D weights are stored (in, out)."""
+    return W.T if layer.stored_in_out else W
+
+
 def _batches(layers: list[Layer], size: int) -> Iterator[list[Layer]]:
     """Consecutive same-shape layers, `size` at most per batch."""
     batch: list[Layer] = []
@@ -138,13 +176,6 @@ def _batches(layers: list[Layer], size: int) -> Iterator[list[Layer]]:
         yield batch
 
 
-def _load(source: Source, layer: Layer, device: torch.device) -> torch.Tensor:
-    W = source.read(layer.tensor)
-    if layer.stored_in_out:
-        W = W.T
-    return W.to(device, non_blocking=True)
-
-
 def run(
     source: Source,
     layers: list[Layer],
@@ -155,55 +186,63 @@ def run(
 ) -> tuple[list[LayerOutcome], float]:
     """Analyze every layer (skipped ones keep their status): outcomes in model order, seconds."""
     start = time.perf_counter()
-    device = resolve_device(cfg.device)
-    on_gpu = device.type == "cuda"
-    workers = workers or (1 if on_gpu else max(1, min(os.cpu_count() or 1, 8)))
     todo = [layer for layer in layers if layer.skip_status is None]
-    last_use = {layer.tensor.file: i for i, layer in enumerate(todo) if layer.tensor.file}
-    results: dict[str, LayerOutcome] = {
-        layer.name: LayerOutcome(
-            {**base_record(layer), "status": layer.skip_status, "reason": layer.skip_reason}
-        )
-        for layer in layers
-        if layer.skip_status is not None
-    }
-    bar = tqdm(total=len(todo), unit="layer", disable=not progress, desc="scan", leave=False)
-    read_bytes = 0
-    pending: list[tuple[list[Layer], Future[list[LayerOutcome]]]] = []
-    done_index = 0
-    with (
-        _torch_threads(1 if not on_gpu else torch.get_num_threads()),
-        ThreadPoolExecutor(workers) as pool,
-    ):
-        for batch in _batches(todo, GPU_BATCH if on_gpu else 1):
-            mats = [_load(source, layer, device) for layer in batch]
-            read_bytes += sum(m.numel() * m.element_size() for m in mats)
-            for layer in batch:
-                done_index += 1
-                if layer.tensor.file and last_use[layer.tensor.file] == done_index - 1:
-                    source.release(layer.tensor.file)
-            pending.append((batch, pool.submit(analyze_batch, batch, mats, cfg)))
-            del mats
-            pending = _collect(pending, results, bar, keep=workers + 1, read_bytes=read_bytes)
-        _collect(pending, results, bar, keep=0, read_bytes=read_bytes)
-    bar.close()
+    on_gpu = resolve_device(cfg.device).type == "cuda"
+    jobs = layer_jobs(source, todo, batch=GPU_BATCH if on_gpu else 1)
+    results = schedule(jobs, cfg, total=len(todo), progress=progress, workers=workers)
+    for layer in layers:
+        if layer.skip_status is not None:
+            results[layer.name] = skipped(layer, layer.skip_status, layer.skip_reason)
     source.close()
     return [results[layer.name] for layer in layers], time.perf_counter() - start
 
 
+def schedule(
+    jobs: Iterable[Job],
+    cfg: AuditConfig,
+    *,
+    total: int,
+    progress: bool = True,
+    workers: int | None = None,
+    desc: str = "scan",
+) -> dict[str, LayerOutcome]:
+    """Read jobs in order on this thread, analyze them on a pool; at most workers + 1 in flight."""
+    device = resolve_device(cfg.device)
+    on_gpu = device.type == "cuda"
+    workers = workers or (1 if on_gpu else max(1, min(os.cpu_count() or 1, 8)))
+    results: dict[str, LayerOutcome] = {}
+    bar = tqdm(total=total, unit="layer", disable=not progress, desc=desc, leave=False)
+    read_bytes = 0
+    pending: list[tuple[Job, Future[list[LayerOutcome]]]] = []
+    with (
+        _torch_threads(1 if not on_gpu else torch.get_num_threads()),
+        ThreadPoolExecutor(workers) as pool,
+    ):
+        for job in jobs:
+            mats = [m.to(device, non_blocking=True) for m in job.read()]
+            read_bytes += sum(m.numel() * m.element_size() for m in mats)
+            layers = [layer for _, layer in job.items]
+            pending.append((job, pool.submit(analyze_batch, layers, mats, cfg)))
+            del mats
+            pending = _collect(pending, results, bar, keep=workers + 1, read_bytes=read_bytes)
+        _collect(pending, results, bar, keep=0, read_bytes=read_bytes)
+    bar.close()
+    return results
+
+
 def _collect(
-    pending: list[tuple[list[Layer], Future[list[LayerOutcome]]]],
+    pending: list[tuple[Job, Future[list[LayerOutcome]]]],
     results: dict[str, LayerOutcome],
     bar: tqdm,
     *,
     keep: int,
     read_bytes: int,
-) -> list[tuple[list[Layer], Future[list[LayerOutcome]]]]:
-    """Wait until at most `keep` batches are in flight, storing finished results."""
+) -> list[tuple[Job, Future[list[LayerOutcome]]]]:
+    """Wait until at most `keep` jobs are in flight, storing finished results by key."""
     while len(pending) > keep or (pending and pending[0][1].done()):
-        batch, future = pending.pop(0)
-        for layer, outcome in zip(batch, future.result(), strict=True):
-            results[layer.name] = outcome
-        bar.update(len(batch))
+        job, future = pending.pop(0)
+        for (key, _), outcome in zip(job.items, future.result(), strict=True):
+            results[key] = outcome
+        bar.update(len(job.items))
         bar.set_postfix_str(f"{read_bytes / 2**20:,.0f} MB read")
     return pending

@@ -43,14 +43,19 @@ def gram(W: torch.Tensor) -> torch.Tensor:
 
 
 def eigenvalues(W: torch.Tensor) -> torch.Tensor:
-    """Ascending eigenvalues of WᵀW (min(rows, cols) of them, float64, same device as W).
+    """Ascending eigenvalues of WᵀW (min(rows, cols) of them, float64, same device as W)."""
+    return gram_eigenvalues(gram(W), long_side=max(W.shape[-2], W.shape[-1]))
 
-    Values within the Gram's rounding error of zero (|λ| ≤ max(rows, cols)·eps·λ_max) are set to
+
+def gram_eigenvalues(G: torch.Tensor, *, long_side: int) -> torch.Tensor:
+    """Ascending eigenvalues of a Gram matrix (or a batch of them) from `gram`.
+
+    Values within the Gram's rounding error of zero (|λ| ≤ long_side·eps·λ_max) are set to
     exactly 0: they are numerically zero, and a rank count needs them to be.
     """
-    evals = torch.linalg.eigvalsh(gram(W))
+    evals = torch.linalg.eigvalsh(G)
     lam_max = evals[..., -1:].clamp_min(0)
-    tol = max(W.shape[-2], W.shape[-1]) * EPS64 * lam_max
+    tol = long_side * EPS64 * lam_max
     if bool((evals < -100 * tol).any()):
         warnings.warn(
             "eigenvalues of WᵀW below -100·tolerance were clipped to 0; the matrix may hold "

@@ -40,7 +40,7 @@ def trap_threshold(mean_eval: float, Q: float, M: int) -> float:
 
 def _shuffle(W: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     perm = torch.randperm(W.numel(), generator=generator, device=W.device, dtype=torch.int32)
-    return W.reshape(-1)[perm].reshape(W.shape)
+    return W.reshape(-1).index_select(0, perm).reshape(W.shape)
 
 
 def _count_above(G: torch.Tensor, t: float) -> tuple[int, torch.Tensor | None]:
