@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from llm_audit.errors import LlmAuditError
+from llm_audit.errors import ConfigError, LlmAuditError
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -54,6 +54,33 @@ def build_parser() -> argparse.ArgumentParser:
         "describe", help="list a model's layers from its headers, reading no weights"
     )
     _add_model(describe, optional=False)
+
+    compare = sub.add_parser(
+        "compare", help="compare fine-tunes, merges or adapters with their base"
+    )
+    compare.add_argument("base", help="the base model (Hub id, folder or .safetensors file)")
+    compare.add_argument(
+        "others",
+        nargs="+",
+        metavar="OTHER",
+        help="models to compare with it (or LoRA adapter folders of the base)",
+    )
+    compare.add_argument("--revision", help="Hub revision of the base")
+    compare.add_argument("--out", type=Path, help="output folder (default reports/compare-<base>)")
+    compare.add_argument(
+        "--traps",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="compute correlation traps (default: on)",
+    )
+    compare.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    compare.add_argument("--config", type=Path, help="YAML file overriding configs/default.yaml")
+    compare.add_argument(
+        "--fail-on",
+        metavar="FLAG,...",
+        help="exit 1 if any layer of an OTHER gains one of these flags",
+    )
+    compare.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
 
@@ -75,7 +102,8 @@ def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _scan(args) if args.command == "scan" else _describe(args)
+        commands = {"scan": _scan, "describe": _describe, "compare": _compare}
+        return commands[args.command](args)
     except LlmAuditError as exc:
         print(f"llm-audit: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -143,6 +171,46 @@ def _describe(args: argparse.Namespace) -> int:
         f"\n{source.info.id}: family {family}, {len(layers)} layers, {total:,} parameters "
         f"in {len(tensors)} tensors"
     )
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from llm_audit.compare import compare
+    from llm_audit.flags import FLAGS, parse_fail_on
+    from llm_audit.scan import slug
+
+    fail_on = parse_fail_on(args.fail_on)
+    if any(item not in FLAGS for item in fail_on):
+        raise ConfigError("compare --fail-on takes layer flags only: " + ", ".join(FLAGS))
+    result = compare(
+        args.base,
+        *args.others,
+        revision=args.revision,
+        config=args.config,
+        traps=args.traps,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    out = args.out or Path("reports") / f"compare-{slug(str(args.base))}"
+    result.save(out)
+    for label, info in result.summary["others"].items():
+        new = ", ".join(f"{k}: {v}" for k, v in info["new_flags"].items()) or "none"
+        print(f"{label}: {info['alignment']['aligned']} layers aligned; new flags: {new}")
+        for name in info["most_changed"][:5]:
+            record = next(r for r in result.records if r["name"] == name)
+            d = record["delta"][label]
+            print(
+                f"  {name}: delta alpha {record['delta_alpha'][label]:+.2f}, "
+                f"|dW|/|W| {d['relative_norm']:.3g}, dW effective rank {d['effective_rank']:.1f}, "
+                f"new flags {','.join(record['new_flags'][label]) or '-'}"
+            )
+    print(f"\nComparison written to {out}/ (compare.json, compare.csv)")
+    fired = sorted(
+        {f for info in result.summary["others"].values() for f in info["new_flags"]} & set(fail_on)
+    )
+    if fired:
+        print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)
+        return EXIT_FLAGGED
     return EXIT_OK
 
 

@@ -11,6 +11,7 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,29 +53,10 @@ class AuditResult:
 
     def save(self, folder: str | Path) -> Path:
         """Write audit.json, layers.csv, layers.parquet and spectra.npz into `folder`."""
-        folder = Path(folder)
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-        except OSError as exc:
-            raise OutputError(
-                f"cannot create the output folder ({exc.strerror})", path=str(folder)
-            ) from None
-        try:
-            self._write_all(staging)
-            folder.mkdir(exist_ok=True)
-            for name in os.listdir(staging):
-                os.replace(staging / name, folder / name)
-        except OSError as exc:
-            raise OutputError(
-                f"cannot write the report ({exc.strerror})", path=str(folder)
-            ) from None
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return folder
+        return write_all_or_nothing(Path(folder), self._write_all)
 
     def _write_all(self, folder: Path) -> None:
-        (folder / "audit.json").write_text(json.dumps(_clean(self.to_json()), indent=1) + "\n")
+        write_json(folder / "audit.json", self.to_json())
         table = self.layers
         table.to_csv(folder / "layers.csv", index=False)
         table.to_parquet(folder / "layers.parquet", index=False)
@@ -83,6 +65,32 @@ class AuditResult:
         }
         with (folder / "spectra.npz").open("wb") as fh:
             np.savez_compressed(fh, allow_pickle=False, **arrays)
+
+
+def write_all_or_nothing(folder: Path, write: Callable[[Path], None]) -> Path:
+    """Run `write` into a fresh staging folder beside `folder`, then move its files into `folder`.
+
+    A failure (disk full, no permission) raises `OutputError` and leaves `folder` as it was.
+    """
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot create the folder ({exc.strerror})", path=str(folder)) from None
+    try:
+        write(staging)
+        folder.mkdir(exist_ok=True)
+        for name in os.listdir(staging):
+            os.replace(staging / name, folder / name)
+    except OSError as exc:
+        raise OutputError(f"cannot write the report ({exc.strerror})", path=str(folder)) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return folder
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(_clean(data), indent=1) + "\n")
 
 
 def _clean(value: Any) -> Any:

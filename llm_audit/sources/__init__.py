@@ -13,6 +13,7 @@ from llm_audit.errors import CheckpointFormatError, PickleRefusedError, SourceNo
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.hub import download, looks_like_hub_id
 from llm_audit.sources.memory import StateDictSource
+from llm_audit.sources.peft import LoraAdapterSource, is_adapter_folder
 from llm_audit.sources.safetensors_files import SafetensorsSource, shard_files
 from llm_audit.sources.torch_bin import TorchBinSource, bin_files
 
@@ -77,6 +78,8 @@ def _open_file(path: Path, *, allow_pickle: bool) -> Source:
 
 
 def _open_folder(folder: Path, *, allow_pickle: bool, kind: str) -> Source:
+    if is_adapter_folder(folder):
+        return LoraAdapterSource(folder)
     info = SourceInfo(id=str(folder), kind=kind, config=_read_config(folder))
     files = shard_files(folder)
     if files:
