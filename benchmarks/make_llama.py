@@ -109,7 +109,9 @@ def safetensors_header(
     return struct.pack("<Q", len(raw)) + raw
 
 
-def make_tensor(name: str, shape: tuple[int, ...], index: int, seed: int, dtype: torch.dtype) -> torch.Tensor:
+def make_tensor(
+    name: str, shape: tuple[int, ...], index: int, seed: int, dtype: torch.dtype
+) -> torch.Tensor:
     if name.endswith("norm.weight"):
         return torch.ones(shape, dtype=dtype)
     generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
@@ -169,7 +171,9 @@ def write_checkpoint(
     total_bytes = sum(numel(s) * itemsize for _, s in tensors)
     index_json = {"metadata": {"total_size": total_bytes}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2) + "\n")
-    (folder / "config.json").write_text(json.dumps(config_json(shape, torch_dtype), indent=2) + "\n")
+    (folder / "config.json").write_text(
+        json.dumps(config_json(shape, torch_dtype), indent=2) + "\n"
+    )
     return {
         "folder": str(folder),
         "preset": preset,
@@ -194,7 +198,12 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     info = write_checkpoint(
-        args.out, args.preset, dtype=args.dtype, blocks=args.blocks, shard_gb=args.shard_gb, seed=args.seed
+        args.out,
+        args.preset,
+        dtype=args.dtype,
+        blocks=args.blocks,
+        shard_gb=args.shard_gb,
+        seed=args.seed,
     )
     print(
         f"wrote {info['folder']}: {info['num_parameters'] / 1e9:.3f}B parameters, "

@@ -95,7 +95,8 @@ class Run:
     env: dict[str, str] = field(default_factory=dict)
     error: str | None = None
     alphas: dict[str, float] = field(default_factory=dict)
-    samples: list[tuple[float, int, int, int]] = field(default_factory=list)  # t, rss, anon, file kB
+    # (t s, VmRSS, RssAnon, RssFile kB), one per 50 ms
+    samples: list[tuple[float, int, int, int]] = field(default_factory=list)
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready, without the per-layer alphas and the samples."""
@@ -223,7 +224,9 @@ def _weightwatcher(folder: str, randomize: bool) -> dict[str, Any]:
         "layers_analyzed": len(details),
         "layers_total": len(details),  # WeightWatcher lists only the layers it analyzed
         **before,
-        "alphas": {f"{n}.weight": float(a) for n, a in zip(details["name"], details["alpha"])},
+        "alphas": {
+            f"{n}.weight": float(a) for n, a in zip(details["name"], details["alpha"], strict=True)
+        },
     }
 
 

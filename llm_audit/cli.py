@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
+from llm_audit.result import FORMATS, check_formats
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -48,12 +49,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FLAG,...",
         help="exit 1 if any layer raises one of these flags (or the verdict is watch/pathological)",
     )
+    scan.add_argument(
+        "--format",
+        default="json,csv,parquet,npz,html",
+        help="files to write: any of json,csv,parquet,npz,html (default all)",
+    )
     scan.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     describe = sub.add_parser(
         "describe", help="list a model's layers from its headers, reading no weights"
     )
     _add_model(describe, optional=False)
+
+    render = sub.add_parser("render", help="re-render report.html from audit.json and spectra.npz")
+    render.add_argument("audit_json", type=Path, help="an audit.json written by scan")
+    render.add_argument("--out", type=Path, help="output file (default report.html beside it)")
 
     compare = sub.add_parser(
         "compare", help="compare fine-tunes, merges or adapters with their base"
@@ -102,7 +112,7 @@ def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"scan": _scan, "describe": _describe, "compare": _compare}
+        commands = {"scan": _scan, "describe": _describe, "compare": _compare, "render": _render}
         return commands[args.command](args)
     except LlmAuditError as exc:
         print(f"llm-audit: error: {exc}", file=sys.stderr)
@@ -117,6 +127,8 @@ def _scan(args: argparse.Namespace) -> int:
     from llm_audit.scan import scan, slug
 
     fail_on = parse_fail_on(args.fail_on)
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    check_formats(formats)
     if args.model is None:
         print(
             "No model given: scanning the bundled sentence-transformers/all-MiniLM-L6-v2 "
@@ -136,13 +148,22 @@ def _scan(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     out = args.out or Path("reports") / slug(result.model["id"])
-    result.save(out)
+    result.save(out, formats)
     print(format_summary(result.summary, result.records))
-    print(f"\nReport written to {out}/ (audit.json, layers.csv, layers.parquet, spectra.npz)")
+    files = ", ".join(FORMATS[f] for f in formats)
+    print(f"\nReport written to {out}/ ({files})")
     fired = failing(fail_on, result.summary, result.records)
     if fired:
         print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)
         return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def _render(args: argparse.Namespace) -> int:
+    from llm_audit.report import render_file
+
+    out = render_file(args.audit_json, args.out)
+    print(f"Report written to {out}")
     return EXIT_OK
 
 

@@ -189,11 +189,7 @@ def _compare(
                 f"{m.label}: {first_other}, ...); these are different architectures",
                 path=m.source.info.id,
             )
-    todo = [
-        layer
-        for layer in base.layers.values()
-        if layer.skip_status is None and any(_changes(m, layer, alignment) for m in models)
-    ]
+    todo = [layer for layer in base.layers.values() if layer.skip_status is None]
     results = engine.schedule(
         _jobs(base, models, todo, alignment),
         cfg,

@@ -19,10 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llm_audit.errors import OutputError
+from llm_audit.errors import ConfigError, OutputError
 
 SCHEMA_VERSION = 1
-FILES = ("audit.json", "layers.csv", "layers.parquet", "spectra.npz")
+FORMATS = {  # --format name: file written
+    "json": "audit.json",
+    "csv": "layers.csv",
+    "parquet": "layers.parquet",
+    "npz": "spectra.npz",
+    "html": "report.html",
+}
 
 
 @dataclass
@@ -51,20 +57,37 @@ class AuditResult:
             "layers": self.records,
         }
 
-    def save(self, folder: str | Path) -> Path:
-        """Write audit.json, layers.csv, layers.parquet and spectra.npz into `folder`."""
-        return write_all_or_nothing(Path(folder), self._write_all)
+    def save(self, folder: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> Path:
+        """Write the report files named by `formats` (keys of FORMATS) into `folder`."""
+        check_formats(formats)
+        return write_all_or_nothing(Path(folder), lambda staging: self._write(staging, formats))
 
-    def _write_all(self, folder: Path) -> None:
-        write_json(folder / "audit.json", self.to_json())
+    def _write(self, folder: Path, formats: tuple[str, ...]) -> None:
+        if "json" in formats:
+            write_json(folder / "audit.json", self.to_json())
         table = self.layers
-        table.to_csv(folder / "layers.csv", index=False)
-        table.to_parquet(folder / "layers.parquet", index=False)
-        arrays = {
-            f"{layer}/{kind}": v for layer, d in self.spectra.items() for kind, v in d.items()
-        }
-        with (folder / "spectra.npz").open("wb") as fh:
-            np.savez_compressed(fh, allow_pickle=False, **arrays)
+        if "csv" in formats:
+            table.to_csv(folder / "layers.csv", index=False)
+        if "parquet" in formats:
+            table.to_parquet(folder / "layers.parquet", index=False)
+        if "npz" in formats:
+            arrays = {
+                f"{name}/{kind}": v for name, d in self.spectra.items() for kind, v in d.items()
+            }
+            with (folder / "spectra.npz").open("wb") as fh:
+                np.savez_compressed(fh, allow_pickle=False, **arrays)
+        if "html" in formats:
+            from llm_audit.report import render_html
+
+            html = render_html(_clean(self.to_json()), self.spectra)
+            (folder / "report.html").write_text(html, encoding="utf-8")
+
+
+def check_formats(formats: tuple[str, ...]) -> None:
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown or not formats:
+        name = repr(unknown[0]) if unknown else "(empty)"
+        raise ConfigError(f"--format: unknown format {name}; use any of {', '.join(FORMATS)}")
 
 
 def write_all_or_nothing(folder: Path, write: Callable[[Path], None]) -> Path:

@@ -70,6 +70,7 @@ def test_save_writes_consistent_files(minilm_result: llm_audit.AuditResult, tmp_
         "audit.json",
         "layers.csv",
         "layers.parquet",
+        "report.html",
         "spectra.npz",
     ]
     audit = json.loads((out / "audit.json").read_text())
@@ -220,3 +221,27 @@ def test_fail_on_exits_1_when_a_flag_fires(cli, tmp_path: Path) -> None:
         "scan", folder, "--out", tmp_path / "r", "--fail-on", "alpha_lt_2", "--no-progress"
     )
     assert code == 0
+
+
+def test_format_selects_files_and_render_rebuilds_the_page(
+    cli, tiny_llama: Path, tmp_path: Path
+) -> None:
+    code, _, err = cli(
+        "scan", tiny_llama, "--out", tmp_path / "r", "--no-progress", "--format", "json,npz"
+    )
+    assert code == 0, err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["audit.json", "spectra.npz"]
+    code, out, err = cli("render", tmp_path / "r" / "audit.json")
+    assert code == 0, err
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "model.layers.2.mlp.down_proj.weight" in page and "<svg" in page
+    code, _, err = cli("scan", tiny_llama, "--out", tmp_path / "x", "--format", "json,pdf")
+    assert code == 2 and "unknown format 'pdf'" in err and not (tmp_path / "x").exists()
+
+
+def test_render_bad_input(cli, tmp_path: Path) -> None:
+    code, _, err = cli("render", tmp_path / "missing.json")
+    assert code == 2 and err.count("\n") == 1
+    (tmp_path / "audit.json").write_text(json.dumps({"schema_version": 99, "layers": []}))
+    code, _, err = cli("render", tmp_path / "audit.json")
+    assert code == 2 and "schema" in err and err.count("\n") == 1

@@ -22,9 +22,9 @@ ANALYZED = ("success", "fit_failed")
 
 # Shown by default, in this order; every other key of the layer records becomes an extra column.
 MAIN_COLUMNS = (
-    "name", "block", "role", "shape", "Q", "alpha", "D", "xmin", "xmax", "num_pl_spikes",
-    "lambda_max", "log_norm", "stable_rank", "entropy", "num_traps", "rand_num_spikes",
-    "rand_bulk_max", "max_rand_eval", "flags", "status",
+    "name", "block", "role", "shape", "Q", "alpha", "num_traps", "flags", "D", "xmin", "xmax",
+    "num_pl_spikes", "lambda_max", "log_norm", "stable_rank", "entropy", "rand_num_spikes",
+    "rand_bulk_max", "max_rand_eval", "status",
 )  # fmt: skip
 NOT_COLUMNS = ("trap_entries",)
 TEXT_COLUMNS = ("name", "role", "shape", "flags", "status", "reason", "dtype")
@@ -50,7 +50,7 @@ COLUMN_HELP = {
     "log_norm": "log10 of the squared Frobenius norm",
     "stable_rank": "squared Frobenius norm / squared spectral norm",
     "entropy": "matrix entropy of the singular values (0 to 1)",
-    "num_traps": "correlation traps: spikes of the shuffled matrix above the MP edge, mean spike excluded",
+    "num_traps": "correlation traps: shuffled-matrix spikes above the MP edge, mean spike excluded",
     "rand_num_spikes": "WeightWatcher's count of shuffled spikes (includes the mean spike)",
     "rand_bulk_max": "Marchenko–Pastur bulk edge fitted to the shuffled matrix",
     "max_rand_eval": "largest eigenvalue of the shuffled matrix",
@@ -136,7 +136,9 @@ def cell(record: Mapping[str, Any], key: str) -> tuple[str, str]:
     return fmt(value, key), repr(rounded(v, 7))
 
 
-def esd_view(record: Mapping[str, Any], spectrum: Mapping[str, np.ndarray]) -> dict[str, Any] | None:
+def esd_view(
+    record: Mapping[str, Any], spectrum: Mapping[str, np.ndarray]
+) -> dict[str, Any] | None:
     """Binned ESD of one layer: counts of log10 λ in `BINS` equal bins, both series on one grid.
 
     Counts, not densities, are stored; the plot divides by n and the bin width in λ. Eigenvalues
@@ -171,7 +173,7 @@ def esd_view(record: Mapping[str, Any], spectrum: Mapping[str, np.ndarray]) -> d
         "r": counts(rand),
         "nr": int(rand.size),
         "spikes": [rounded(s) for s in spikes],
-        "alpha": rounded(record.get("alpha")),
+        "alpha": rounded(record.get("alpha"), 6),
         "xmin": rounded(record.get("xmin"), 6),
         "xmax": rounded(record.get("xmax"), 6),
         "npl": num(record.get("num_pl_spikes")),

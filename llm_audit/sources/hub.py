@@ -12,7 +12,12 @@ from pathlib import Path
 from llm_audit.errors import SourceNotFoundError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-SAFE_PATTERNS = ["*.safetensors", "model.safetensors.index.json", "config.json", "adapter_config.json"]
+SAFE_PATTERNS = [
+    "*.safetensors",
+    "model.safetensors.index.json",
+    "config.json",
+    "adapter_config.json",
+]
 PICKLE_PATTERNS = ["*.bin", "pytorch_model.bin.index.json"]
 
 

@@ -1,0 +1,161 @@
+"""Peak memory of llm-audit on a checkpoint larger than its memory target.
+
+Why: llm-audit streams a model tensor by tensor from memory-mapped shards and drops each shard's map
+after its last tensor, so its peak memory should be set by the largest matrices in flight, not by
+the model. This checks that on a Llama-shaped checkpoint of >= 4 GB (default: the 1b preset in f32,
+4.4 GB in ~1 GB shards, see make_llama.py), scanning it with traps off and on, each in a fresh child
+process whose /proc/<pid>/status is sampled every 50 ms (see measure.py).
+
+Read the numbers as: peak RSS (VmHWM, exact) = RssAnon (what llm-audit holds: float64 copies,
+Gram matrices, eigenvalues, plus torch's own ~200 MiB) + RssFile (shard pages mapped in, which the
+kernel can drop under pressure, plus shared libraries). The target is peak RSS < 2 GiB.
+
+Usage: python benchmarks/bench_memory.py [--dtype f32] [--traps off,on] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import struct
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import make_llama
+from measure import Run, checkpoint_files, run_case, set_page_cache
+
+DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--preset", choices=sorted(make_llama.PRESETS), default="1b")
+    p.add_argument("--dtype", choices=sorted(make_llama.DTYPES), default="f32")
+    p.add_argument("--blocks", type=int, help="override the preset's number of blocks")
+    p.add_argument("--shard-gb", type=float, default=1.0)
+    p.add_argument(
+        "--checkpoint",
+        type=Path,
+        help="use (or generate and keep) the checkpoint here instead of a temp dir",
+    )
+    p.add_argument(
+        "--workdir", type=Path, help="where the temporary checkpoint goes (default $TMPDIR)"
+    )
+    p.add_argument("--traps", default="off,on", help="comma list of off, on")
+    p.add_argument("--target-mib", type=float, default=2048.0, help="peak RSS target (MiB)")
+    p.add_argument(
+        "--cache",
+        choices=("warm", "cold"),
+        default="warm",
+        help="page cache before each run: shards read once (warm) or evicted (cold)",
+    )
+    p.add_argument("--timeout", type=float, help="seconds per run")
+    p.add_argument("--json", type=Path, help="write results and the memory timeline here")
+    return p.parse_args()
+
+
+def largest_matrix(folder: Path) -> dict[str, Any]:
+    """The biggest 2-D tensor in the shards' headers, and its size as stored and as float64."""
+    best: dict[str, Any] = {"numel": 0}
+    for path in checkpoint_files(folder):
+        with path.open("rb") as fh:
+            (length,) = struct.unpack("<Q", fh.read(8))
+            header = json.loads(fh.read(length))
+        for name, entry in header.items():
+            shape = entry.get("shape", []) if isinstance(entry, dict) else []
+            if len(shape) == 2 and shape[0] * shape[1] > best["numel"]:
+                best = {
+                    "name": name,
+                    "shape": shape,
+                    "numel": shape[0] * shape[1],
+                    "stored_mib": shape[0] * shape[1] * DTYPE_BYTES.get(entry["dtype"], 0) / 2**20,
+                    "float64_mib": shape[0] * shape[1] * 8 / 2**20,
+                }
+    return best
+
+
+def checkpoint(args: argparse.Namespace, tmp: str) -> tuple[Path, dict[str, Any]]:
+    folder = args.checkpoint or Path(tmp) / f"llama-{args.preset}-{args.dtype}"
+    if args.checkpoint and (folder / "model.safetensors.index.json").exists():
+        info: dict[str, Any] = {"folder": str(folder), "reused": True}
+    else:
+        print(
+            f"generating {args.preset} ({args.dtype}) in {folder} ...", file=sys.stderr, flush=True
+        )
+        start = time.perf_counter()
+        info = make_llama.write_checkpoint(
+            folder, args.preset, dtype=args.dtype, blocks=args.blocks, shard_gb=args.shard_gb
+        )
+        info["generate_s"] = time.perf_counter() - start
+    files = checkpoint_files(folder)
+    info["num_files"] = len(files)
+    info["bytes_on_disk"] = sum(f.stat().st_size for f in files)
+    info["largest_shard_mib"] = max(f.stat().st_size for f in files) / 2**20
+    info["largest_matrix"] = largest_matrix(folder)
+    return folder, info
+
+
+def report(runs: list[Run], info: dict[str, Any], target: float) -> str:
+    gb = info["bytes_on_disk"] / 1e9
+    big = info["largest_matrix"]
+    lines = [
+        f"Checkpoint: {gb:.2f} GB in {info['num_files']} shards "
+        f"(largest {info['largest_shard_mib']:.0f} MiB); largest matrix {big['name']} "
+        f"{big['shape']}: {big['stored_mib']:.0f} MiB stored, "
+        f"{big['float64_mib']:.0f} MiB as float64.",
+        "",
+        "| run | layers | analysis s | peak RSS MiB (VmHWM) | RssAnon / RssFile at peak "
+        "| peak RssAnon | peak RssFile | before scan: anon / file | peak RSS / checkpoint "
+        f"| < {target:.0f} MiB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in runs:
+        if r.error:
+            lines.append(f"| {r.label} | failed: {r.error} | | | | | | | | |")
+            continue
+        ok = "yes" if r.peak_rss_mib < target else "**NO**"
+        lines.append(
+            f"| {r.label} | {r.layers_analyzed} | {r.analysis_s:.1f} | {r.peak_rss_mib:.0f} "
+            f"| {r.anon_at_peak_mib:.0f} / {r.file_at_peak_mib:.0f} | {r.peak_anon_mib:.0f} "
+            f"| {r.peak_file_mib:.0f} | {r.anon_before_mib:.0f} / {r.file_before_mib:.0f} "
+            f"| {r.peak_rss_mib * 2**20 / info['bytes_on_disk']:.2f} | {ok} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    args = parse_args()
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="bench-memory-", dir=args.workdir) as tmp:
+        folder, info = checkpoint(args, tmp)
+        if info["bytes_on_disk"] < 4e9:
+            print(
+                f"note: the checkpoint is {info['bytes_on_disk'] / 1e9:.2f} GB, under the 4 GB "
+                "this benchmark is meant for (a smoke run?)",
+                file=sys.stderr,
+            )
+        for traps in args.traps.split(","):
+            set_page_cache(folder, warm=args.cache == "warm")
+            label = "llm-audit --traps" if traps == "on" else "llm-audit --no-traps"
+            run = run_case(label, "llm-audit", folder, traps=traps == "on", timeout=args.timeout)
+            status = run.error or f"{run.analysis_s:.1f} s, {run.peak_rss_mib:.0f} MiB"
+            print(f"  {label:22} {status}", file=sys.stderr, flush=True)
+            runs.append(run)
+    print("# llm-audit peak memory\n")
+    print(f"Page cache: {args.cache}; /proc/<pid>/status sampled every 50 ms; MiB = 2^20 bytes.\n")
+    print(report(runs, info, args.target_mib))
+    if args.json:
+        data = {
+            "settings": {k: str(v) for k, v in vars(args).items()},
+            "checkpoint": info,
+            "runs": [{**r.summary(), "samples_t_rss_anon_file_kb": r.samples} for r in runs],
+        }
+        args.json.write_text(json.dumps(data) + "\n")
+        print(f"\nwrote {args.json}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

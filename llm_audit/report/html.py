@@ -1,0 +1,566 @@
+"""The audit page, assembled from escaped strings: provenance, verdict, alpha by depth, the layer
+table, layer details with their ESDs, and what the flags mean.
+
+Every string that comes from the audit (tensor names, model id, versions) passes through `escape`;
+the data for the script is embedded as JSON with `<`, `>` and `&` written as \\u escapes, so no
+value can close the script element.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+from collections import Counter
+from collections.abc import Mapping
+from html import escape
+from importlib import resources
+from typing import Any
+
+import numpy as np
+
+from llm_audit.errors import ConfigError
+from llm_audit.report import plots
+from llm_audit.report.view import (
+    ANALYZED,
+    COLUMN_HELP,
+    TEXT_COLUMNS,
+    cell,
+    columns,
+    fmt,
+    layer_view,
+    num,
+    role_order,
+)
+from llm_audit.result import SCHEMA_VERSION
+
+Spectra = Mapping[str, Mapping[str, np.ndarray]]
+
+VERDICT_ADVICE = {
+    "healthy": "No counted layer crosses a threshold. As far as weight spectra can tell, nothing "
+    "here argues against shipping.",
+    "watch": "Some layers cross a threshold. Look at the flagged layers below before you ship or "
+    "decide to fine-tune further.",
+    "pathological": "The spectra show the signature of over-training or correlation traps. "
+    "Investigate the flagged layers before shipping this model.",
+}
+CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
+
+
+def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str:
+    """The audit as one self-contained HTML page (inline CSS, JS and SVG; no network access).
+
+    `audit` is `AuditResult.to_json()` or a loaded audit.json; `spectra` maps layer name to
+    {"evals": ..., "rand_evals": ...} eigenvalue arrays, or None to leave out the ESD plots (the
+    page says so). Raises `ConfigError` if `audit` is not an audit of a supported schema_version.
+    """
+    check_audit(audit)
+    records: list[Mapping[str, Any]] = [r for r in audit["layers"] if isinstance(r, Mapping)]
+    views = [
+        layer_view(i, r, spectra.get(str(r.get("name"))) if spectra is not None else None)
+        for i, r in enumerate(records)
+    ]
+    model = audit.get("model") or {}
+    title = f"llm-audit: {model.get('id', 'model')}"
+    body = [
+        _header(audit),
+        _verdict(audit, records),
+        _depth(audit, records),
+        _table(records),
+        _details(records, views, spectra is not None),
+        _flags_explained(audit),
+    ]
+    data = {"layers": views}
+    return "".join(
+        [
+            "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>",
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
+            '<meta name="viewport" content="width=device-width, initial-scale=1">',
+            '<meta name="color-scheme" content="light dark">',
+            f"<title>{escape(title)}</title><style>{_asset('report.css')}</style></head><body>",
+            "<main>",
+            *body,
+            "</main>",
+            f'<script type="application/json" id="audit-data">{_json_for_script(data)}</script>',
+            f"<script>{_asset('report.js')}</script></body></html>\n",
+        ]
+    )
+
+
+def check_audit(audit: Any) -> None:
+    """Raise `ConfigError` unless `audit` is an audit dict of the supported schema_version."""
+    if not isinstance(audit, Mapping) or not isinstance(audit.get("layers"), list):
+        raise ConfigError(
+            "not an llm-audit audit (no 'layers' list); pass the audit.json of a scan"
+        )
+    version = audit.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise ConfigError(
+            f"schema_version {version!r} is not supported (this llm-audit reads {SCHEMA_VERSION}); "
+            "render it with the llm-audit version that wrote it, or scan the model again"
+        )
+
+
+def _asset(name: str) -> str:
+    return (resources.files("llm_audit.report") / "assets" / name).read_text(encoding="utf-8")
+
+
+def _json_for_script(data: Any) -> str:
+    text = json.dumps(_finite(data), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _section(anchor: str, heading: str, *content: str) -> str:
+    return f'<section id="{anchor}"><h2>{heading}</h2>{"".join(content)}</section>'
+
+
+def _name(name: str) -> str:
+    """A tensor name, escaped, that may wrap after its dots (narrow screens, print)."""
+    return escape(name).replace(".", ".<wbr>")
+
+
+def _dl(items: list[tuple[str, str]], cls: str = "") -> str:
+    """A definition list; with a class, each pair is wrapped in a div (for a grid of pairs)."""
+    if cls:
+        pairs = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
+        return f'<dl class="{cls}">{pairs}</dl>'
+    return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
+
+
+# (1) provenance -----------------------------------------------------------------------------------
+
+
+def _header(audit: Mapping[str, Any]) -> str:
+    model = audit.get("model") or {}
+    settings = audit.get("settings") or {}
+    summary = audit.get("summary") or {}
+    versions = settings.get("versions") or {}
+    files = model.get("files") or []
+    dtype = model.get("dtype")
+    dtype = ", ".join(map(str, dtype)) if isinstance(dtype, list) else dtype
+    params = num(model.get("num_parameters"))
+    items = [
+        ("model", f"<code>{escape(str(model.get('id', '—')))}</code>"),
+        ("source", escape(str(model.get("source") or "—"))),
+        ("revision", escape(str(model.get("revision") or "—"))),
+        ("family", escape(str(model.get("family") or "—"))),
+        ("parameters", f"{params / 1e6:,.1f} M ({int(params):,})" if params is not None else "—"),
+        ("dtype", escape(str(dtype or "—"))),
+        ("estimator", escape(str(settings.get("estimator", "—")))),
+        ("device", escape(str(settings.get("device", "—")))),
+        ("seed", escape(str(settings.get("seed", "—")))),
+        ("traps", "on" if settings.get("traps", True) else "off"),
+        ("eigensolver", escape(str(settings.get("eigensolver", "—")))),
+        ("tool", f"llm-audit {escape(str(versions.get('llm-audit', '—')))}"),
+        ("date", escape(_date(settings.get("started")))),
+        ("time taken", f"{fmt(summary.get('seconds'))} s"),
+    ]
+    file_list = "".join(f"<li><code>{escape(str(f))}</code></li>" for f in files)
+    lib_list = ", ".join(f"{escape(str(k))} {escape(str(v))}" for k, v in versions.items())
+    more = (
+        f"<details><summary>files ({len(files)}) and library versions</summary>"
+        f"<ul class='files'>{file_list or '<li>none (in-memory model)</li>'}</ul>"
+        f"<p class='muted'>{lib_list}</p></details>"
+    )
+    return (
+        '<header id="top"><h1>Weight-spectrum audit of '
+        f"<code>{escape(str(model.get('id', 'model')))}</code></h1>"
+        '<nav><a href="#verdict">verdict</a><a href="#depth">alpha by depth</a>'
+        '<a href="#layers">layers</a><a href="#details">layer details</a>'
+        '<a href="#flags">what the flags mean</a></nav>'
+        f'<div class="provenance">{_dl(items, "pairs")}{more}</div></header>'
+    )
+
+
+def _date(started: Any) -> str:
+    if not isinstance(started, str):
+        return "—"
+    try:
+        return dt.datetime.fromisoformat(started).strftime("%Y-%m-%d %H:%M %Z").strip()
+    except ValueError:
+        return started
+
+
+# (2) verdict and summary cards ------------------------------------------------------------------
+
+
+def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
+    s = audit.get("summary") or {}
+    verdict = str(s.get("verdict", "unknown"))
+    t = _thresholds(audit)
+    skipped = [r for r in records if r.get("status") not in ANALYZED]
+    reasons = Counter(f"{r.get('status')}: {r.get('reason') or 'no reason given'}" for r in skipped)
+    skipped_text = (
+        "<ul>" + "".join(f"<li>{n} × {escape(k)}</li>" for k, n in reasons.items()) + "</ul>"
+        if skipped
+        else "<p class='muted'>none</p>"
+    )
+    excluded = ", ".join(map(str, s.get("excluded_from_summary") or [])) or "none"
+    cards = [
+        _card(
+            "layers",
+            f"{fmt(s.get('num_analyzed'))} <small>of {fmt(s.get('num_layers'))} analyzed</small>",
+            f"<p>{fmt(s.get('num_counted'))} counted in the summary (excluded roles: "
+            f"{escape(excluded)})</p><p>skipped:</p>{skipped_text}",
+        ),
+        _card(
+            "alpha",
+            f"{fmt(s.get('mean_alpha'), 'alpha')} <small>mean</small> · "
+            f"{fmt(s.get('median_alpha'), 'alpha')} <small>median</small>",
+            _by_role(s.get("alpha_by_role") or {}),
+        ),
+        _card(
+            "flags",
+            f"{sum(bool(r.get('flags')) for r in records)} <small>flagged layers, "
+            f"{_counted_flagged(records, s)} of them counted</small>",
+            _dl(
+                [
+                    (f"alpha &lt; {t['alpha_low']:g}", fmt(s.get("num_alpha_lt_2"))),
+                    (f"alpha &gt; {t['alpha_high']:g}", fmt(s.get("num_alpha_gt_6"))),
+                    ("fit failed", fmt(s.get("num_alpha_fit_failed"))),
+                    ("trap layers", fmt(s.get("num_trap_layers"))),
+                    ("traps in total", fmt(s.get("total_traps"))),
+                ]
+            ),
+        ),
+        _card("worst layers", "", _worst(s.get("worst_layers") or [], records)),
+    ]
+    return (
+        f'<section id="verdict"><h2>Verdict</h2><div class="verdict v-{escape(verdict)}">'
+        f'<span class="verdict-name">{escape(verdict)}</span>'
+        f"<p class='reason'>{escape(str(s.get('verdict_reason', '')))}</p>"
+        f"<p>{VERDICT_ADVICE.get(verdict, '')}</p></div>"
+        f'<div class="cards">{"".join(cards)}</div></section>'
+    )
+
+
+def _counted_flagged(records: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> int:
+    excluded = set(map(str, summary.get("excluded_from_summary") or []))
+    return sum(bool(r.get("flags")) and str(r.get("role")) not in excluded for r in records)
+
+
+def _card(title: str, big: str, body: str) -> str:
+    return f'<div class="card"><h3>{title}</h3><p class="big">{big}</p>{body}</div>'
+
+
+def _by_role(by_role: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f"<tr><td>{escape(role)}</td><td>{fmt(by_role[role].get('count'))}</td>"
+        f"<td>{fmt(by_role[role].get('mean'), 'alpha')}</td>"
+        f"<td>{fmt(by_role[role].get('median'), 'alpha')}</td></tr>"
+        for role in role_order(by_role)
+        if isinstance(by_role[role], Mapping)
+    )
+    return (
+        "<table class='mini'><thead><tr><th>role</th><th>n</th><th>mean</th><th>median</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>"
+    )
+
+
+def _worst(names: list[Any], records: list[Mapping[str, Any]]) -> str:
+    index = {str(r.get("name")): i for i, r in enumerate(records)}
+    items = []
+    for name in names:
+        i = index.get(str(name))
+        if i is None:
+            continue
+        r = records[i]
+        items.append(
+            f'<li><a href="#L{i}"><code>{_name(str(name))}</code></a> '
+            f"alpha {fmt(r.get('alpha'), 'alpha')}, traps {fmt(r.get('num_traps'))}</li>"
+        )
+    return f"<ol class='worst'>{''.join(items)}</ol>" if items else "<p class='muted'>none</p>"
+
+
+def _thresholds(audit: Mapping[str, Any]) -> dict[str, float]:
+    t = (audit.get("settings") or {}).get("thresholds") or {}
+    return {
+        "alpha_low": num(t.get("alpha_low")) or 2.0,
+        "alpha_high": num(t.get("alpha_high")) or 6.0,
+        "min_traps": num(t.get("min_traps")) or 1.0,
+    }
+
+
+# (3) alpha by depth -----------------------------------------------------------------------------
+
+
+def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
+    t = _thresholds(audit)
+    points: dict[str, list[Mapping[str, Any]]] = {}
+    loose = []
+    for i, r in enumerate(records):
+        alpha, block = num(r.get("alpha")), r.get("block")
+        if alpha is None:
+            continue
+        if isinstance(block, int) and not isinstance(block, bool):
+            points.setdefault(str(r.get("role")), []).append(
+                {"i": i, "name": str(r.get("name")), "block": block, "alpha": alpha,
+                 "flags": [str(f) for f in r.get("flags") or []]}
+            )  # fmt: skip
+        else:
+            loose.append((i, r))
+    if not points:
+        panels = "<p class='muted'>No layer has a block index, so there is no depth to plot.</p>"
+    else:
+        blocks = 1 + max(p["block"] for ps in points.values() for p in ps)
+        top = max(p["alpha"] for ps in points.values() for p in ps)
+        ymax = float(min(12, max(8, math.ceil(top))))
+        panels = "".join(
+            plots.depth_panel(role, points[role], blocks, ymax, (t["alpha_low"], t["alpha_high"]))
+            for role in role_order(points)
+        )
+    outside = "".join(
+        f'<li><a href="#L{i}" data-pick="{i}"><code>{escape(str(r.get("name")))}</code></a> '
+        f"({escape(str(r.get('role')))}): alpha {fmt(r.get('alpha'), 'alpha')}</li>"
+        for i, r in loose
+    )
+    return _section(
+        "depth",
+        "Alpha by depth",
+        f"<p class='muted'>One panel per role; a dot per layer, the line through the per-block "
+        f"median. Shaded: alpha below {t['alpha_low']:g} or above {t['alpha_high']:g}. Ringed in "
+        "red: flagged layers; purple ring: correlation traps. Triangles on top: alpha above the "
+        "axis. Click a dot to see its spectrum.</p>",
+        f'<div class="panels">{panels}</div>',
+        f"<p>Layers outside the blocks:</p><ul>{outside}</ul>" if outside else "",
+    )
+
+
+# (4) the layer table ----------------------------------------------------------------------------
+
+
+def _table(records: list[Mapping[str, Any]]) -> str:
+    main, extra = columns(records)
+    roles = role_order({str(r.get("role")) for r in records})
+    flags = sorted({str(f) for r in records for f in r.get("flags") or []})
+    head = "".join(_th(key, key in extra) for key in main + extra)
+    rows = "".join(_row(i, r, main, extra) for i, r in enumerate(records))
+    role_opts = "".join(f'<option value="{escape(r)}">{escape(r)}</option>' for r in roles)
+    flag_opts = "".join(f'<option value="{escape(f)}">{escape(f)}</option>' for f in flags)
+    controls = (
+        '<div class="controls">'
+        '<label>role <select id="f-role"><option value="">all</option>'
+        f"{role_opts}</select></label>"
+        '<label>flag <select id="f-flag"><option value="">all layers</option>'
+        '<option value="*">any flag</option><option value="-">no flag</option>'
+        f'{flag_opts}<option value="!">skipped</option></select></label>'
+        '<label>name <input id="f-text" type="search" placeholder="filter by name"></label>'
+        '<label><input id="f-all" type="checkbox"> all columns</label>'
+        '<span id="f-count" class="muted"></span></div>'
+    )
+    return _section(
+        "layers",
+        "Layers",
+        "<p class='muted'>Click a header to sort, a row to see its spectrum. "
+        "Metric names follow WeightWatcher where the quantity is the same.</p>",
+        controls,
+        f'<div class="table-wrap"><table id="layer-table" class="layers">'
+        f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>",
+    )
+
+
+def _th(key: str, extra: bool) -> str:
+    kind = "text" if key in TEXT_COLUMNS else "num"
+    cls = ' class="extra"' if extra else ""
+    help_text = COLUMN_HELP.get(key, "")
+    title = f' title="{escape(help_text)}"' if help_text else ""
+    return f'<th{cls} data-key="{escape(key)}" data-type="{kind}"{title}>{escape(key)}</th>'
+
+
+def _row(i: int, r: Mapping[str, Any], main: list[str], extra: list[str]) -> str:
+    flags = [str(f) for f in r.get("flags") or []]
+    status = str(r.get("status", ""))
+    attrs = (
+        f'data-i="{i}" data-role="{escape(str(r.get("role")))}" '
+        f'data-flags="{escape(" ".join(flags))}" data-analyzed="{int(status in ANALYZED)}"'
+    )
+    cls = ' class="flagged"' if flags else (' class="skipped"' if status not in ANALYZED else "")
+    cells = []
+    for key in main + extra:
+        text, sort = cell(r, key)
+        extra_cls = "extra " if key in extra else ""
+        if key == "name":
+            content = f'<a href="#L{i}" data-pick="{i}">{_name(text)}</a>'
+        elif key == "flags":
+            content = " ".join(
+                f'<span class="flag f-{escape(f)}">{escape(f)}</span>' for f in flags
+            )
+        else:
+            content = escape(text)
+        cells.append(
+            f'<td class="{extra_cls}c-{escape(key)}" data-v="{escape(sort)}">{content}</td>'
+        )
+    return f"<tr{cls} {attrs}>{''.join(cells)}</tr>"
+
+
+# (5) layer details -----------------------------------------------------------------------------
+
+
+def _details(records: list[Mapping[str, Any]], views: list[dict[str, Any]], have: bool) -> str:
+    note = (
+        ""
+        if have
+        else '<p class="note warn" id="no-spectra">The eigenvalue spectra '
+        "(<code>spectra.npz</code>) were not available, so this page has no ESD plots. Put the "
+        "<code>spectra.npz</code> written by <code>llm-audit scan</code> next to "
+        "<code>audit.json</code> and run <code>llm-audit render audit.json</code> again.</p>"
+    )
+    flagged = [v for v, r in zip(views, records, strict=True) if r.get("flags")]
+    cards = "".join(detail_card(v, with_plot=have) for v in flagged)
+    return _section(
+        "details",
+        "Layer details",
+        note,
+        '<div id="picked" class="picked" hidden></div>',
+        "<p class='muted'>Each flagged layer below; pick any other layer in the table or the depth "
+        "chart to see it here. The ESD is the density of the eigenvalues λ of WᵀW on log-log "
+        "axes; the shuffled ESD is that of the same matrix with its entries randomly permuted.</p>",
+        cards or "<p>No layer is flagged.</p>",
+    )
+
+
+def detail_card(v: Mapping[str, Any], *, with_plot: bool = True) -> str:
+    """One layer's card: metrics, ESD plot (if its spectrum is known) and trap entries."""
+    flags = "".join(f'<span class="flag f-{escape(f)}">{escape(f)}</span>' for f in v["flags"])
+    meta = (
+        f"role {escape(v['role'])} · block {escape(v['block'])} · shape {escape(v['shape'])} · "
+        f"Q {escape(v['Q'])} · status {escape(v['status'])}"
+        + (f" ({escape(v['reason'])})" if v["reason"] else "")
+    )
+    metrics = _dl([(escape(k), escape(val)) for k, val in v["m"]])
+    esd = v.get("esd")
+    if esd:
+        plot = (
+            f"<figure>{plots.esd_svg(esd, 'ESD of ' + v['name'])}"
+            f"<figcaption>{_legend(esd)}</figcaption></figure>"
+        )
+    elif with_plot:
+        plot = '<p class="note">No spectrum stored for this layer.</p>'
+    else:
+        plot = ""
+    return (
+        f'<article class="layer-card" id="L{v["i"]}">'
+        f"<h3><code>{escape(v['name'])}</code> {flags}</h3>"
+        f'<p class="muted">{meta}</p><div class="card-body">{metrics}{plot}{_trap_table(v)}</div>'
+        "</article>"
+    )
+
+
+def _legend(esd: Mapping[str, Any]) -> str:
+    """The key under an ESD plot; the shuffled items only when the scan shuffled (traps on)."""
+    items = ['<span class="key k-bar"></span>ESD']
+    if esd.get("alpha") is not None:
+        items.append(
+            '<span class="key k-fit"></span>power-law fit (slope −alpha = '
+            f"−{fmt(esd['alpha'], 'alpha')})"
+        )
+        items.append('<span class="key k-xmin"></span>xmin')
+    if esd.get("nr"):
+        items += [
+            '<span class="key k-rand"></span>shuffled ESD',
+            '<span class="key k-bulk"></span>MP edge',
+            '<span class="key k-mre"></span>max_rand_eval',
+            '<span class="key k-trap">▼</span>shuffled spikes',
+        ]
+    below = esd.get("below") or 0
+    tail = f" {below} eigenvalue(s) ≈ 0 not drawn." if below else ""
+    return " ".join(f'<span class="li">{i}</span>' for i in items) + tail
+
+
+def _trap_table(v: Mapping[str, Any]) -> str:
+    if not v["te"]:
+        return ""
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>" for row in v["te"]
+    )
+    more = (
+        f"<p class='muted'>first {len(v['te'])} of {v['te_total']} entries</p>"
+        if v["te_total"] > len(v["te"])
+        else ""
+    )
+    return (
+        "<div class='traps'><p title='the matrix elements behind the traps'><b>trap entries</b>, "
+        "largest |z| first</p><table class='mini'><thead><tr><th>row</th><th>col</th>"
+        f"<th>value</th><th>z</th></tr></thead><tbody>{rows}</tbody></table>{more}</div>"
+    )
+
+
+# (6) what the flags mean ------------------------------------------------------------------------
+
+
+def _flags_explained(audit: Mapping[str, Any]) -> str:
+    t = _thresholds(audit)
+    rule = (audit.get("settings") or {}).get("verdict") or {}
+    low, high, traps = f"{t['alpha_low']:g}", f"{t['alpha_high']:g}", f"{t['min_traps']:g}"
+    flags = [
+        ("alpha_lt_2", f"alpha &lt; {low}",
+         "The tail of the eigenvalue density is heavier than in well-trained layers: the layer may "
+         "be over-fit or over-trained. Together with correlation traps this is the anti-grokking "
+         "signature (a model that generalized and is now over-training)."),
+        ("alpha_gt_6", f"alpha &gt; {high}",
+         "The spectrum is close to that of a random matrix: the layer learned little structure. "
+         "It may be under-trained, or matter little to the model."),
+        ("correlation_trap", f"num_traps ≥ {traps}",
+         "After shuffling the matrix's entries (which destroys learned correlations) "
+         "eigenvalues still stand above the Marchenko–Pastur bulk edge. Such a spike comes from "
+         "a few unusually large entries, listed with their row, column, value and z-score. "
+         "Traps have been associated with training problems such as a learning rate that is too "
+         "large; check whether the listed entries are expected (e.g. a special token's "
+         "embedding)."),
+        ("alpha_fit_failed", "no fit",
+         "The power-law fit could not be made (too few eigenvalues in the tail, a degenerate "
+         "spectrum); alpha is left empty and the status reason says why."),
+    ]  # fmt: skip
+    rows = "".join(
+        f'<tr><td><span class="flag f-{f}">{f}</span></td><td>{when}</td><td>{what}</td></tr>'
+        for f, when, what in flags
+    )
+    verdicts = (
+        f"<p><b>Verdict.</b> <i>pathological</i> when at least "
+        f"{escape(str(rule.get('pathological_trap_layers', 1)))} layer(s) have traps and at least "
+        f"{_pct(rule.get('pathological_alpha_lt_2_fraction', 0.1))} of the counted layers have "
+        f"alpha &lt; {low}, or when at least {_pct(rule.get('pathological_trap_fraction', 0.25))} "
+        "of them have traps; <i>watch</i> when any counted layer is flagged; <i>healthy</i> "
+        "otherwise.</p>"
+    )
+    caveats = [
+        "The thresholds are heuristics from HTSR theory and experiments, not laws; a flag is a "
+        "reason to look, not a proof.",
+        "alpha depends on the aspect ratio Q = N/M of the matrix: compare layers of the same role "
+        "and shape rather than across very different shapes.",
+        "Embeddings and the LM head are excluded from the summary means and counts by default "
+        "(setting <code>include_embeddings_in_summary</code>); they are still in the table.",
+        "<code>num_traps</code> is not WeightWatcher's <code>rand_num_spikes</code>: a matrix "
+        "whose entries have a non-zero mean keeps one large eigenvalue after shuffling (the mean "
+        "spike). That spike is not a trap, so <code>num_traps</code> leaves it out; "
+        "<code>rand_num_spikes</code> counts it.",
+        "Eigenvalues are those of WᵀW for the stored weights, in WeightWatcher's units, so values "
+        "compare with WeightWatcher's.",
+    ]
+    return _section(
+        "flags",
+        "What the flags mean",
+        f"<table class='mini flags-table'><thead><tr><th>flag</th><th>when</th><th>meaning</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table>",
+        verdicts,
+        "<p><b>Caveats.</b></p><ul>" + "".join(f"<li>{c}</li>" for c in caveats) + "</ul>",
+        "<p class='muted'>Written by llm-audit. This page makes no network request; the raw "
+        "eigenvalues are in spectra.npz next to audit.json.</p>",
+    )
+
+
+def _pct(value: Any) -> str:
+    v = num(value)
+    return "—" if v is None else f"{v * 100:g}%"
