@@ -1,4 +1,4 @@
-"""compare: real MiniLM weights against a fine-tuned copy, a copy with a planted trap, a LoRA adapter."""
+"""compare: MiniLM against a fine-tuned copy, a copy with a planted trap, a LoRA adapter."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ def test_scan_from_hub_fetches_only_weights_and_records_the_commit(
 ) -> None:
     cache = tmp_path / "cache"
     with HubServer({REPO: hub_repo}) as hub:
-        code, out, err = run_cli_process(
+        code, _, err = run_cli_process(
             "scan",
             REPO,
             "--out",

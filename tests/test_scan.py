@@ -231,7 +231,7 @@ def test_format_selects_files_and_render_rebuilds_the_page(
     )
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["audit.json", "spectra.npz"]
-    code, out, err = cli("render", tmp_path / "r" / "audit.json")
+    code, _, err = cli("render", tmp_path / "r" / "audit.json")
     assert code == 0, err
     page = (tmp_path / "r" / "report.html").read_text()
     assert "model.layers.2.mlp.down_proj.weight" in page and "<svg" in page
