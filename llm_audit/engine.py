@@ -142,18 +142,10 @@ class Job:
 
 
 def layer_jobs(source: Source, layers: list[Layer], *, batch: int) -> Iterator[Job]:
-    """Jobs reading `layers` in order; a file's memory map is released after its last layer."""
-    last_use = {layer.tensor.file: layer.name for layer in layers if layer.tensor.file}
+    """Jobs reading `layers` in order, `batch` same-shape layers per job."""
 
     def reader(group: list[Layer]) -> Callable[[], list[torch.Tensor]]:
-        def read() -> list[torch.Tensor]:
-            mats = [oriented(source.read(layer.tensor), layer) for layer in group]
-            for layer in group:
-                if layer.tensor.file and last_use[layer.tensor.file] == layer.name:
-                    source.release(layer.tensor.file)
-            return mats
-
-        return read
+        return lambda: [oriented(source.read(layer.tensor), layer) for layer in group]
 
     for group in _batches(layers, batch):
         yield Job([(layer.name, layer) for layer in group], reader(group))

@@ -113,3 +113,9 @@ def run_cli_process(
         timeout=timeout,
     )
     return proc.returncode, proc.stdout, proc.stderr
+
+
+@pytest.fixture(autouse=True)
+def _seeded() -> None:
+    """Every test starts from the same global torch RNG state."""
+    torch.manual_seed(0)

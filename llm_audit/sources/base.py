@@ -50,9 +50,6 @@ class Source(abc.ABC):
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         """The tensor's values, on the CPU, in its stored dtype."""
 
-    def release(self, file: str) -> None:  # noqa: B027 - optional hook
-        """Called once every tensor of `file` has been read, so its memory map can be dropped."""
-
     def close(self) -> None:  # noqa: B027 - optional hook
         """Drop every open file."""
 

@@ -2,8 +2,10 @@
 
 Headers are parsed and checked here before `safe_open` sees the file, so a truncated shard, a
 malformed header or offsets past the end of the file become one clear `CheckpointFormatError`
-naming the file. Weights are then read through `safe_open` memory maps one tensor at a time, and a
-file's map is dropped as soon as its last tensor has been read.
+naming the file. Weights are then read through `safe_open` memory maps, one tensor at a time: the
+file is opened for each tensor (about 60 µs) and its handle closed at once, so the mapping lives
+exactly as long as the tensor does and the pages of analyzed tensors leave memory with them.
+Holding a handle per shard instead keeps every page read so far resident until the shard is done.
 """
 
 from __future__ import annotations
@@ -171,7 +173,6 @@ class SafetensorsSource(Source):
                     )
                 seen[t.name] = str(path)
                 self._tensors.append(t)
-        self._open: dict[str, Any] = {}
 
     def tensors(self) -> list[TensorInfo]:
         return list(self._tensors)
@@ -179,19 +180,11 @@ class SafetensorsSource(Source):
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         assert tensor.file is not None
         try:
-            handle = self._open.get(tensor.file)
-            if handle is None:
-                handle = self._open[tensor.file] = safe_open(tensor.file, framework="pt")
-            return handle.get_tensor(tensor.name)
+            with safe_open(tensor.file, framework="pt") as handle:
+                return handle.get_tensor(tensor.name)
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointFormatError(
                 f"cannot read tensor ({exc}); the file may have changed or be truncated",
                 path=tensor.file,
                 tensor=tensor.name,
             ) from None
-
-    def release(self, file: str) -> None:
-        self._open.pop(file, None)
-
-    def close(self) -> None:
-        self._open.clear()

@@ -77,9 +77,5 @@ class TorchBinSource(Source):
             self._loaded = (tensor.file, _load(Path(tensor.file)))
         return self._loaded[1][tensor.name]
 
-    def release(self, file: str) -> None:
-        if self._loaded and self._loaded[0] == file:
-            self._loaded = None
-
     def close(self) -> None:
         self._loaded = None
