@@ -29,15 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     scan = sub.add_parser("scan", help="audit every weight matrix of a model")
     _add_model(scan, optional=True)
     scan.add_argument("--out", type=Path, help="output folder (default reports/<model-slug>)")
-    scan.add_argument(
-        "--traps",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="compute correlation traps (default: on)",
+    _add_analysis_options(
+        scan,
+        fail_on="exit 1 if any layer raises one of these flags (or the verdict is watch/pathological)",
     )
-    scan.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     scan.add_argument("--layers", metavar="REGEX", help="only tensors whose name matches REGEX")
-    scan.add_argument("--config", type=Path, help="YAML file overriding configs/default.yaml")
     scan.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
     scan.add_argument(
         "--estimator",
@@ -45,16 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="power-law estimator for alpha (default ww)",
     )
     scan.add_argument(
-        "--fail-on",
-        metavar="FLAG,...",
-        help="exit 1 if any layer raises one of these flags (or the verdict is watch/pathological)",
-    )
-    scan.add_argument(
         "--format",
         default="json,csv,parquet,npz,html",
         help="files to write: any of json,csv,parquet,npz,html (default all)",
     )
-    scan.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
     describe = sub.add_parser(
         "describe", help="list a model's layers from its headers, reading no weights"
@@ -77,21 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument("--revision", help="Hub revision of the base")
     compare.add_argument("--out", type=Path, help="output folder (default reports/compare-<base>)")
-    compare.add_argument(
+    _add_analysis_options(
+        compare, fail_on="exit 1 if any layer of an OTHER gains one of these flags"
+    )
+    return parser
+
+
+def _add_analysis_options(p: argparse.ArgumentParser, *, fail_on: str) -> None:
+    """Options every analyzing command shares."""
+    p.add_argument(
         "--traps",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="compute correlation traps (default: on)",
     )
-    compare.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    compare.add_argument("--config", type=Path, help="YAML file overriding configs/default.yaml")
-    compare.add_argument(
-        "--fail-on",
-        metavar="FLAG,...",
-        help="exit 1 if any layer of an OTHER gains one of these flags",
-    )
-    compare.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    return parser
+    p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--config", type=Path, help="YAML file overriding configs/default.yaml")
+    p.add_argument("--fail-on", metavar="FLAG,...", help=fail_on)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
 
 def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:

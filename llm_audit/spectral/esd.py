@@ -1,8 +1,9 @@
 """Eigenvalues of WᵀW, exactly, in WeightWatcher's units (no 1/N).
 
 Computed from the Gram matrix of the smaller side in float64 and `eigvalsh`: 2-4x faster than the
-float64 SVD WeightWatcher runs, with absolute error about eps64·λ_max on every eigenvalue (a float32
-Gram would lose eigenvalues below about 1e-7·λ_max; see benchmarks/bench_esd_accuracy.py).
+float64 SVD WeightWatcher runs, with absolute error about eps64·λ_max on every eigenvalue. A float32
+Gram would be faster again but loses eigenvalues below about 1e-7·λ_max (some come out negative),
+which matters on real layers: MiniLM's position embeddings fit xmin at 1e-4·λ_max.
 Same-shape matrices can be passed as one batch (one `bmm` and one batched `eigvalsh`), which is what
 a GPU wants. A vocab×vocab Gram is never formed: the Gram is always on the smaller side.
 """
