@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--out", type=Path, help="output folder (default reports/<model-slug>)")
     _add_analysis_options(
         scan,
-        fail_on="exit 1 if any layer raises one of these flags (or the verdict is watch/pathological)",
+        fail_on="exit 1 if a layer raises one of these flags, or the verdict is watch/pathological",
     )
     scan.add_argument("--layers", metavar="REGEX", help="only tensors whose name matches REGEX")
     scan.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
