@@ -218,7 +218,7 @@ def _compare(args: argparse.Namespace) -> int:
                 f"|dW|/|W| {d['relative_norm']:.3g}, dW effective rank {d['effective_rank']:.1f}, "
                 f"new flags {','.join(record['new_flags'][label]) or '-'}"
             )
-    print(f"\nComparison written to {out}/ (compare.json, compare.csv)")
+    print(f"\nComparison written to {out}/ (compare.json, compare.csv, compare.html)")
     fired = sorted(
         {f for info in result.summary["others"].values() for f in info["new_flags"]} & set(fail_on)
     )

@@ -63,11 +63,14 @@ class ComparisonResult:
         }
 
     def save(self, folder: str | Path) -> Path:
-        """Write compare.json and compare.csv into `folder`."""
+        """Write compare.json, compare.csv and the page compare.html into `folder`."""
+        from llm_audit.report.compare_page import render_compare_html
 
         def write(staging: Path) -> None:
             write_json(staging / "compare.json", self.to_json())
             pd.DataFrame(self.table()).to_csv(staging / "compare.csv", index=False)
+            page = render_compare_html(self.to_json(), self.spectra)
+            (staging / "compare.html").write_text(page, encoding="utf-8")
 
         return write_all_or_nothing(Path(folder), write)
 
