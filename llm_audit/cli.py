@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_analysis_options(
         compare, fail_on="exit 1 if any layer of an OTHER gains one of these flags"
     )
+
+    calibrate = sub.add_parser(
+        "calibrate",
+        help="train a grokking task, auditing its checkpoints (memorize, grok, collapse)",
+    )
+    calibrate.add_argument("task", choices=("mnist", "modadd"), help="the calibration task")
+    calibrate.add_argument(
+        "--config", default="quick", help="quick (minutes on a CPU), paper (hours) or a YAML file"
+    )
+    calibrate.add_argument(
+        "--out", type=Path, help="output folder (default reports/calibration/TASK)"
+    )
+    calibrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return parser
 
 
@@ -105,7 +118,13 @@ def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        commands = {"scan": _scan, "describe": _describe, "compare": _compare, "render": _render}
+        commands = {
+            "scan": _scan,
+            "describe": _describe,
+            "compare": _compare,
+            "render": _render,
+            "calibrate": _calibrate,
+        }
         return commands[args.command](args)
     except LlmAuditError as exc:
         print(f"llm-audit: error: {exc}", file=sys.stderr)
@@ -149,6 +168,22 @@ def _scan(args: argparse.Namespace) -> int:
     if fired:
         print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)
         return EXIT_FLAGGED
+    return EXIT_OK
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    """Train, audit each checkpoint, write calibration.json/checkpoints.csv/calibration.html."""
+    from llm_audit.calibration import run
+
+    cfg = run.load(args.task, args.config)
+    out = args.out or Path("reports") / "calibration" / args.task
+    cal = run.run(args.task, cfg, out, progress=not args.no_progress)
+    ph = cal.phases
+    print(
+        f"{args.task}: peak test accuracy {ph.peak_test_acc:.3f} at step {ph.peak_step}, "
+        f"collapse {'at step ' + str(ph.collapse_step) if ph.collapse_step else 'not reached'}; "
+        f"results in {out}"
+    )
     return EXIT_OK
 
 
