@@ -26,7 +26,7 @@ from llm_audit.config import AuditConfig
 from llm_audit.layers import Layer
 from llm_audit.sources import Source
 from llm_audit.spectral.esd import gram, gram_eigenvalues
-from llm_audit.spectral.metrics import shape_columns, spectrum_metrics
+from llm_audit.spectral.metrics import mp_metrics, shape_columns, spectrum_metrics
 from llm_audit.spectral.powerlaw import fit_power_law
 from llm_audit.spectral.traps import trap_metrics
 
@@ -108,6 +108,7 @@ def _layer_outcome(
 ) -> LayerOutcome:
     fit = fit_power_law(evals, estimator=cfg.estimator)
     record = {**base_record(layer), **spectrum_metrics(evals, fit)}
+    record.update(mp_metrics(evals, Q=record["Q"], M=record["M"]))
     record["status"] = "success" if fit.status == "success" else "fit_failed"
     record["reason"] = fit.reason
     spectra = {"evals": evals.astype(np.float64)}

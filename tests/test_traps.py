@@ -142,6 +142,11 @@ def test_rand_num_spikes_matches_weightwatcher_randomize(
     assert np.mean(agree) >= 0.9, {
         n: (ours[n]["rand_num_spikes"], ww[n]["rand_num_spikes"]) for n in ww
     }
+    # The MP fit of W itself (WeightWatcher's mp_fit=True columns) is the same computation.
+    for name in ww:
+        assert ours[name]["num_spikes"] == ww[name]["num_spikes"], name
+        for column in ("sigma_mp", "mp_softrank"):
+            assert ours[name][column] == pytest.approx(ww[name][column], rel=1e-6), (name, column)
     # Every layer WeightWatcher says has a trap is flagged by us, or its spike is the mean spike.
     for name in (n for n in ww if ww[n]["rand_num_spikes"] > 0):
         row = ours[name]

@@ -36,7 +36,8 @@ def _main() -> None:
 
     folder, out = sys.argv[1], Path(sys.argv[2])
     np.random.seed(0)  # WW shuffles with the global numpy RNG
-    details = ww.WeightWatcher(model=folder).analyze(randomize="--randomize" in sys.argv)
+    randomize = "--randomize" in sys.argv  # with WeightWatcher's MP fit of W itself too
+    details = ww.WeightWatcher(model=folder).analyze(randomize=randomize, mp_fit=randomize)
     out.write_text(details.to_json(orient="records"))
 
 

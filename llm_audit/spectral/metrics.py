@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from llm_audit.spectral.mp import fit_mp
 from llm_audit.spectral.powerlaw import PowerLawFit
 
 WEAK_RANK_TOL = 1e-6  # WeightWatcher's `tolerance`: eigenvalues below it count in weak_rank_loss
@@ -21,7 +22,7 @@ def shape_columns(rows: int, cols: int) -> dict[str, float | int]:
     return {"N": n, "M": m, "Q": n / m if m else math.nan}
 
 
-def spectrum_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, float | int]:
+def spectrum_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, float | int | str]:
     """Every ESD metric of one layer; `evals` ascending float64, exactly 0 where numerically 0."""
     lam_max = float(evals[-1])
     norm = float(evals.sum())
@@ -31,6 +32,7 @@ def spectrum_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, float | i
         log_alpha_norm = float(np.log10(np.sum(evals**alpha))) if math.isfinite(alpha) else math.nan
     return {
         "num_evals": len(evals),
+        "estimator": fit.estimator,
         "alpha": alpha,
         "alpha_weighted": alpha * math.log10(lam_max),
         "D": fit.D,
@@ -49,6 +51,17 @@ def spectrum_metrics(evals: np.ndarray, fit: PowerLawFit) -> dict[str, float | i
         "matrix_rank": rank,
         "rank_loss": len(evals) - rank,
         "weak_rank_loss": int(np.count_nonzero(evals < WEAK_RANK_TOL)),
+    }
+
+
+def mp_metrics(evals: np.ndarray, *, Q: float, M: int) -> dict[str, float | int]:
+    """WeightWatcher's `mp_fit` columns for W itself: MP sigma, bulk edge, spikes, soft rank."""
+    mp = fit_mp(evals, Q=Q, M=M)
+    return {
+        "num_spikes": mp.num_spikes,
+        "sigma_mp": mp.sigma,
+        "bulk_max": mp.bulk_max,
+        "mp_softrank": mp.mp_softrank,
     }
 
 

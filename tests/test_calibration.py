@@ -1,0 +1,217 @@
+"""Calibration tasks, the phase rule, `llm-audit calibrate` and the training monitor."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import llm_audit
+from llm_audit.calibration import run
+from llm_audit.calibration.mnist_mlp import MnistConfig, MnistTask
+from llm_audit.calibration.monitor import AuditMonitor
+from llm_audit.calibration.phases import find_phases
+from llm_audit.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "calibration"
+HIDDEN = ("layers.0.weight", "layers.1.weight")
+
+
+def _tiny_config(tmp_path: Path, **changes: object) -> Path:
+    """The shipped quick MNIST config shrunk to a few dozen steps, with `changes` applied."""
+    text = run.config_path("mnist", "quick").read_text()
+    lines = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
+    values = dict(ln.split("#")[0].split(":", 1) for ln in lines)
+    values |= {"steps": " 30", "num_checkpoints": " 5"}
+    values |= {k: f" {v}" for k, v in changes.items()}
+    path = tmp_path / "tiny.yaml"
+    path.write_text("".join(f"{k}:{v}\n" for k, v in values.items() if v.strip() != "DROP"))
+    return path
+
+
+# --- the phase rule, on synthetic curves with known answers -------------------------------------
+
+
+def test_phases_memorize_grok_collapse() -> None:
+    steps = [1, 10, 100, 1000, 10_000, 100_000]
+    train = [0.1, 0.5, 1.0, 1.0, 1.0, 1.0]
+    test = [0.1, 0.2, 0.4, 0.90, 0.88, 0.70]
+    ph = find_phases(steps, train, test)
+    assert (ph.memorized_step, ph.grokked_step, ph.peak_step) == (100, 1000, 1000)
+    assert ph.collapse_step == 100_000 and ph.peak_test_acc == 0.90
+    assert ph.labels == ("pre-grokking",) * 3 + ("grokked",) * 2 + ("collapse",)
+
+
+def test_phases_no_collapse_when_train_accuracy_also_falls() -> None:
+    # test accuracy falls, but so does train accuracy: divergence, not anti-grokking
+    ph = find_phases([1, 2, 3], [1.0, 1.0, 0.5], [0.5, 0.9, 0.3])
+    assert ph.collapse_step is None and ph.labels == ("pre-grokking", "grokked", "grokked")
+
+
+def test_phases_reject_bad_curves() -> None:
+    with pytest.raises(ValueError):
+        find_phases([1, 2], [1.0], [1.0, 1.0])
+
+
+def test_checkpoint_schedule_is_log_spaced_and_ends_at_the_last_step() -> None:
+    s = run.checkpoint_schedule(100_000, 40)
+    assert s[0] == 1 and s[-1] == 100_000 and s == sorted(set(s)) and 30 <= len(s) <= 40
+
+
+# --- bad input: one line, exit code 2 -------------------------------------------------------------
+
+
+def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    """Run the CLI; assert exit code 2 and a single line on stderr; return that line."""
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse usage errors exit from inside the parser
+        code = int(exc.code or 0)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("llm-audit: error:")
+    return err
+
+
+def test_unknown_task(capsys: pytest.CaptureFixture[str]) -> None:
+    assert "invalid choice" in _one_line_error(capsys, ["calibrate", "cifar"])
+
+
+def test_config_missing_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _tiny_config(tmp_path, lr="DROP")
+    err = _one_line_error(capsys, ["calibrate", "mnist", "--config", str(cfg)])
+    assert "missing keys ['lr']" in err
+
+
+def test_config_negative_learning_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = _tiny_config(tmp_path, lr="-0.001")
+    err = _one_line_error(capsys, ["calibrate", "mnist", "--config", str(cfg)])
+    assert "lr must be positive" in err
+
+
+def test_config_missing_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    err = _one_line_error(capsys, ["calibrate", "modadd", "--config", str(tmp_path / "no.yaml")])
+    assert "does not exist" in err
+
+
+def test_output_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = _tiny_config(tmp_path)
+    err = _one_line_error(
+        capsys, ["calibrate", "mnist", "--config", str(cfg), "--out", str(blocker)]
+    )
+    assert "not writable" in err
+
+
+def test_shipped_configs_load() -> None:
+    for task in ("mnist", "modadd"):
+        for preset in ("quick", "paper"):
+            assert run.load(task, preset).lr > 0
+
+
+# --- a tiny end-to-end run ------------------------------------------------------------------------
+
+
+def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    cfg = _tiny_config(tmp_path)
+    assert (
+        main(["calibrate", "mnist", "--config", str(cfg), "--out", str(out), "--no-progress"]) == 0
+    )
+    assert "peak test accuracy" in capsys.readouterr().out
+    steps = run.checkpoint_schedule(30, 5)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        f"step-{s:08d}.safetensors" for s in steps
+    ]
+    with open(out / "checkpoints.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["step"]) for r in rows] == steps
+    for col in ("phase", "train_acc", "test_acc", "train_loss", "test_loss", "verdict"):
+        assert col in rows[0]
+    for layer in ("layers.0", "layers.1", "layers.2"):
+        assert f"alpha[{layer}]" in rows[0] and f"num_traps[{layer}]" in rows[0]
+    data = json.loads((out / "calibration.json").read_text())
+    assert data["task"] == "mnist" and len(data["checkpoints"]) == len(steps)
+    page = (out / "calibration.html").read_text()
+    assert page.count("<svg") == 3 and "<script" not in page and "http://www.w3.org" in page
+
+
+def test_no_calibration_layer_is_an_embedding() -> None:
+    task = MnistTask(MnistConfig(steps=1, downsample=2))
+    summary = llm_audit.scan(task.model.state_dict(), traps=False).summary
+    assert summary["num_counted"] == 3  # the 196 -> 200 input layer counts in the summary
+
+
+# --- the committed checkpoints of the quick run ---------------------------------------------------
+
+
+def _audit(name: str) -> dict[str, dict]:
+    result = llm_audit.scan(load_file(str(FIXTURES / f"{name}.safetensors")), traps=True, seed=0)
+    return {r["name"]: r for r in result.records}
+
+
+def test_no_traps_and_alpha_at_least_2_at_the_test_accuracy_peak() -> None:
+    """Quick MNIST run, step 22,855: train 1.000, test 0.914 (the peak). Measured: alpha 2.84,
+    2.89, 2.92; num_traps 0, 0, 0; verdict healthy."""
+    layers = _audit("peak")
+    assert all(layers[n]["num_traps"] == 0 for n in HIDDEN)
+    assert all(r["alpha"] >= 2.0 for r in layers.values())
+
+
+def test_traps_after_the_collapse() -> None:
+    """Quick MNIST run, step 100,000: train 0.997, test 0.772 (collapse onset at 55,410, test
+    <= peak - 0.05). Measured: num_traps 2, 2, 1 (WeightWatcher's count with the mean spike:
+    1, 2, 5); verdict pathological. Alpha 2.79, 2.19, 2.79: the quick run does NOT reach alpha < 2
+    in 1e5 steps (layer 1's alpha falls 2.89 -> 2.39 -> 2.19 from the peak on), so this test asserts
+    the traps and the fall of the hidden-layer alpha, not alpha < 2."""
+    peak, late = _audit("peak"), _audit("collapsed")
+    assert all(late[n]["num_traps"] >= 1 for n in HIDDEN)
+    assert late["layers.1.weight"]["alpha"] < peak["layers.1.weight"]["alpha"] - 0.5
+    assert (
+        llm_audit.scan(load_file(str(FIXTURES / "collapsed.safetensors"))).summary["verdict"]
+        == "pathological"
+    )
+
+
+def test_fixture_accuracies_match_the_record() -> None:
+    info = json.loads((FIXTURES / "fixtures.json").read_text())
+    cfg = MnistConfig(**info["config"])
+    task = MnistTask(cfg)
+    for name in ("peak", "collapsed"):
+        task.model.load_state_dict(load_file(str(FIXTURES / f"{name}.safetensors")))
+        assert task.evaluate()["test_acc"] == pytest.approx(info[name]["test_acc"], abs=1e-6)
+
+
+def test_monitor_stops_after_the_peak_and_keeps_the_best_checkpoint() -> None:
+    """Replay the quick run's checkpoints through a plain loop: the monitor audits each one, sees
+    test accuracy fall from its peak with traps present, stops, and keeps the peak's weights."""
+    info = json.loads((FIXTURES / "fixtures.json").read_text())
+    task = MnistTask(MnistConfig(**info["config"]))
+    states = {1: load_file(str(FIXTURES / "peak.safetensors"))}
+    states[2] = load_file(str(FIXTURES / "collapsed.safetensors"))
+    monitor = AuditMonitor(task.model, evaluate=task.evaluate, every=1)
+    stopped = None
+    for step in (1, 2):
+        task.model.load_state_dict(states[step])  # stands in for training between audits
+        if monitor.check(step):
+            stopped = step
+            break
+    assert stopped == 2 and monitor.stopped_at == 2 and monitor.best_step == 1
+    assert monitor.best_state is not None
+    assert torch.equal(monitor.best_state["layers.0.weight"], states[1]["layers.0.weight"])
+    assert [row["verdict"] for row in monitor.history] == ["healthy", "pathological"]
+
+
+def test_monitor_needs_a_schedule() -> None:
+    model = torch.nn.Linear(2, 2)
+    with pytest.raises(ValueError):
+        AuditMonitor(model, evaluate=lambda: {"test_acc": 0.0}, every=None)
+
+
+def test_monitor_schedule_overrides_every() -> None:
+    monitor = AuditMonitor(torch.nn.Linear(2, 2), evaluate=lambda: {"test_acc": 0.0}, schedule=[3])
+    assert monitor.due(3) and not monitor.due(1000)
