@@ -10,7 +10,7 @@ import numpy as np
 
 from llm_audit.architectures import EMBEDDING_ROLES
 from llm_audit.config import AuditConfig
-from llm_audit.flags import verdict
+from llm_audit.flags import FLAGS, verdict
 
 WORST = 5
 
@@ -39,7 +39,11 @@ def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -
             role: {"mean": float(np.mean(v)), "median": float(np.median(v)), "count": len(v)}
             for role, v in by_role.items()
         },
-        **{f"num_{flag}": sum(flag in r["flags"] for r in counted) for flag in _flag_names()},
+        **{
+            f"num_{flag}": sum(flag in r["flags"] for r in counted)
+            for flag in FLAGS
+            if flag != "correlation_trap"  # counted as num_trap_layers below
+        },
         "num_trap_layers": sum("correlation_trap" in r["flags"] for r in counted),
         "total_traps": sum(int(r.get("num_traps", 0)) for r in counted),
         "total_rand_num_spikes": sum(int(r.get("rand_num_spikes", 0)) for r in counted),
@@ -48,12 +52,6 @@ def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -
         "verdict_reason": reason,
         "seconds": seconds,
     }
-
-
-def _flag_names() -> tuple[str, ...]:
-    from llm_audit.flags import FLAGS
-
-    return tuple(f for f in FLAGS if f != "correlation_trap")
 
 
 def _worst(analyzed: list[dict[str, Any]]) -> list[str]:
