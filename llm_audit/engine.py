@@ -16,7 +16,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,6 +29,10 @@ from llm_audit.spectral.esd import gram, gram_eigenvalues
 from llm_audit.spectral.metrics import mp_metrics, shape_columns, spectrum_metrics
 from llm_audit.spectral.powerlaw import fit_power_law
 from llm_audit.spectral.traps import trap_metrics
+
+if TYPE_CHECKING:
+    from llm_audit.distributed import Ranks
+    from llm_audit.journal import Journal
 
 GPU_BATCH = 8  # same-shape matrices per batch on a GPU
 
@@ -63,6 +67,7 @@ def base_record(layer: Layer) -> dict[str, Any]:
         "name": layer.name,
         "block": layer.block,
         "role": layer.role,
+        "expert": layer.expert,
         "shape": [out_f, in_f],
         "dtype": layer.tensor.dtype,
         **shape_columns(out_f, in_f),
@@ -146,7 +151,7 @@ def layer_jobs(source: Source, layers: list[Layer], *, batch: int) -> Iterator[J
     """Jobs reading `layers` in order, `batch` same-shape layers per job."""
 
     def reader(group: list[Layer]) -> Callable[[], list[torch.Tensor]]:
-        return lambda: [oriented(source.read(layer.tensor), layer) for layer in group]
+        return lambda: [oriented(layer.read(source), layer) for layer in group]
 
     for group in _batches(layers, batch):
         yield Job([(layer.name, layer) for layer in group], reader(group))
@@ -176,17 +181,39 @@ def run(
     *,
     progress: bool = True,
     workers: int | None = None,
+    journal: Journal | None = None,
+    ranks: Ranks | None = None,
 ) -> tuple[list[LayerOutcome], float]:
-    """Analyze every layer (skipped ones keep their status): outcomes in model order, seconds."""
+    """Analyze every layer (skipped ones keep their status): outcomes in model order, seconds.
+
+    With a `journal`, layers it already holds are not recomputed and new ones are appended to it as
+    they finish. With `ranks`, this process analyzes only its share and gathers the others'.
+    """
+    from llm_audit import distributed  # imports this module
+
     start = time.perf_counter()
     todo = [layer for layer in layers if layer.skip_status is None]
+    if ranks is not None:
+        todo = distributed.assign(todo, ranks.world)[ranks.rank]
+    done = journal.done if journal else {}
+    fresh = [layer for layer in todo if layer.name not in done]
     on_gpu = resolve_device(cfg.device).type == "cuda"
-    jobs = layer_jobs(source, todo, batch=GPU_BATCH if on_gpu else 1)
-    results = schedule(jobs, cfg, total=len(todo), progress=progress, workers=workers)
+    jobs = layer_jobs(source, fresh, batch=GPU_BATCH if on_gpu else 1)
+    results = schedule(
+        jobs,
+        cfg,
+        total=len(fresh),
+        progress=progress and (ranks is None or ranks.rank == 0),
+        workers=workers,
+        on_done=journal.append if journal else None,
+    )
+    results.update({layer.name: done[layer.name] for layer in todo if layer.name in done})
+    source.close()
+    if ranks is not None:
+        results = distributed.gather(results)
     for layer in layers:
         if layer.skip_status is not None:
             results[layer.name] = skipped(layer, layer.skip_status, layer.skip_reason)
-    source.close()
     return [results[layer.name] for layer in layers], time.perf_counter() - start
 
 
@@ -198,8 +225,12 @@ def schedule(
     progress: bool = True,
     workers: int | None = None,
     desc: str = "scan",
+    on_done: Callable[[LayerOutcome], None] | None = None,
 ) -> dict[str, LayerOutcome]:
-    """Read jobs in order on this thread, analyze them on a pool; at most workers + 1 in flight."""
+    """Read jobs in order on this thread, analyze them on a pool; at most workers + 1 in flight.
+
+    `on_done` is called on this thread with each outcome as it is stored (e.g. to journal it).
+    """
     device = resolve_device(cfg.device)
     on_gpu = device.type == "cuda"
     workers = workers or (1 if on_gpu else max(1, min(os.cpu_count() or 1, 8)))
@@ -217,8 +248,10 @@ def schedule(
             layers = [layer for _, layer in job.items]
             pending.append((job, pool.submit(analyze_batch, layers, mats, cfg)))
             del mats
-            pending = _collect(pending, results, bar, keep=workers + 1, read_bytes=read_bytes)
-        _collect(pending, results, bar, keep=0, read_bytes=read_bytes)
+            pending = _collect(
+                pending, results, bar, keep=workers + 1, read_bytes=read_bytes, on_done=on_done
+            )
+        _collect(pending, results, bar, keep=0, read_bytes=read_bytes, on_done=on_done)
     bar.close()
     return results
 
@@ -230,12 +263,15 @@ def _collect(
     *,
     keep: int,
     read_bytes: int,
+    on_done: Callable[[LayerOutcome], None] | None = None,
 ) -> list[tuple[Job, Future[list[LayerOutcome]]]]:
     """Wait until at most `keep` jobs are in flight, storing finished results by key."""
     while len(pending) > keep or (pending and pending[0][1].done()):
         job, future = pending.pop(0)
         for (key, _), outcome in zip(job.items, future.result(), strict=True):
             results[key] = outcome
+            if on_done is not None:
+                on_done(outcome)
         bar.update(len(job.items))
         bar.set_postfix_str(f"{read_bytes / 2**20:,.0f} MB read")
     return pending

@@ -2,14 +2,24 @@
 
 Layers come out in model order (embeddings, then block by block in the family file's order, then
 the head), whatever order the checkpoint stores them in: safetensors headers and Hub indexes are
-alphabetical, which puts block 10 before block 2.
+alphabetical, which puts block 10 before block 2. Within a block, experts follow one another for
+each expert matrix (every expert's gate, then every expert's down), so same-shape matrices are
+adjacent for batching.
+
+A layer is a whole 2-D tensor, or one expert's slice of a fused 3-D expert tensor
+(`slice_index`), or a quantized weight paired with the scale that dequantizes it (`scale`).
+`Layer.read` returns its matrix either way; quantization formats with no rule here (GPTQ/AWQ
+packed integers, bitsandbytes, MXFP4 blocks) are listed with the status `unsupported_quantization`
+and a reason that names the format.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+import torch
 
 from llm_audit.architectures import (
     EMBEDDING_ROLES,
@@ -17,11 +27,16 @@ from llm_audit.architectures import (
     Template,
     choose_family,
     generic_block,
+    generic_expert,
     generic_role,
 )
-from llm_audit.sources.base import TensorInfo
+from llm_audit.sources.base import Source, TensorInfo
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
+FP8_SCALES = ("weight_scale_inv", "weight_scale")  # DeepSeek-V3 block-wise; per-tensor/channel
+FP8_BLOCK = 128  # DeepSeek-V3 FP8: one scale per 128×128 block
+QUANTIZED = "unsupported_quantization"
 
 
 @dataclass(frozen=True)
@@ -35,20 +50,63 @@ class Layer:
     sort_key: tuple[Any, ...]
     skip_status: str | None = None  # why it is not analyzed: "tied", "unsupported_dtype", ...
     skip_reason: str | None = None
+    expert: int | None = None  # the expert of a mixture-of-experts block
+    slice_index: int | None = None  # this layer is tensor[slice_index] of a fused 3-D tensor
+    scale: TensorInfo | None = None  # FP8 scale: the matrix is weight * scale (broadcast by block)
 
     @property
     def name(self) -> str:
-        return self.tensor.name
+        """The tensor name; an expert slice adds its index: `...experts.gate_up_proj[3]`."""
+        if self.slice_index is None:
+            return self.tensor.name
+        return f"{self.tensor.name}[{self.slice_index}]"
 
     @property
     def is_embedding(self) -> bool:
         return self.role in EMBEDDING_ROLES
 
     @property
+    def stored_shape(self) -> tuple[int, ...]:
+        """The shape of what `read` returns (a slice drops the expert dimension)."""
+        return self.tensor.shape if self.slice_index is None else self.tensor.shape[1:]
+
+    @property
     def out_in(self) -> tuple[int, int]:
         """The matrix shape as (out_features, in_features) (first two dims of other tensors)."""
-        a, b = self.tensor.shape[0], self.tensor.shape[1]
+        a, b = self.stored_shape[0], self.stored_shape[1]
         return (b, a) if self.stored_in_out else (a, b)
+
+    def read(self, source: Source) -> torch.Tensor:
+        """The stored matrix on the CPU, not yet oriented: one expert's slice, FP8 dequantized."""
+        if self.slice_index is None:
+            W = source.read(self.tensor)
+        else:
+            W = source.read_slice(self.tensor, self.slice_index)
+        if self.scale is not None:
+            W = dequantize_scaled(W, source.read(self.scale))
+        return W
+
+
+def dequantize_scaled(W: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """W * scale as float32, the scale per tensor, per row, or per block (DeepSeek-V3: 128×128).
+
+    A (R, C) scale for an (out, in) weight covers 128×128 blocks when R = ceil(out/128) (the
+    DeepSeek-V3 `weight_block_size`), else blocks of ceil(out/R) rows (likewise for columns).
+    """
+    W32 = W.to(torch.float32)
+    s = scale.to(torch.float32)
+    if s.numel() == 1:
+        return W32 * s.reshape(())
+    if s.dim() == 1:
+        s = s.reshape(-1, 1)
+    rows, cols = W32.shape
+    br, bc = _block_size(rows, s.shape[0]), _block_size(cols, s.shape[1])
+    full = s.repeat_interleave(br, dim=0)[:rows].repeat_interleave(bc, dim=1)[:, :cols]
+    return W32 * full
+
+
+def _block_size(n: int, blocks: int) -> int:
+    return FP8_BLOCK if -(-n // FP8_BLOCK) == blocks else -(-n // blocks)
 
 
 def _natural(name: str) -> tuple[Any, ...]:
@@ -58,8 +116,8 @@ def _natural(name: str) -> tuple[Any, ...]:
 def is_layer_tensor(t: TensorInfo) -> bool:
     """Weights of 2 or more dimensions are layers; norms, biases and buffers (position ids) are not.
 
-    Tensors of 3 or more dimensions (fused MoE experts, convolution kernels) are listed with the
-    status `unsupported_shape` rather than dropped silently.
+    Tensors of 3 or more dimensions that are not fused experts (convolution kernels) are listed
+    with the status `unsupported_shape` rather than dropped silently.
     """
     return len(t.shape) >= 2 and (t.name == "weight" or t.name.endswith(".weight"))
 
@@ -74,38 +132,52 @@ def plan_layers(
     """The layers of a model in model order, and the architecture family used to name them."""
     names = [t.name for t in tensors]
     family = choose_family(names, config)
-    present = set(names)
-    tied = (config or {}).get("tie_word_embeddings", config is not None)
-    layers = []
+    by_name = {t.name: t for t in tensors}
+    tied = bool((config or {}).get("tie_word_embeddings", config is not None))
+    layers: list[Layer] = []
     for t in tensors:
-        template = _match(family, t.name)
-        if template is None and not is_layer_tensor(t):
-            continue
         if only is not None and not only.search(t.name):
             continue
-        layers.append(_make_layer(t, template, present, tied=bool(tied), min_evals=min_evals))
+        quantized = _quantized(t, by_name, config)
+        if quantized is not None:
+            base_name, reason = quantized
+            (layer,) = _make_layers(t, family, base_name, by_name, tied=tied, min_evals=min_evals,
+                                    sliced=False)  # fmt: skip
+            layers.append(replace(layer, skip_status=QUANTIZED, skip_reason=reason))
+        elif _match(family, t.name) or is_layer_tensor(t) or _generic_fused(t):
+            layers += _make_layers(t, family, t.name, by_name, tied=tied, min_evals=min_evals)
     layers.sort(key=lambda layer: layer.sort_key)
     return layers, family.name if family else "generic"
 
 
-def _match(family: Family | None, name: str) -> tuple[Template, int | None] | None:
+def _match(family: Family | None, name: str) -> tuple[Template, dict[str, int]] | None:
     for template in family.templates if family else ():
         m = template.pattern.match(name)
         if m:
-            return template, int(m.group(1)) if m.groups() else None
+            return template, {k: int(v) for k, v in m.groupdict().items()}
     return None
 
 
-def _make_layer(
+def _generic_fused(t: TensorInfo) -> bool:
+    """An unnamed 3-D tensor under an `experts` module: fused experts, by the common convention."""
+    return len(t.shape) == 3 and "experts" in t.name.split(".")
+
+
+def _make_layers(
     t: TensorInfo,
-    match: tuple[Template, int | None] | None,
-    present: set[str],
+    family: Family | None,
+    name: str,
+    by_name: dict[str, TensorInfo],
     *,
     tied: bool,
     min_evals: int,
-) -> Layer:
+    sliced: bool = True,
+) -> list[Layer]:
+    """The layer of `t` (one per expert if it fuses experts), its role found from `name`."""
+    match = _match(family, name)
     if match is not None:
-        template, block = match
+        template, groups = match
+        block, expert = groups.get("block"), groups.get("expert")
         role, in_out, index, section = (
             template.role,
             template.stored_in_out,
@@ -114,26 +186,91 @@ def _make_layer(
         )
         tied_to = template.tied_to
     else:
-        block, role, in_out, index, tied_to = (
-            generic_block(t.name),
-            generic_role(t.name),
+        block, expert, role, in_out, index, tied_to = (
+            generic_block(name),
+            generic_expert(name),
+            generic_role(name),
             False,
             999,
             None,
         )
+        if "experts" in name.split(".") and role in ("gate", "up", "down", "gate_up"):
+            role = f"expert_{role}"
         section = 1 if block is not None else (0 if role == "embed" else 2)
-    key = (section, block if block is not None else -1, index, _natural(t.name))
-    status, reason = _skip(t, tied_to if tied and tied_to in present else None, min_evals)
-    return Layer(t, block, role, in_out, key, status, reason)
+    key = (section, block if block is not None else -1, index, -1 if expert is None else expert,
+           _natural(name))  # fmt: skip
+    scale = _fp8_scale(t, by_name)
+    fused = (
+        sliced and len(t.shape) == 3 and (match[0].fused_experts if match else _generic_fused(t))
+    )
+    status, reason = _skip(
+        t,
+        tied_to if tied and tied_to in by_name else None,
+        min_evals,
+        fused=fused,
+        scaled=scale is not None,
+    )
+    layer = Layer(t, block, role, in_out, key, status, reason, expert=expert, scale=scale)
+    if not fused:
+        return [layer]
+    # One layer per expert of the (expert, ...) tensor, each read on its own.
+    return [
+        replace(layer, expert=e, slice_index=e, sort_key=(*key[:3], e, key[4]))
+        for e in range(t.shape[0])
+    ]
 
 
-def _skip(t: TensorInfo, tied_to: str | None, min_evals: int) -> tuple[str | None, str | None]:
-    if len(t.shape) != 2:
+def _skip(
+    t: TensorInfo, tied_to: str | None, min_evals: int, *, fused: bool, scaled: bool
+) -> tuple[str | None, str | None]:
+    shape = t.shape[1:] if fused else t.shape
+    if len(shape) != 2:
         return "unsupported_shape", f"{len(t.shape)}-D tensor; only 2-D matrices are analyzed"
     if tied_to is not None:
         return "tied", f"tied to {tied_to} (the same matrix), analyzed there"
-    if t.dtype not in FLOAT_DTYPES:
-        return "unsupported_dtype", f"dtype {t.dtype} has no dequantization rule"
-    if min(t.shape) < min_evals:
-        return "too_small", f"{min(t.shape)} eigenvalues, fewer than min_evals={min_evals}"
+    if not (scaled or decodable(t.dtype)):
+        hint = " without a weight_scale tensor" if t.dtype in FP8_DTYPES else ""
+        return "unsupported_dtype", f"dtype {t.dtype}{hint} has no dequantization rule"
+    if min(shape) < min_evals:
+        return "too_small", f"{min(shape)} eigenvalues, fewer than min_evals={min_evals}"
     return None, None
+
+
+def decodable(dtype: str) -> bool:
+    """Float dtypes, and the GGUF quantized types the `gguf` package dequantizes."""
+    from llm_audit.sources.gguf import dequantizable_types
+
+    return dtype in FLOAT_DTYPES or dtype in dequantizable_types()
+
+
+def _fp8_scale(t: TensorInfo, by_name: dict[str, TensorInfo]) -> TensorInfo | None:
+    """The scale tensor of an FP8 weight (`x.weight` + `x.weight_scale_inv` or `x.weight_scale`)."""
+    if t.dtype not in FP8_DTYPES or not t.name.endswith("weight"):
+        return None
+    for suffix in FP8_SCALES:
+        scale = by_name.get(t.name.removesuffix("weight") + suffix)
+        if scale is not None and len(scale.shape) <= 2:
+            return scale
+    return None
+
+
+def _quantized(
+    t: TensorInfo, by_name: dict[str, TensorInfo], config: dict[str, Any] | None
+) -> tuple[str, str] | None:
+    """(name of the weight it stands for, reason) for the packed tensor of a quantized layer."""
+    method = str(((config or {}).get("quantization_config") or {}).get("quant_method", ""))
+    stem, _, last = t.name.rpartition(".")
+    if last == "qweight" and stem + ".scales" in by_name:
+        fmt = method.upper() if method in ("gptq", "awq") else "GPTQ/AWQ"
+        return (
+            f"{stem}.weight",
+            f"{fmt} packed int4 weights (qweight/qzeros/scales); not dequantized",
+        )
+    if last == "weight" and t.dtype in ("U8", "I8"):
+        if any(n.startswith(f"{t.name}.quant_state.bitsandbytes__") for n in by_name):
+            return t.name, "bitsandbytes 4-bit weights (weight + quant_state); not dequantized"
+        if stem + ".SCB" in by_name:
+            return t.name, "bitsandbytes 8-bit weights (weight + SCB); not dequantized"
+    if t.name.endswith("_blocks") and t.name.removesuffix("_blocks") + "_scales" in by_name:
+        return t.name.removesuffix("_blocks"), "MXFP4 weights (_blocks/_scales); not dequantized"
+    return None

@@ -90,6 +90,21 @@ def check_formats(formats: tuple[str, ...]) -> None:
         raise ConfigError(f"--format: unknown format {name}; use any of {', '.join(FORMATS)}")
 
 
+def check_output_folder(folder: Path) -> None:
+    """Fail before a long scan, not after it, when `folder` cannot be created or written."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"cannot create the folder ({existing} is not a folder)", path=str(folder)
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot create the folder ({existing} is not writable)", path=str(folder)
+        )
+
+
 def write_all_or_nothing(folder: Path, write: Callable[[Path], None]) -> Path:
     """Run `write` into a fresh staging folder beside `folder`, then move its files into `folder`.
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform
 import re
@@ -11,10 +12,11 @@ from pathlib import Path
 
 import torch
 
-from llm_audit import engine
+from llm_audit import distributed, engine
 from llm_audit.config import AuditConfig, load_config
 from llm_audit.errors import ConfigError
 from llm_audit.flags import layer_flags
+from llm_audit.journal import Journal, fingerprint
 from llm_audit.layers import plan_layers
 from llm_audit.result import AuditResult
 from llm_audit.sources import Source, open_source
@@ -35,18 +37,33 @@ def scan(
     layers: str | None = None,
     allow_pickle: bool = False,
     progress: bool = False,
+    journal: str | Path | None = None,
+    resume: bool = False,
 ) -> AuditResult:
     """Audit every weight matrix of `model` (a path, Hub id, module or state dict; None: MiniLM).
 
-    `layers` is a regular expression on tensor names. Raises an `LlmAuditError` subclass on bad
-    input; per-layer problems (NaN weights, unknown dtypes, failed fits) are statuses, not errors.
+    `layers` is a regular expression on tensor names. With `journal` (a file path), each finished
+    layer is appended to it; with `resume` too, layers already journaled under the same settings
+    are not recomputed. Under `torchrun` (WORLD_SIZE > 1) the layers are sharded over the ranks and
+    every rank returns the full result. Raises an `LlmAuditError` subclass on bad input (also for a
+    journal written with other settings); per-layer problems (NaN weights, unknown dtypes, failed
+    fits) are statuses, not errors.
     """
     cfg = config if isinstance(config, AuditConfig) else load_config(config)
     cfg = cfg.replace(traps=traps, device=device, seed=seed, estimator=estimator)
+    ranks = distributed.from_env()
+    cfg = cfg.replace(device=distributed.rank_device(cfg.device, ranks))
     only = _compile(layers)
     source = open_source(model, revision=revision, allow_pickle=allow_pickle)
-    with source:
-        return _audit(source, cfg, only, progress=progress)
+    with source, contextlib.ExitStack() as stack:
+        log = None
+        if journal is not None:
+            path = distributed.journal_path(journal, ranks)
+            log = stack.enter_context(
+                Journal(path, fingerprint(source.info, cfg, layers), resume=resume)
+            )
+        stack.enter_context(distributed.process_group(ranks, cfg.device))
+        return _audit(source, cfg, only, progress=progress, journal=log, ranks=ranks)
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:
@@ -59,7 +76,13 @@ def _compile(pattern: str | None) -> re.Pattern[str] | None:
 
 
 def _audit(
-    source: Source, cfg: AuditConfig, only: re.Pattern[str] | None, *, progress: bool
+    source: Source,
+    cfg: AuditConfig,
+    only: re.Pattern[str] | None,
+    *,
+    progress: bool,
+    journal: Journal | None = None,
+    ranks: distributed.Ranks | None = None,
 ) -> AuditResult:
     started = dt.datetime.now(dt.timezone.utc)
     tensors = source.tensors()
@@ -69,7 +92,9 @@ def _audit(
             "no weight matrices to analyze" + (" match --layers" if only else ""),
             path=source.info.id,
         )
-    outcomes, seconds = engine.run(source, planned, cfg, progress=progress)
+    outcomes, seconds = engine.run(
+        source, planned, cfg, progress=progress, journal=journal, ranks=ranks
+    )
     records = []
     for outcome in outcomes:
         outcome.record["flags"] = layer_flags(outcome.record, cfg.thresholds)

@@ -48,10 +48,31 @@ def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -
         "total_traps": sum(int(r.get("num_traps", 0)) for r in counted),
         "total_rand_num_spikes": sum(int(r.get("rand_num_spikes", 0)) for r in counted),
         "worst_layers": _worst(analyzed),
+        "experts": expert_summary(analyzed),
         "verdict": name,
         "verdict_reason": reason,
         "seconds": seconds,
     }
+
+
+def expert_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Mixture-of-experts blocks, each with its expert matrices pooled: {block: statistics}."""
+    by_block: dict[int, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("expert") is not None and r["block"] is not None:
+            by_block.setdefault(r["block"], []).append(r)
+    pooled = {}
+    for block, rows in sorted(by_block.items()):
+        alphas = [r["alpha"] for r in rows if math.isfinite(r.get("alpha", math.nan))]
+        pooled[str(block)] = {
+            "num_experts": len({r["expert"] for r in rows}),
+            "num_matrices": len(rows),
+            "mean_alpha": float(np.mean(alphas)) if alphas else math.nan,
+            "min_alpha": min(alphas, default=math.nan),
+            "max_alpha": max(alphas, default=math.nan),
+            "max_traps": max((int(r.get("num_traps", 0)) for r in rows), default=0),
+        }
+    return pooled
 
 
 def _worst(analyzed: list[dict[str, Any]]) -> list[str]:

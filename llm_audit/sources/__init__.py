@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -11,10 +10,11 @@ import torch
 
 from llm_audit.errors import CheckpointFormatError, PickleRefusedError, SourceNotFoundError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
+from llm_audit.sources.gguf import GGUFSource, is_gguf
 from llm_audit.sources.hub import download, looks_like_hub_id
 from llm_audit.sources.memory import StateDictSource
 from llm_audit.sources.peft import LoraAdapterSource, is_adapter_folder
-from llm_audit.sources.safetensors_files import SafetensorsSource, shard_files
+from llm_audit.sources.safetensors_files import SafetensorsSource, load_json, shard_files
 from llm_audit.sources.torch_bin import TorchBinSource, bin_files
 
 __all__ = ["Source", "SourceInfo", "TensorInfo", "bundled_model_path", "open_source"]
@@ -69,11 +69,14 @@ def _open_file(path: Path, *, allow_pickle: bool) -> Source:
     )
     if path.suffix == ".safetensors":
         return SafetensorsSource([path], info)
+    if is_gguf(path):
+        info.kind = "gguf"
+        return GGUFSource(path, info)
     if path.suffix in (".bin", ".pt", ".pth"):
         _require_pickle_opt_in(allow_pickle, path)
         return TorchBinSource([path], info)
     raise CheckpointFormatError(
-        "unsupported file type; give a .safetensors file or a model folder", path=str(path)
+        "unsupported file type; give a .safetensors or .gguf file or a model folder", path=str(path)
     )
 
 
@@ -109,9 +112,13 @@ def _read_config(folder: Path) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        config = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise CheckpointFormatError("config.json is not valid JSON", path=str(path)) from None
+        config = load_json(path.read_bytes().decode("utf-8"), what="config.json", path=path)
+    except UnicodeDecodeError:
+        raise CheckpointFormatError("config.json is not valid UTF-8", path=str(path)) from None
+    except OSError as exc:
+        raise CheckpointFormatError(
+            f"cannot read config.json ({exc.strerror})", path=str(path)
+        ) from None
     if not isinstance(config, dict):
         raise CheckpointFormatError("config.json is not a JSON object", path=str(path))
     return config

@@ -50,6 +50,13 @@ class Source(abc.ABC):
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         """The tensor's values, on the CPU, in its stored dtype."""
 
+    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
+        """`tensor[index]` (one expert of a fused 3-D tensor), on the CPU, in its stored dtype.
+
+        Sources that can read part of a tensor override this; the fallback reads it whole.
+        """
+        return self.read(tensor)[index].clone()
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Drop every open file."""
 

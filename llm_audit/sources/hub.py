@@ -7,6 +7,8 @@ Only the weights (`*.safetensors`, and `*.bin` when the user opted in to pickles
 from __future__ import annotations
 
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from llm_audit.errors import SourceNotFoundError
@@ -19,6 +21,11 @@ SAFE_PATTERNS = [
     "adapter_config.json",
 ]
 PICKLE_PATTERNS = ["*.bin", "pytorch_model.bin.index.json"]
+# huggingface_hub resumes a dropped download itself, but answers a 5xx on a file at once; we retry
+# the whole snapshot on those statuses. Completed files stay cached, so a retry resumes.
+TRIES = 4
+BACKOFF_S = 0.5  # waits 0.5, 1, 2 s between the tries
+TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def looks_like_hub_id(spec: str) -> bool:
@@ -26,10 +33,13 @@ def looks_like_hub_id(spec: str) -> bool:
 
 
 def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple[Path, str]:
-    """The local snapshot folder of `repo_id` at `revision`, and the commit it resolved to."""
+    """The local snapshot folder of `repo_id` at `revision`, and the commit it resolved to.
+
+    Transient failures are retried `TRIES` times with exponential backoff; then, as for a missing
+    repo or revision, `SourceNotFoundError` is raised with a one-line reason.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
-        HfHubHTTPError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -38,8 +48,10 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
     patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     try:
         folder = Path(
-            snapshot_download(
-                repo_id, revision=revision, allow_patterns=patterns, repo_type="model"
+            _retrying(
+                lambda: snapshot_download(
+                    repo_id, revision=revision, allow_patterns=patterns, repo_type="model"
+                )
             )
         )
     except RevisionNotFoundError:
@@ -58,6 +70,39 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
             "check the name, or download the model first (unset HF_HUB_OFFLINE)",
             path=repo_id,
         ) from None
-    except (HfHubHTTPError, OSError) as exc:
-        raise SourceNotFoundError(f"cannot fetch from the Hub ({exc})", path=repo_id) from None
+    except Exception as exc:  # HTTP and transport errors of huggingface_hub's client, OSError
+        if not _is_network_error(exc):
+            raise
+        reason = str(exc).strip().split("\n")[0] or type(exc).__name__
+        raise SourceNotFoundError(
+            f"cannot fetch from the Hub after {TRIES} tries ({reason}); check the connection and "
+            "run again (files already fetched stay in the cache)",
+            path=repo_id,
+        ) from None
     return folder, folder.name
+
+
+def _retrying(call: Callable[[], str]) -> str:
+    for attempt in range(TRIES):
+        try:
+            return call()
+        except Exception as exc:
+            if attempt == TRIES - 1 or not _is_transient(exc):
+                raise
+            time.sleep(BACKOFF_S * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def _is_network_error(exc: Exception) -> bool:
+    import httpx2
+
+    return isinstance(exc, (httpx2.HTTPError, OSError))
+
+
+def _is_transient(exc: Exception) -> bool:
+    import httpx2
+
+    response = getattr(exc, "response", None)
+    return isinstance(exc, httpx2.HTTPError) and getattr(response, "status_code", 0) in (
+        TRANSIENT_STATUS
+    )

@@ -10,7 +10,6 @@ Holding a handle per shard instead keeps every page read so far resident until t
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import struct
@@ -30,12 +29,18 @@ DTYPE_SIZES = {
     "I32": 4, "U32": 4, "F32": 4,
     "I64": 8, "U64": 8, "F64": 8,
 }  # fmt: skip
-MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit; refused before it is read
+MAX_HEADER_BYTES = 100_000_000  # safetensors' own limit; refused before it is read
+INT64_MAX = 2**63 - 1
 INDEX_NAME = "model.safetensors.index.json"
 
 
 def read_header(path: Path) -> list[TensorInfo]:
-    """The tensors a safetensors file declares, after checking that the header is consistent."""
+    """The tensors a safetensors file declares, after checking that the header is consistent.
+
+    The checks are those `safe_open` makes, done first so that a bad file is refused with one
+    message naming it, before any weights are read. A header over `MAX_HEADER_BYTES` is refused
+    from its 8-byte length alone. Raises `CheckpointFormatError` or `SourceNotFoundError`.
+    """
     try:
         size = path.stat().st_size
         with path.open("rb") as fh:
@@ -45,7 +50,8 @@ def read_header(path: Path) -> list[TensorInfo]:
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
                 raise CheckpointFormatError(
-                    f"header claims {length} bytes, over the {MAX_HEADER_BYTES} byte limit",
+                    f"header claims {length} bytes, over the {MAX_HEADER_BYTES} byte limit; "
+                    "the file is corrupt or not safetensors",
                     path=str(path),
                 )
             if 8 + length > size:
@@ -57,14 +63,71 @@ def read_header(path: Path) -> list[TensorInfo]:
     except OSError as exc:
         raise SourceNotFoundError(f"cannot read ({exc.strerror})", path=str(path)) from None
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise CheckpointFormatError(
-            "header is not valid JSON; the file is corrupt", path=str(path)
+            f"header is not valid UTF-8 (byte {exc.start}); the file is corrupt", path=str(path)
         ) from None
+    header = load_json(text, what="header", path=path)
     if not isinstance(header, dict):
         raise CheckpointFormatError("header is not a JSON object", path=str(path))
     return _check_entries(header, data_size=size - 8 - length, path=path)
+
+
+def load_json(text: str, *, what: str, path: Path) -> Any:
+    """Parse untrusted JSON strictly: duplicated keys and lone surrogates are errors, not data.
+
+    `json.loads` alone keeps the last of two equal keys, so two tensors of one name would pass
+    as one. Raises `CheckpointFormatError` naming `path` for anything that is not clean JSON.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_strict_object)
+    except _JsonProblem as exc:
+        raise CheckpointFormatError(f"{what} {exc}", path=str(path)) from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointFormatError(
+            f"{what} is not valid JSON ({exc.msg} at char {exc.pos}); the file is corrupt",
+            path=str(path),
+        ) from None
+    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise CheckpointFormatError(
+            f"{what} holds a number with too many digits; the file is corrupt", path=str(path)
+        ) from None
+    except RecursionError:
+        raise CheckpointFormatError(
+            f"{what} is nested too deeply to be a checkpoint's", path=str(path)
+        ) from None
+
+
+class _JsonProblem(ValueError):
+    """Raised from inside `json.loads`; turned into a `CheckpointFormatError` by `load_json`."""
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise _JsonProblem(f"names {_show(key)} twice; the file is corrupt or was altered")
+        texts = (key, value) if isinstance(value, str) else (key,)
+        for text in texts:
+            if not _is_unicode(text):
+                raise _JsonProblem(f"holds text that is not valid Unicode: {_show(text)}")
+        obj[key] = value
+    return obj
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")  # fails on a lone surrogate such as "\ud800"
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _show(value: object, limit: int = 60) -> str:
+    """`repr(value)`, cut short: a hostile header can hold a shape of a million dimensions."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _check_entries(header: dict[str, Any], *, data_size: int, path: Path) -> list[TensorInfo]:
@@ -72,21 +135,37 @@ def _check_entries(header: dict[str, Any], *, data_size: int, path: Path) -> lis
     spans = []
     for name, entry in header.items():
         if name == "__metadata__":
+            if not isinstance(entry, dict) or not all(isinstance(v, str) for v in entry.values()):
+                raise CheckpointFormatError(
+                    "__metadata__ must map strings to strings", path=str(path)
+                )
             continue
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise CheckpointFormatError("malformed header entry", path=str(path), tensor=name)
-        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPE_SIZES:
             raise CheckpointFormatError(
-                f"unknown dtype {dtype!r} (known: {', '.join(DTYPE_SIZES)})",
+                "malformed header entry: expected exactly dtype, shape and data_offsets",
+                path=str(path),
+                tensor=name,
+            )
+        dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
+        if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
+            raise CheckpointFormatError(
+                f"unknown dtype {_show(dtype)} (known: {', '.join(DTYPE_SIZES)})",
                 path=str(path),
                 tensor=name,
             )
         if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
-            raise CheckpointFormatError(f"invalid shape {shape!r}", path=str(path), tensor=name)
+            raise CheckpointFormatError(
+                f"invalid shape {_show(shape)}: expected a list of counts",
+                path=str(path),
+                tensor=name,
+            )
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(map(_is_count, offsets))):
-            raise CheckpointFormatError(f"invalid offsets {offsets!r}", path=str(path), tensor=name)
-        info = TensorInfo(name, tuple(shape), dtype, str(path))
+            raise CheckpointFormatError(
+                f"invalid offsets {_show(offsets)}: expected [begin, end] byte counts",
+                path=str(path),
+                tensor=name,
+            )
+        numel = _checked_numel(shape, path=path, tensor=name)
         begin, end = offsets
         if end > data_size:
             raise CheckpointFormatError(
@@ -95,22 +174,59 @@ def _check_entries(header: dict[str, Any], *, data_size: int, path: Path) -> lis
                 path=str(path),
                 tensor=name,
             )
-        if end - begin != info.numel * DTYPE_SIZES[dtype]:
+        if begin > end:
             raise CheckpointFormatError(
-                f"offsets span {end - begin} bytes but shape {shape} of {dtype} needs "
-                f"{info.numel * DTYPE_SIZES[dtype]}",
+                f"offsets [{begin}, {end}] end before they begin", path=str(path), tensor=name
+            )
+        if end - begin != numel * DTYPE_SIZES[dtype]:
+            raise CheckpointFormatError(
+                f"offsets span {end - begin} bytes but shape {_show(shape)} of {dtype} needs "
+                f"{numel * DTYPE_SIZES[dtype]}",
                 path=str(path),
                 tensor=name,
             )
         spans.append((begin, end, name))
-        tensors.append(info)
-    spans.sort()
-    for (_, prev_end, prev), (begin, _, name) in itertools.pairwise(spans):
-        if begin < prev_end:
-            raise CheckpointFormatError(
-                f"data overlaps tensor {prev!r}", path=str(path), tensor=name
-            )
+        tensors.append(TensorInfo(name, tuple(shape), dtype, str(path)))
+    _check_coverage(spans, data_size=data_size, path=path)
     return tensors
+
+
+def _checked_numel(shape: list[int], *, path: Path, tensor: str) -> int:
+    """The element count, refusing any running product past int64 as safetensors itself does."""
+    numel = 1
+    for dim in shape:
+        numel *= dim
+        if numel > INT64_MAX or dim > INT64_MAX:
+            raise CheckpointFormatError(
+                f"shape {_show(shape)} has more elements than an int64 can count",
+                path=str(path),
+                tensor=tensor,
+            )
+    return numel
+
+
+def _check_coverage(spans: list[tuple[int, int, str]], *, data_size: int, path: Path) -> None:
+    """Tensors must tile the data exactly (no overlap, gap, trailing bytes), as `safe_open` asks."""
+    spans.sort()
+    covered, previous = 0, ""
+    for begin, end, name in spans:
+        if begin < covered:
+            raise CheckpointFormatError(
+                f"data overlaps tensor {_show(previous)}", path=str(path), tensor=name
+            )
+        if begin > covered:
+            raise CheckpointFormatError(
+                f"data bytes {covered} to {begin} belong to no tensor; the header is wrong",
+                path=str(path),
+                tensor=name,
+            )
+        covered, previous = end, name
+    if covered != data_size:
+        raise CheckpointFormatError(
+            f"{data_size - covered} data bytes after the last tensor belong to none; "
+            "the file was altered or the header is wrong",
+            path=str(path),
+        )
 
 
 def _is_count(value: object) -> bool:
@@ -121,41 +237,78 @@ def shard_files(folder: Path) -> list[Path]:
     """The safetensors files that make up the model in a Hub-layout folder, in index order."""
     index = folder / INDEX_NAME
     if index.exists():
-        return _files_from_index(index)
+        return files_from_index(index, suffix=".safetensors")
     single = folder / "model.safetensors"
     if single.exists():
         return [single]
     return sorted(folder.glob("*.safetensors"))
 
 
-def _files_from_index(index: Path) -> list[Path]:
+def files_from_index(index: Path, *, suffix: str) -> list[Path]:
+    """The shards an index's `weight_map` names, in order, each checked to lie in its folder.
+
+    Raises `CheckpointFormatError` for a malformed index or a shard name that leaves the folder
+    or is not a `suffix` file, and `SourceNotFoundError` for a shard that is missing.
+    """
     try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        size = index.stat().st_size
+        if size > MAX_HEADER_BYTES:
+            raise CheckpointFormatError(
+                f"index is {size} bytes, over the {MAX_HEADER_BYTES} byte limit", path=str(index)
+            )
+        raw = index.read_bytes()
+    except OSError as exc:
+        raise SourceNotFoundError(f"cannot read ({exc.strerror})", path=str(index)) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointFormatError("index is not valid UTF-8", path=str(index)) from None
+    data = load_json(text, what="index", path=index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
         raise CheckpointFormatError(
             "not a valid index: expected a JSON object with a 'weight_map' mapping",
             path=str(index),
-        ) from None
+        )
     files: list[Path] = []
     for tensor, shard in weight_map.items():
-        # Checked on the name, not the resolved path: Hub caches link shards to blobs elsewhere.
-        relative = os.path.normpath(str(shard))
-        target = index.parent / relative
-        if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
-            raise CheckpointFormatError(
-                f"shard {shard!r} lies outside the model folder", path=str(index), tensor=tensor
-            )
-        if not target.exists():
-            raise SourceNotFoundError(
-                f"names shard {shard!r} for tensor {tensor!r}, but that file is missing; "
-                "download the complete checkpoint",
-                path=str(index),
-            )
+        target = _shard_path(index, tensor, shard, suffix=suffix)
         if target not in files:
             files.append(target)
     return files
+
+
+def _shard_path(index: Path, tensor: str, shard: object, *, suffix: str) -> Path:
+    if not isinstance(shard, str) or not shard.endswith(suffix):
+        raise CheckpointFormatError(
+            f"names {_show(shard)} as the shard of this tensor, which is not a {suffix} file name",
+            path=str(index),
+            tensor=tensor,
+        )
+    # Checked on the name, not the resolved path: Hub caches link shards to blobs elsewhere.
+    relative = os.path.normpath(shard)
+    target = index.parent / relative
+    if os.path.isabs(relative) or relative.split(os.sep)[0] == "..":
+        raise CheckpointFormatError(
+            f"shard {_show(shard)} lies outside the model folder", path=str(index), tensor=tensor
+        )
+    if os.path.lexists(target) and not target.exists():
+        raise SourceNotFoundError(
+            f"shard {_show(shard)} is a broken or looping symbolic link; "
+            "download the complete checkpoint",
+            path=str(index),
+        )
+    if not target.exists():
+        raise SourceNotFoundError(
+            f"names shard {_show(shard)} for tensor {_show(tensor)}, but that file is missing; "
+            "download the complete checkpoint",
+            path=str(index),
+        )
+    if not target.is_file():
+        raise CheckpointFormatError(
+            f"shard {_show(shard)} is not a file", path=str(index), tensor=tensor
+        )
+    return target
 
 
 class SafetensorsSource(Source):
@@ -178,10 +331,19 @@ class SafetensorsSource(Source):
         return list(self._tensors)
 
     def read(self, tensor: TensorInfo) -> torch.Tensor:
+        return self._read(tensor, None)
+
+    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
+        """Only the bytes of `tensor[index]`, through `get_slice`."""
+        return self._read(tensor, index)
+
+    def _read(self, tensor: TensorInfo, index: int | None) -> torch.Tensor:
         assert tensor.file is not None
         try:
             with safe_open(tensor.file, framework="pt") as handle:
-                return handle.get_tensor(tensor.name)
+                if index is None:
+                    return handle.get_tensor(tensor.name)
+                return handle.get_slice(tensor.name)[index]
         except (SafetensorError, OSError, RuntimeError) as exc:
             raise CheckpointFormatError(
                 f"cannot read tensor ({exc}); the file may have changed or be truncated",

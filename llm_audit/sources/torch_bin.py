@@ -6,46 +6,49 @@ an object other than tensors and plain containers, so no code from the file is r
 
 from __future__ import annotations
 
-import json
 import pickle
+import re
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
+from llm_audit.errors import CheckpointFormatError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.memory import dtype_name
+from llm_audit.sources.safetensors_files import files_from_index
 
 BIN_INDEX_NAME = "pytorch_model.bin.index.json"
 
 
 def bin_files(folder: Path) -> list[Path]:
+    """The pickled shards of a Hub-layout folder: those its index names (checked), else `*.bin`."""
     index = folder / BIN_INDEX_NAME
     if index.exists():
-        try:
-            shards = dict.fromkeys(json.loads(index.read_text())["weight_map"].values())
-        except (json.JSONDecodeError, KeyError, AttributeError):
-            raise CheckpointFormatError("not a valid index", path=str(index)) from None
-        files = [folder / str(s) for s in shards]
-        for f in files:
-            if not f.exists():
-                raise SourceNotFoundError(f"names missing shard {f.name!r}", path=str(index))
-        return files
+        return files_from_index(index, suffix=".bin")
     return sorted(folder.glob("*.bin"))
 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        # mmap needs the zip format of torch.save; legacy pickles are read whole, weights_only too.
+        state = torch.load(
+            path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path)
+        )
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe content"
+        # torch's own message suggests loading with weights_only=False: never repeat that advice.
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        what = f"it calls {found[1]}" if found else "it holds objects other than tensors"
         raise CheckpointFormatError(
-            f"refused by torch.load(weights_only=True): {first}", path=str(path)
+            f"refused by torch.load(weights_only=True): {what}, which could run code; "
+            "do not load this file unsafely",
+            path=str(path),
         ) from None
-    except (RuntimeError, OSError, EOFError, ValueError) as exc:
+    except Exception as exc:  # any error from parsing untrusted bytes is the file's fault
+        first = str(exc).strip().split("\n")[0].split(". ")[0][:200] or type(exc).__name__
         raise CheckpointFormatError(
-            f"not a readable torch checkpoint ({exc})", path=str(path)
+            f"not a readable torch checkpoint ({first}); the file is corrupt", path=str(path)
         ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]

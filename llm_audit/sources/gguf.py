@@ -1,0 +1,121 @@
+"""GGUF files (llama.cpp): tensors listed from the header, read and dequantized one at a time.
+
+GGUF lists dimensions innermost first (ggml's `ne`: in_features, then out_features, then experts);
+shapes here are reversed to the (experts, out, in) order of PyTorch checkpoints. Float tensors
+(F32, F16, BF16) are read as they are; quantized ones (Q8_0, Q4_K, ...) are dequantized to float32
+by `gguf.quants.dequantize` (numpy, slow on large models), and types it cannot decode are left to
+the planner to report as `unsupported_dtype`. The file is memory-mapped, so a tensor's pages are
+read only when the tensor is.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from llm_audit.errors import CheckpointFormatError, ConfigError
+from llm_audit.sources.base import Source, SourceInfo, TensorInfo
+
+FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+@cache
+def dequantizable_types() -> frozenset[str]:
+    """GGML type names that `gguf.quants.dequantize` turns into floats (empty without `gguf`)."""
+    try:
+        from gguf import quants
+    except ImportError:
+        return frozenset()
+    traits = getattr(quants, "_type_traits", {})  # the registry `dequantize` dispatches on
+    return frozenset(qtype.name for qtype in traits) | set(FLOAT_TYPES)
+
+
+def is_gguf(path: Path) -> bool:
+    """A `.gguf` name, or a file that starts with the GGUF magic bytes."""
+    if path.suffix == ".gguf":
+        return True
+    with path.open("rb") as fh:
+        return fh.read(4) == b"GGUF"
+
+
+class GGUFSource(Source):
+    """The tensors of one GGUF file, memory-mapped."""
+
+    def __init__(self, path: Path, info: SourceInfo):
+        try:
+            from gguf import GGUFReader
+        except ImportError:
+            raise ConfigError(
+                "reading GGUF files needs the gguf package; pip install gguf", path=str(path)
+            ) from None
+        self.info = info
+        self._path = path
+        try:
+            self._reader: Any = GGUFReader(path)
+        except (ValueError, OSError, IndexError, KeyError) as exc:
+            raise CheckpointFormatError(
+                f"cannot be read as GGUF ({exc}); it is truncated or corrupt, download it again",
+                path=str(path),
+            ) from None
+        self._raw = {t.name: t for t in self._reader.tensors}
+        self._check_extent()
+        arch = self._reader.get_field("general.architecture")
+        self.info.config = {
+            "model_type": "gguf",
+            "gguf_architecture": arch.contents() if arch is not None else None,
+        }
+
+    def _check_extent(self) -> None:
+        """Refuse a file whose tensor data ends past the end of the file (a truncated download)."""
+        size = self._path.stat().st_size
+        for t in self._raw.values():
+            end = int(t.data_offset) + int(t.n_bytes)
+            if end > size:
+                raise CheckpointFormatError(
+                    f"tensor {t.name!r} ends at byte {end} but the file has {size} bytes; "
+                    "it is truncated, download it again",
+                    path=str(self._path),
+                )
+
+    def tensors(self) -> list[TensorInfo]:
+        return [
+            TensorInfo(
+                name=t.name,
+                shape=tuple(int(d) for d in reversed(t.shape.tolist())),
+                dtype=t.tensor_type.name,
+                file=str(self._path),
+            )
+            for t in self._raw.values()
+        ]
+
+    def read(self, tensor: TensorInfo) -> torch.Tensor:
+        raw = self._raw[tensor.name]
+        return self._decode(raw.data, raw.tensor_type, tensor)
+
+    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
+        """One expert of a stacked `ffn_*_exps` tensor; only its rows are decoded."""
+        raw = self._raw[tensor.name]
+        return self._decode(raw.data[index], raw.tensor_type, tensor)
+
+    def _decode(self, data: np.ndarray, qtype: Any, tensor: TensorInfo) -> torch.Tensor:
+        name = qtype.name
+        if name in FLOAT_TYPES:
+            if name == "BF16":  # numpy has no bfloat16: the reader yields raw uint8 bytes
+                raw = torch.from_numpy(np.ascontiguousarray(data).view(np.int16))
+                return raw.view(torch.bfloat16).clone()
+            return torch.from_numpy(np.array(data))
+        from gguf import quants
+
+        try:
+            values = quants.dequantize(np.asarray(data), qtype)
+        except NotImplementedError:
+            raise CheckpointFormatError(
+                f"GGUF type {name} cannot be dequantized by the gguf package",
+                path=str(self._path),
+                tensor=tensor.name,
+            ) from None
+        return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))

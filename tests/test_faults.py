@@ -1,0 +1,186 @@
+"""Faults while scanning: shards that change under the scan, a flaky Hub, a full output disk.
+
+Each ends in either a complete report or one clear line and exit code 2, with no partial report
+and nothing corrupt left in the Hugging Face cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from llm_audit.result import FORMATS
+from llm_audit.sources.safetensors_files import SafetensorsSource
+from tests.conftest import llama_tensors, run_cli_process, write_shards
+from tests.hub_server import HubServer
+
+Cli = Callable[..., tuple[int, str, str]]
+REPO = "acme/flaky"
+
+
+def _assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+def _break_second_shard_on_first_read(
+    monkeypatch: pytest.MonkeyPatch, shard: Path, how: Callable[[Path], None]
+) -> None:
+    """After the headers are listed, the first tensor read breaks `shard` (mid-scan)."""
+    original = SafetensorsSource.read
+    done = []
+
+    def read(self: SafetensorsSource, tensor):  # type: ignore[no-untyped-def]
+        if not done:
+            done.append(True)
+            how(shard)
+        return original(self, tensor)
+
+    monkeypatch.setattr(SafetensorsSource, "read", read)
+
+
+@pytest.mark.parametrize(
+    "how",
+    [
+        pytest.param(lambda p: os.truncate(p, p.stat().st_size // 2), id="truncated"),
+        pytest.param(lambda p: p.unlink(), id="deleted"),
+    ],
+)
+def test_shard_breaking_mid_scan_stops_cleanly(
+    how: Callable[[Path], None],
+    tiny_llama: Path,
+    tmp_path: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    shard = tiny_llama / "model-00002-of-00002.safetensors"
+    _break_second_shard_on_first_read(monkeypatch, shard, how)
+    out = tmp_path / "report"
+    code, _, err = cli("scan", tiny_llama, "--out", out, "--no-progress", "--no-traps")
+    _assert_one_line_error(code, err, str(shard), "the file may have changed or be truncated")
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".report")] == []
+
+
+# --- a flaky Hub ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub_model(tmp_path: Path) -> Path:
+    return write_shards(
+        tmp_path / "served",
+        llama_tensors(blocks=2, seed=3),
+        shards=2,
+        config={"model_type": "llama", "tie_word_embeddings": False},
+    )
+
+
+def _env(hub: HubServer, cache: Path, **extra: str) -> dict[str, str]:
+    return {
+        "HF_ENDPOINT": hub.endpoint,
+        "HF_HUB_CACHE": str(cache),
+        "HF_HOME": str(cache.parent / "hf-home"),
+        "HF_HUB_OFFLINE": "0",
+        "NO_PROXY": "127.0.0.1",
+        "no_proxy": "127.0.0.1",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        **extra,
+    }
+
+
+def _snapshot_is_complete_or_absent(cache: Path, served: Path) -> list[str]:
+    """Names of the snapshot's files, each checked to equal the served file byte for byte."""
+    names = []
+    for path in cache.glob("models--acme--flaky/snapshots/*/*"):
+        if path.exists():  # a dangling link (no blob yet) counts as absent
+            assert path.read_bytes() == (served / path.name).read_bytes(), path
+            names.append(path.name)
+    return sorted(names)
+
+
+def _scan_hub(hub: HubServer, tmp_path: Path, out: Path) -> tuple[int, str, str]:
+    return run_cli_process(
+        "scan", REPO, "--out", str(out), "--no-traps", "--no-progress", "--format", "json",
+        env=_env(hub, tmp_path / "cache"), timeout=240,
+    )  # fmt: skip
+
+
+def test_hub_500s_then_success(hub_model: Path, tmp_path: Path) -> None:
+    with HubServer({REPO: hub_model}) as hub:
+        hub.fail("/cdn/*model-00001-of-00002.safetensors", status=500, times=2)
+        code, _, err = _scan_hub(hub, tmp_path, tmp_path / "out")
+        tries = hub.requested_files().count("model-00001-of-00002.safetensors")
+    assert code == 0, err
+    assert tries >= 3  # two failures, then the retry that worked
+    assert "model-00001-of-00002.safetensors" in _snapshot_is_complete_or_absent(
+        tmp_path / "cache", hub_model
+    )
+
+
+def test_hub_dropping_the_connection_once_is_retried(hub_model: Path, tmp_path: Path) -> None:
+    with HubServer({REPO: hub_model}) as hub:
+        hub.fail("/cdn/*model-00002-of-00002.safetensors", drop_after=100, times=1)
+        code, _, err = _scan_hub(hub, tmp_path, tmp_path / "out")
+    assert code == 0, err
+    files = _snapshot_is_complete_or_absent(tmp_path / "cache", hub_model)
+    assert "model-00002-of-00002.safetensors" in files
+
+
+def test_hub_always_dropping_the_connection_is_one_line(hub_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with HubServer({REPO: hub_model}) as hub:
+        hub.fail("/cdn/*model-00002-of-00002.safetensors", drop_after=100)
+        code, _, err = _scan_hub(hub, tmp_path, out)
+    # huggingface_hub logs its own resume attempts to stderr before our one line
+    assert code == 2 and "Traceback" not in err, err
+    ours = [line for line in err.splitlines() if line.startswith("llm-audit: error:")]
+    assert ours == [err.splitlines()[-1]], err
+    assert REPO in ours[0] and "cannot fetch from the Hub" in ours[0]
+    assert not out.exists()
+    files = _snapshot_is_complete_or_absent(tmp_path / "cache", hub_model)
+    assert "model-00002-of-00002.safetensors" not in files
+
+
+# --- a full disk --------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _tiny_disk(folder: Path) -> Iterator[Path]:
+    """A 16 kB tmpfs at `folder` (needs root); skips the test where it cannot be mounted."""
+    folder.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_full_output_disk_is_one_line_and_leaves_no_report(
+    tiny_llama: Path, tmp_path: Path, cli: Cli
+) -> None:
+    with _tiny_disk(tmp_path / "disk") as disk:
+        out = disk / "report"
+        code, _, err = cli("scan", tiny_llama, "--out", out, "--no-progress", "--no-traps")
+        staging = [p.name for p in disk.iterdir() if p.name.startswith(".report-")]
+        reports = [p.name for p in out.glob("*") if p.name in FORMATS.values()]
+    _assert_one_line_error(code, err, str(out), "No space left on device")
+    assert staging == [] and reports == []  # no half-written report (a resume journal may stay)
+
+
+def test_unwritable_output_folder_is_one_line(tiny_llama: Path, tmp_path: Path, cli: Cli) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    code, _, err = cli("scan", tiny_llama, "--out", blocker / "report", "--no-progress")
+    _assert_one_line_error(code, err, str(blocker / "report"), "cannot create the folder")
+    assert blocker.read_text() == "not a folder"
