@@ -325,20 +325,4 @@ def test_compare_page_in_headless_chromium(
     browser.screenshot(report_tests.ARTIFACTS / "compare-dark.png")
     assert (report_tests.ARTIFACTS / "compare-dark.png").stat().st_size > 10_000
 
-    errors = [
-        e["params"]
-        for e in browser.events
-        if e.get("method") == "Runtime.exceptionThrown"
-        or (
-            e.get("method") == "Runtime.consoleAPICalled"
-            and e["params"]["type"] in ("error", "assert")
-        )
-        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-    ]
-    assert errors == []
-    requests = [
-        e["params"]["request"]["url"]
-        for e in browser.events
-        if e.get("method") == "Network.requestWillBeSent"
-    ]
-    assert requests and all(u.startswith("file://") for u in requests), requests
+    browser.assert_no_errors_and_only_local_requests()

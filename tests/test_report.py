@@ -504,6 +504,26 @@ class DevTools:
         assert "exceptionDetails" not in result, result["exceptionDetails"]
         return result["result"].get("value")
 
+    def assert_no_errors_and_only_local_requests(self) -> None:
+        """No exception or console error happened, and every request was for a file:// URL."""
+        errors = [
+            e["params"]
+            for e in self.events
+            if e.get("method") == "Runtime.exceptionThrown"
+            or (
+                e.get("method") == "Runtime.consoleAPICalled"
+                and e["params"]["type"] in ("error", "assert")
+            )
+            or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
+        ]
+        assert errors == []
+        requests = [
+            e["params"]["request"]["url"]
+            for e in self.events
+            if e.get("method") == "Network.requestWillBeSent"
+        ]
+        assert requests and all(u.startswith("file://") for u in requests), requests
+
     def screenshot(self, path: Path) -> None:
         size = self.call("Page.getLayoutMetrics")["cssContentSize"]
         clip = {"x": 0, "y": 0, "width": size["width"], "height": size["height"], "scale": 1}
@@ -642,20 +662,4 @@ def test_report_in_headless_chromium(
     browser.screenshot(ARTIFACTS / "report-dark.png")
     assert (ARTIFACTS / "report-dark.png").stat().st_size > 10_000
 
-    errors = [
-        e["params"]
-        for e in browser.events
-        if e.get("method") == "Runtime.exceptionThrown"
-        or (
-            e.get("method") == "Runtime.consoleAPICalled"
-            and e["params"]["type"] in ("error", "assert")
-        )
-        or (e.get("method") == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")
-    ]
-    assert errors == []
-    requests = [
-        e["params"]["request"]["url"]
-        for e in browser.events
-        if e.get("method") == "Network.requestWillBeSent"
-    ]
-    assert requests and all(u.startswith("file://") for u in requests), requests
+    browser.assert_no_errors_and_only_local_requests()
