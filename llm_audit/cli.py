@@ -196,10 +196,19 @@ def _scan(args: argparse.Namespace) -> int:
 
 def _calibrate(args: argparse.Namespace) -> int:
     """Train, audit each checkpoint, write calibration.json/checkpoints.csv/calibration.html."""
+    import importlib.util
+
     from llm_audit.calibration import run
+
+    missing = [m for m in ("datasets", "mlxtend") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise ConfigError(
+            f"calibrate needs {' and '.join(missing)}: pip install 'llm-audit[calibration]'"
+        )
 
     cfg = run.load(args.task, args.config)
     out = args.out or Path("reports") / "calibration" / args.task
+    check_output_folder(out)
     cal = run.run(args.task, cfg, out, progress=not args.no_progress)
     ph = cal.phases
     print(
