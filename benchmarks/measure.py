@@ -128,8 +128,11 @@ def run_case(
     blas_threads: int | None = None,
     timeout: float | None = None,
 ) -> Run:
-    """Run `tool` ("llm-audit" or "ww") on `folder` in a child process; never raises on failure."""
-    options = {"traps": traps} if tool == "llm-audit" else {"randomize": randomize}
+    """Run `tool` ("llm-audit", "compare" or "ww") on `folder` in a child process; never raises.
+
+    For "compare", `folder` is "BASE,OTHER".
+    """
+    options = {"randomize": randomize} if tool == "ww" else {"traps": traps}
     run = Run(label, tool, options)
     env = dict(os.environ)
     if blas_threads is not None:
@@ -202,6 +205,28 @@ def _llm_audit(folder: str, traps: bool) -> dict[str, Any]:
     }
 
 
+def _compare(folders: str, traps: bool) -> dict[str, Any]:
+    """`llm_audit.compare(BASE, OTHER)`; `folders` is "BASE,OTHER"."""
+    t0 = time.perf_counter()
+    import llm_audit
+
+    import_s = time.perf_counter() - t0
+    base, other = folders.split(",")
+    before = _before()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
+    result = llm_audit.compare(base, other, traps=traps)
+    analysis_s, cpu_s = time.perf_counter() - t0, _cpu_s() - cpu0
+    return {
+        "import_s": import_s,
+        "load_s": 0.0,
+        "analysis_s": analysis_s,
+        "cpu_s": cpu_s,
+        "layers_analyzed": len(result.records),
+        "layers_total": len(result.records),
+        **before,
+    }
+
+
 def _weightwatcher(folder: str, randomize: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     import numpy as np
@@ -234,6 +259,8 @@ def child_main(argv: list[str]) -> None:
     tool, folder, out = argv[0], argv[1], Path(argv[2])
     if tool == "llm-audit":
         report = _llm_audit(folder, traps="--traps" in argv)
+    elif tool == "compare":
+        report = _compare(folder, traps="--traps" in argv)
     elif tool == "ww":
         report = _weightwatcher(folder, randomize="--randomize" in argv)
     else:
