@@ -27,6 +27,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -71,6 +72,7 @@ class _Fault:
     status: int
     drop_after: int | None
     times: int | None
+    delay: float | None = None
 
 
 class _HubError(Exception):
@@ -139,14 +141,16 @@ class HubServer:
         status: int = 500,
         drop_after: int | None = None,
         times: int | None = None,
+        delay: float | None = None,
     ) -> None:
         """Fail requests whose decoded path matches the fnmatch ``pattern``.
 
         Answer ``status``, or with ``drop_after`` send that many body bytes of a file GET and close
-        the connection. ``times`` limits how many requests fail (default: all).
+        the connection, or with ``delay`` answer normally after that many seconds (a client with
+        a shorter timeout gives up first). ``times`` limits how many requests fail (default: all).
         """
         with self._lock:
-            self._faults.append(_Fault(pattern, status, drop_after, times))
+            self._faults.append(_Fault(pattern, status, drop_after, times, delay))
 
     def start(self) -> HubServer:
         assert not self._servers, "already started"
@@ -229,8 +233,10 @@ class _Handler(BaseHTTPRequestHandler):
         resolve = _RESOLVE.fullmatch(raw.path)
         hub._record(self.command, path, unquote(resolve["file"]) if resolve else None)
         if fault := hub._take_fault(path, body=False):
-            self._json(fault.status, {"error": "injected failure"})
-            return
+            if fault.delay is None:
+                self._json(fault.status, {"error": "injected failure"})
+                return
+            time.sleep(fault.delay)
         try:
             if raw.path == "/api/agent-harnesses":
                 self._json(200, {"standardEnvVars": [], "harnesses": {}})

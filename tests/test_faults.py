@@ -133,6 +133,29 @@ def test_hub_dropping_the_connection_once_is_retried(hub_model: Path, tmp_path: 
     assert "model-00002-of-00002.safetensors" in files
 
 
+def test_hub_timing_out_once_is_retried_and_always_is_one_line(
+    hub_model: Path, tmp_path: Path
+) -> None:
+    slow = {"HF_HUB_DOWNLOAD_TIMEOUT": "1", "HF_HUB_ETAG_TIMEOUT": "1"}
+    with HubServer({REPO: hub_model}) as hub:
+        hub.fail("/cdn/*model-00001-of-00002.safetensors", delay=3, times=1)
+        code, _, err = run_cli_process(
+            "scan", REPO, "--out", str(tmp_path / "once"), "--no-traps", "--no-progress",
+            env={**_env(hub, tmp_path / "cache"), **slow}, timeout=240,
+        )  # fmt: skip
+        assert code == 0, err
+        # the slow answer was abandoned at the 1 s timeout and the file fetched again
+        assert hub.requested_files().count("model-00001-of-00002.safetensors") >= 2
+        hub.fail("/cdn/*model-00002-of-00002.safetensors", delay=3)
+        code, _, err = run_cli_process(
+            "scan", REPO, "--out", str(tmp_path / "always"), "--no-traps", "--no-progress",
+            env={**_env(hub, tmp_path / "cache2"), **slow}, timeout=240,
+        )  # fmt: skip
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1].startswith("llm-audit: error:") and REPO in err.splitlines()[-1]
+    assert not (tmp_path / "always").exists()
+
+
 def test_hub_always_dropping_the_connection_is_one_line(hub_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with HubServer({REPO: hub_model}) as hub:
