@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         "model and settings (every scan journals its layers there until the report is written)",
     )
     scan.add_argument(
+        "--stream",
+        action="store_true",
+        help="Hub ids: download one shard at a time and delete it after use (larger than disk)",
+    )
+    scan.add_argument(
         "--format",
         default="json,csv,parquet,npz,html",
         help="files to write: any of json,csv,parquet,npz,html (default all)",
@@ -176,6 +181,7 @@ def _scan(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         journal=journal,
         resume=args.resume,
+        stream=args.stream,
     )
     if ranks is not None and ranks.rank != 0:
         Path(distributed.journal_path(journal, ranks)).unlink(missing_ok=True)

@@ -197,6 +197,11 @@ def run(
         todo = distributed.assign(todo, ranks.world)[ranks.rank]
     done = journal.done if journal else {}
     fresh = [layer for layer in todo if layer.name not in done]
+    if source.streamed:  # one file at a time, so each can be dropped once read
+        files = {f: i for i, f in enumerate(source.info.files)}
+        fresh.sort(key=lambda layer: files.get(layer.tensor.file or "", 0))
+    scales = [layer.scale for layer in fresh if layer.scale is not None]
+    source.plan_reads([layer.tensor for layer in fresh] + scales)
     on_gpu = resolve_device(cfg.device).type == "cuda"
     jobs = layer_jobs(source, fresh, batch=GPU_BATCH if on_gpu else 1)
     results = schedule(

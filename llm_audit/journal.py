@@ -32,8 +32,11 @@ JOURNAL_VERSION = 1
 
 def fingerprint(info: SourceInfo, cfg: AuditConfig, layers: str | None) -> dict[str, Any]:
     """What a layer's results depend on; a journal is reused only when this is unchanged."""
-    files = []
+    files: list[list[Any]] = []
     for name in info.files:
+        if not os.path.exists(name):  # a streamed Hub shard: the commit in `revision` pins it
+            files.append([name])
+            continue
         stat = os.stat(name)
         files.append([str(Path(name).resolve()), stat.st_size, stat.st_mtime_ns])
     return {

@@ -39,22 +39,24 @@ def scan(
     progress: bool = False,
     journal: str | Path | None = None,
     resume: bool = False,
+    stream: bool = False,
 ) -> AuditResult:
     """Audit every weight matrix of `model` (a path, Hub id, module or state dict; None: MiniLM).
 
     `layers` is a regular expression on tensor names. With `journal` (a file path), each finished
     layer is appended to it; with `resume` too, layers already journaled under the same settings
-    are not recomputed. Under `torchrun` (WORLD_SIZE > 1) the layers are sharded over the ranks and
-    every rank returns the full result. Raises an `LlmAuditError` subclass on bad input (also for a
-    journal written with other settings); per-layer problems (NaN weights, unknown dtypes, failed
-    fits) are statuses, not errors.
+    are not recomputed. With `stream`, a Hub model's shards are downloaded one at a time and
+    deleted after use (unless cached before): models larger than free disk. Under `torchrun`
+    (WORLD_SIZE > 1) the layers are sharded over the ranks and every rank returns the full result.
+    Raises an `LlmAuditError` subclass on bad input (also for a journal written with other
+    settings); per-layer problems (NaN weights, unknown dtypes, failed fits) are statuses.
     """
     cfg = config if isinstance(config, AuditConfig) else load_config(config)
     cfg = cfg.replace(traps=traps, device=device, seed=seed, estimator=estimator)
     ranks = distributed.from_env()
     cfg = cfg.replace(device=distributed.rank_device(cfg.device, ranks))
     only = _compile(layers)
-    source = open_source(model, revision=revision, allow_pickle=allow_pickle)
+    source = open_source(model, revision=revision, allow_pickle=allow_pickle, stream=stream)
     with source, contextlib.ExitStack() as stack:
         log = None
         if journal is not None:

@@ -7,6 +7,7 @@ in a fresh process with those variables set.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,100 @@ def test_unknown_repo_and_revision_are_one_line_errors(
         )
         assert code == 2 and err.count("\n") == 1 and "revision 'nope' does not exist" in err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_stream_scans_shard_by_shard_and_deletes_what_it_downloaded(tmp_path: Path) -> None:
+    """--stream: the same audit as a normal scan, each shard deleted after use, at most two on disk.
+
+    The scan runs in a child process while this one watches the cache's blobs every few ms."""
+    import subprocess
+    import sys
+    import time
+
+    folder = write_shards(
+        tmp_path / "m",
+        llama_tensors(blocks=6, hidden=64, inter=128, seed=3),
+        shards=6,
+        config={"model_type": "llama", "tie_word_embeddings": False},
+    )
+    cache = tmp_path / "cache"
+    with HubServer({REPO: folder}) as hub:
+        env = {**os.environ, "HF_HUB_DISABLE_TELEMETRY": "1", **_env(hub, cache)}
+        args = [
+            sys.executable,
+            "-m",
+            "llm_audit",
+            "scan",
+            REPO,
+            "--stream",
+            "--no-progress",
+            "--out",
+            str(tmp_path / "s"),
+            "--format",
+            "json",
+        ]
+        child = subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+        most = 0
+        while child.poll() is None:
+            most = max(most, len(list(cache.glob("models--*/blobs/*"))) - 2)  # - config, index
+            time.sleep(0.005)
+        assert child.returncode == 0, child.stderr.read() if child.stderr else ""
+        code, _, err = run_cli_process(
+            "scan",
+            REPO,
+            "--no-progress",
+            "--out",
+            str(tmp_path / "n"),
+            "--format",
+            "json",
+            env=_env(hub, tmp_path / "cache2"),
+        )
+        assert code == 0, err
+    assert most <= 2
+    assert not list(cache.glob("models--*/snapshots/*/*.safetensors"))  # all deleted again
+    streamed = json.loads((tmp_path / "s" / "audit.json").read_text())
+    normal = json.loads((tmp_path / "n" / "audit.json").read_text())
+    assert streamed["model"]["source"] == "hub-stream"
+    assert streamed["model"]["revision"] == normal["model"]["revision"]
+    keys = ("name", "alpha", "D", "num_traps", "rand_num_spikes")
+    assert [[r.get(k) for k in keys] for r in streamed["layers"]] == [
+        [r.get(k) for k in keys] for r in normal["layers"]
+    ]
+
+
+def test_stream_keeps_shards_that_were_already_cached(
+    hub_repo: dict[str, Path], tmp_path: Path
+) -> None:
+    cache = tmp_path / "cache"
+    with HubServer({REPO: hub_repo}) as hub:
+        code, _, err = run_cli_process(
+            "scan",
+            REPO,
+            "--no-traps",
+            "--no-progress",
+            "--format",
+            "json",
+            "--out",
+            str(tmp_path / "a"),
+            env=_env(hub, cache),
+        )
+        assert code == 0, err
+        code, _, err = run_cli_process(
+            "scan",
+            REPO,
+            "--stream",
+            "--no-traps",
+            "--no-progress",
+            "--format",
+            "json",
+            "--out",
+            str(tmp_path / "b"),
+            env=_env(hub, cache),
+        )
+        assert code == 0, err
+    assert len(list(cache.glob("models--*/snapshots/*/*.safetensors"))) == 2
+
+
+def test_stream_of_a_local_folder_is_refused(cli, tiny_llama: Path, tmp_path: Path) -> None:
+    code, _, err = cli("scan", tiny_llama, "--stream", "--out", tmp_path / "x")
+    assert code == 2 and "--stream applies to Hub ids only" in err

@@ -8,10 +8,16 @@ from typing import Any
 
 import torch
 
-from llm_audit.errors import CheckpointFormatError, PickleRefusedError, SourceNotFoundError
+from llm_audit.errors import (
+    CheckpointFormatError,
+    ConfigError,
+    PickleRefusedError,
+    SourceNotFoundError,
+)
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.gguf import GGUFSource, is_gguf
 from llm_audit.sources.hub import download, looks_like_hub_id
+from llm_audit.sources.hub_stream import StreamingHubSource
 from llm_audit.sources.memory import StateDictSource
 from llm_audit.sources.peft import LoraAdapterSource, is_adapter_folder
 from llm_audit.sources.safetensors_files import SafetensorsSource, load_json, shard_files
@@ -34,11 +40,15 @@ def open_source(
     *,
     revision: str | None = None,
     allow_pickle: bool = False,
+    stream: bool = False,
 ) -> Source:
     """A Source for a path, a Hub id, a module or a state dict (None: the bundled MiniLM).
 
+    With `stream`, a Hub id's shards are fetched one at a time and deleted after use.
     Raises SourceNotFoundError, CheckpointFormatError or PickleRefusedError with a one-line fix.
     """
+    if stream and (model is None or not isinstance(model, (str, Path)) or Path(model).exists()):
+        raise ConfigError("--stream applies to Hub ids only; this model is already local")
     if model is None:
         source = _open_folder(bundled_model_path(), allow_pickle=False, kind="bundled")
         source.info.id = BUNDLED_ID
@@ -53,6 +63,8 @@ def open_source(
     if path.is_dir():
         return _open_folder(path, allow_pickle=allow_pickle, kind="folder")
     spec = str(model)
+    if stream and looks_like_hub_id(spec):
+        return StreamingHubSource(spec, revision=revision)
     if looks_like_hub_id(spec):
         folder, commit = download(spec, revision=revision, allow_pickle=allow_pickle)
         source = _open_folder(folder, allow_pickle=allow_pickle, kind="hub")

@@ -41,6 +41,8 @@ class Source(abc.ABC):
     """A model's weights: list them from headers, then read them one by one, in any order."""
 
     info: SourceInfo
+    # True when files are fetched and dropped as the scan goes: read them one file at a time.
+    streamed: bool = False
 
     @abc.abstractmethod
     def tensors(self) -> list[TensorInfo]:
@@ -56,6 +58,9 @@ class Source(abc.ABC):
         Sources that can read part of a tensor override this; the fallback reads it whole.
         """
         return self.read(tensor)[index].clone()
+
+    def plan_reads(self, tensors: list[TensorInfo]) -> None:  # noqa: B027 - optional hook
+        """Told once, before reading, which tensors will be read (a tensor once per read)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Drop every open file."""

@@ -6,9 +6,10 @@ Only the weights (`*.safetensors`, and `*.bin` when the user opted in to pickles
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from llm_audit.errors import SourceNotFoundError
@@ -39,14 +40,9 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
     repo or revision, `SourceNotFoundError` is raised with a one-line reason.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
-    try:
+    with hub_errors(repo_id, revision):
         folder = Path(
             _retrying(
                 lambda: snapshot_download(
@@ -54,6 +50,29 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
                 )
             )
         )
+    return folder, folder.name
+
+
+def download_file(repo_id: str, filename: str, *, revision: str) -> str:
+    """One file of a Hub repo through the cache (retried like `download`), its local path."""
+    from huggingface_hub import hf_hub_download
+
+    with hub_errors(repo_id, revision):
+        return _retrying(lambda: hf_hub_download(repo_id, filename, revision=revision))
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
+    """Turn huggingface_hub's exceptions into one-line `SourceNotFoundError`s naming the repo."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    try:
+        yield
     except RevisionNotFoundError:
         raise SourceNotFoundError(
             f"revision {revision!r} does not exist; check the branch, tag or commit", path=repo_id
@@ -70,6 +89,8 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
             "check the name, or download the model first (unset HF_HUB_OFFLINE)",
             path=repo_id,
         ) from None
+    except EntryNotFoundError as exc:
+        raise SourceNotFoundError(f"file not found in the repo ({exc})", path=repo_id) from None
     except Exception as exc:  # HTTP and transport errors of huggingface_hub's client, OSError
         if not _is_network_error(exc):
             raise
@@ -79,7 +100,6 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
             "run again (files already fetched stay in the cache)",
             path=repo_id,
         ) from None
-    return folder, folder.name
 
 
 def _retrying(call: Callable[[], str]) -> str:

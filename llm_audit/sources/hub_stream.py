@@ -1,0 +1,102 @@
+"""`--stream`: audit a Hub model larger than free disk, one shard at a time.
+
+Tensor headers come from the Hub without downloading the weights (`get_safetensors_metadata`
+reads each shard's header with an HTTP range request). A shard is downloaded through the normal
+cache when its first tensor is read and deleted as soon as its last tensor has been read, unless it
+was already in the cache before the scan; the engine reads layers shard by shard for such a source,
+so at most the shard being read and the next one are on disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_audit.errors import SourceNotFoundError
+from llm_audit.sources.base import Source, SourceInfo, TensorInfo
+from llm_audit.sources.hub import download_file, hub_errors
+from llm_audit.sources.safetensors_files import SafetensorsSource, read_header
+
+
+class StreamingHubSource(Source):
+    """A Hub model's safetensors shards, fetched one at a time and deleted after use."""
+
+    streamed = True
+
+    def __init__(self, repo_id: str, *, revision: str | None):
+        from huggingface_hub import get_safetensors_metadata, model_info
+
+        with hub_errors(repo_id, revision):
+            commit = model_info(repo_id, revision=revision).sha or revision or "main"
+            meta = get_safetensors_metadata(repo_id, revision=commit)
+        files = list(dict.fromkeys(meta.weight_map.values()))
+        self.repo_id, self.commit = repo_id, commit
+        self._tensors = [
+            TensorInfo(name, tuple(t.shape), t.dtype, filename)
+            for filename in files
+            for name, t in meta.files_metadata[filename].tensors.items()
+        ]
+        self._left: Counter[str | None] = Counter()  # reads still to come per file: plan_reads
+        self._reader = SafetensorsSource([], SourceInfo(id=repo_id, kind="hub-stream"))
+        self._local: dict[str, tuple[Path, bool]] = {}  # file -> (path, was cached before)
+        self.info = SourceInfo(
+            id=repo_id, kind="hub-stream", revision=commit, files=files, config=self._config()
+        )
+
+    def _config(self) -> dict[str, Any] | None:
+        try:
+            path = download_file(self.repo_id, "config.json", revision=self.commit)
+        except SourceNotFoundError:
+            return None
+        config = json.loads(Path(path).read_text())
+        return config if isinstance(config, dict) else None
+
+    def tensors(self) -> list[TensorInfo]:
+        return list(self._tensors)
+
+    def plan_reads(self, tensors: list[TensorInfo]) -> None:
+        self._left = Counter(t.file for t in tensors)
+
+    def read(self, tensor: TensorInfo) -> torch.Tensor:
+        return self._read(tensor, None)
+
+    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
+        return self._read(tensor, index)
+
+    def _read(self, tensor: TensorInfo, index: int | None) -> torch.Tensor:
+        assert tensor.file is not None
+        local = TensorInfo(tensor.name, tensor.shape, tensor.dtype, str(self._fetch(tensor.file)))
+        values = (
+            self._reader.read(local) if index is None else self._reader.read_slice(local, index)
+        )
+        self._left[tensor.file] -= 1
+        if self._left[tensor.file] <= 0:
+            self._drop(tensor.file)
+        return values
+
+    def _fetch(self, filename: str) -> Path:
+        if filename not in self._local:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = isinstance(
+                try_to_load_from_cache(self.repo_id, filename, revision=self.commit), str
+            )
+            path = Path(download_file(self.repo_id, filename, revision=self.commit))
+            read_header(path)  # the downloaded file must agree with what the Hub announced
+            self._local[filename] = (path, cached)
+        return self._local[filename][0]
+
+    def _drop(self, filename: str) -> None:
+        """Delete a shard this scan downloaded (its snapshot link and its blob)."""
+        path, was_cached = self._local.pop(filename)
+        if not was_cached:
+            blob = path.resolve()
+            for item in (path, blob):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(item)
