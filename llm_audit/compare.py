@@ -199,6 +199,7 @@ def _compare(
         total=len(todo) * (1 + 2 * len(models)),
         progress=progress,
         desc="compare",
+        prefetch=0,  # each job holds every model's matrix and ΔW: no job waits in memory
     )
     records = [
         _record(name, base, models, alignment, results, cfg) for name in _union_order(base, models)
@@ -244,7 +245,7 @@ def _reader(base: _Model, models: list[_Model], layer: Layer) -> Any:
             else:
                 other = m.layers[layer.name]
                 w_other = engine.oriented(other.read(m.source), other)
-                mats += [w_other, w_other.float() - w_base.float()]
+                mats += [w_other, w_other.to(torch.float32, copy=True).sub_(w_base)]  # one copy
         return mats
 
     return read

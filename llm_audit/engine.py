@@ -231,10 +231,12 @@ def schedule(
     workers: int | None = None,
     desc: str = "scan",
     on_done: Callable[[LayerOutcome], None] | None = None,
+    prefetch: int = 1,
 ) -> dict[str, LayerOutcome]:
-    """Read jobs in order on this thread, analyze them on a pool; at most workers + 1 in flight.
+    """Read jobs in order on this thread, analyze them on a pool; workers + prefetch in flight.
 
     `on_done` is called on this thread with each outcome as it is stored (e.g. to journal it).
+    A job of several matrices (compare) may want `prefetch=0` to bound memory.
     """
     device = resolve_device(cfg.device)
     on_gpu = device.type == "cuda"
@@ -254,7 +256,12 @@ def schedule(
             pending.append((job, pool.submit(analyze_batch, layers, mats, cfg)))
             del mats
             pending = _collect(
-                pending, results, bar, keep=workers + 1, read_bytes=read_bytes, on_done=on_done
+                pending,
+                results,
+                bar,
+                keep=workers + prefetch,
+                read_bytes=read_bytes,
+                on_done=on_done,
             )
         _collect(pending, results, bar, keep=0, read_bytes=read_bytes, on_done=on_done)
     bar.close()
