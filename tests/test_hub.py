@@ -120,7 +120,11 @@ def test_unknown_repo_and_revision_are_one_line_errors(
             "scan", REPO, "--revision", "nope", "--out", str(tmp_path / "b"), env=env
         )
         assert code == 2 and err.count("\n") == 1 and "revision 'nope' does not exist" in err
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+        code, _, err = run_cli_process(
+            "scan", "acme/nothing", "--stream", "--out", str(tmp_path / "c"), env=env
+        )
+        assert code == 2 and err.count("\n") == 1 and "no such model on the Hub" in err
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 def test_stream_scans_shard_by_shard_and_deletes_what_it_downloaded(tmp_path: Path) -> None:

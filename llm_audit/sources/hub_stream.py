@@ -21,7 +21,7 @@ import torch
 from llm_audit.errors import SourceNotFoundError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.hub import download_file, hub_errors
-from llm_audit.sources.safetensors_files import SafetensorsSource, read_header
+from llm_audit.sources.safetensors_files import read_header, read_tensor
 
 
 class StreamingHubSource(Source):
@@ -43,7 +43,6 @@ class StreamingHubSource(Source):
             for name, t in meta.files_metadata[filename].tensors.items()
         ]
         self._left: Counter[str | None] = Counter()  # reads still to come per file: plan_reads
-        self._reader = SafetensorsSource([], SourceInfo(id=repo_id, kind="hub-stream"))
         self._local: dict[str, tuple[Path, bool]] = {}  # file -> (path, was cached before)
         self.info = SourceInfo(
             id=repo_id, kind="hub-stream", revision=commit, files=files, config=self._config()
@@ -72,9 +71,7 @@ class StreamingHubSource(Source):
     def _read(self, tensor: TensorInfo, index: int | None) -> torch.Tensor:
         assert tensor.file is not None
         local = TensorInfo(tensor.name, tensor.shape, tensor.dtype, str(self._fetch(tensor.file)))
-        values = (
-            self._reader.read(local) if index is None else self._reader.read_slice(local, index)
-        )
+        values = read_tensor(local, index)
         self._left[tensor.file] -= 1
         if self._left[tensor.file] <= 0:
             self._drop(tensor.file)

@@ -331,22 +331,24 @@ class SafetensorsSource(Source):
         return list(self._tensors)
 
     def read(self, tensor: TensorInfo) -> torch.Tensor:
-        return self._read(tensor, None)
+        return read_tensor(tensor)
 
     def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
         """Only the bytes of `tensor[index]`, through `get_slice`."""
-        return self._read(tensor, index)
+        return read_tensor(tensor, index)
 
-    def _read(self, tensor: TensorInfo, index: int | None) -> torch.Tensor:
-        assert tensor.file is not None
-        try:
-            with safe_open(tensor.file, framework="pt") as handle:
-                if index is None:
-                    return handle.get_tensor(tensor.name)
-                return handle.get_slice(tensor.name)[index]
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise CheckpointFormatError(
-                f"cannot read tensor ({exc}); the file may have changed or be truncated",
-                path=tensor.file,
-                tensor=tensor.name,
-            ) from None
+
+def read_tensor(tensor: TensorInfo, index: int | None = None) -> torch.Tensor:
+    """`tensor` (or `tensor[index]`) through a `safe_open` map that lives only as long as it."""
+    assert tensor.file is not None
+    try:
+        with safe_open(tensor.file, framework="pt") as handle:
+            if index is None:
+                return handle.get_tensor(tensor.name)
+            return handle.get_slice(tensor.name)[index]
+    except (SafetensorError, OSError, RuntimeError) as exc:
+        raise CheckpointFormatError(
+            f"cannot read tensor ({exc}); the file may have changed or be truncated",
+            path=tensor.file,
+            tensor=tensor.name,
+        ) from None
