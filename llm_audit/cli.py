@@ -34,6 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
         scan,
         fail_on="exit 1 if a layer raises one of these flags, or the verdict is watch/pathological",
     )
+    scan.add_argument(
+        "--devices",
+        metavar="DEV,...",
+        help="shard the layers over these devices, one process each, no launcher needed "
+        "(cuda:0,cuda:1 or cpu,cpu); rank 0 writes the report",
+    )
     scan.add_argument("--layers", metavar="REGEX", help="only tensors whose name matches REGEX")
     scan.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
     scan.add_argument(
@@ -159,6 +165,13 @@ def _scan(args: argparse.Namespace) -> int:
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     check_formats(formats)
     ranks = distributed.from_env()
+    devices = None
+    if args.devices is not None:
+        devices = distributed.check_devices(args.devices.split(","))
+        if args.device is not None:
+            raise ConfigError("give --device or --devices, not both")
+        if len(devices) > 1:  # this process is rank 0 of the group scan() starts
+            ranks = distributed.Ranks(0, len(devices), 0)
     out = args.out or Path("reports") / slug(args.model or BUNDLED_ID)
     check_output_folder(out)
     journal = out / JOURNAL_NAME
@@ -174,6 +187,7 @@ def _scan(args: argparse.Namespace) -> int:
         config=args.config,
         traps=args.traps,
         device=args.device,
+        devices=devices,
         seed=args.seed,
         estimator=args.estimator,
         layers=args.layers,

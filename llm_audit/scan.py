@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import platform
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def scan(
     config: AuditConfig | str | Path | None = None,
     traps: bool | None = None,
     device: str | None = None,
+    devices: Sequence[str] | None = None,
     seed: int | None = None,
     estimator: str | None = None,
     layers: str | None = None,
@@ -48,13 +50,54 @@ def scan(
     are not recomputed. With `stream`, a Hub model's shards are downloaded one at a time and
     deleted after use (unless cached before): models larger than free disk. Under `torchrun`
     (WORLD_SIZE > 1) the layers are sharded over the ranks and every rank returns the full result.
+    `devices` (`["cuda:0", "cuda:1"]`, `["cpu", "cpu"]`) shards the same way without a launcher:
+    one process per device, this one being rank 0 (journal `journal_path(journal, rank 0)`).
     Raises an `LlmAuditError` subclass on bad input (also for a journal written with other
     settings); per-layer problems (NaN weights, unknown dtypes, failed fits) are statuses.
     """
     cfg = config if isinstance(config, AuditConfig) else load_config(config)
     cfg = cfg.replace(traps=traps, device=device, seed=seed, estimator=estimator)
-    ranks = distributed.from_env()
-    cfg = cfg.replace(device=distributed.rank_device(cfg.device, ranks))
+    job = functools.partial(
+        _scan_ranked,
+        model,
+        revision=revision,
+        cfg=cfg,
+        layers=layers,
+        allow_pickle=allow_pickle,
+        progress=progress,
+        journal=journal,
+        resume=resume,
+        stream=stream,
+    )
+    if devices is None:
+        ranks = distributed.from_env()
+        return job(ranks, distributed.rank_device(cfg.device, ranks))
+    devices = distributed.check_devices(devices)
+    if device is not None:
+        raise ConfigError("give --device or --devices, not both")
+    if len(devices) == 1:
+        return job(None, devices[0])
+    if not isinstance(model, (str, Path, type(None))):
+        raise ConfigError("--devices needs a model path or Hub id (workers open it themselves)")
+    return distributed.run_on_devices(job, devices)
+
+
+def _scan_ranked(
+    model: ModelSpec,
+    ranks: distributed.Ranks | None,
+    device: str,
+    *,
+    revision: str | None,
+    cfg: AuditConfig,
+    layers: str | None,
+    allow_pickle: bool,
+    progress: bool,
+    journal: str | Path | None,
+    resume: bool,
+    stream: bool,
+) -> AuditResult:
+    """The scan as one rank (`ranks`; None: the only process) computing on `device`."""
+    cfg = cfg.replace(device=device)
     only = _compile(layers)
     source = open_source(model, revision=revision, allow_pickle=allow_pickle, stream=stream)
     with source, contextlib.ExitStack() as stack:
@@ -65,7 +108,11 @@ def scan(
                 Journal(path, fingerprint(source.info, cfg, layers), resume=resume)
             )
         stack.enter_context(distributed.process_group(ranks, cfg.device))
-        return _audit(source, cfg, only, progress=progress, journal=log, ranks=ranks)
+        result = _audit(source, cfg, only, progress=progress, journal=log, ranks=ranks)
+    if journal is not None and ranks is not None and ranks.rank != 0:
+        # Gathered: rank 0 holds this rank's layers now (as a torchrun rank > 0 drops its own).
+        Path(distributed.journal_path(journal, ranks)).unlink(missing_ok=True)
+    return result
 
 
 def _compile(pattern: str | None) -> re.Pattern[str] | None:

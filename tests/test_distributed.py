@@ -1,4 +1,5 @@
-"""A scan sharded over 2 torchrun ranks (gloo on CPU) equals the single-process scan."""
+"""A scan sharded over 2 ranks (gloo on CPU) equals the single-process scan, however launched:
+torchrun, accelerate launch, or `--devices cpu,cpu` with no launcher."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+import llm_audit
 from llm_audit.distributed import Ranks, assign, cost, journal_path
 from llm_audit.layers import plan_layers
 from llm_audit.sources import open_source
 from tests.conftest import llama_tensors, write_shards
-from tests.test_resume import read_audit
+from tests.test_resume import journaled_names, read_audit
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
@@ -29,15 +31,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def test_torchrun_two_ranks_equals_one_process(
-    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
-) -> None:
-    model = write_shards(
-        tmp_path / "m",
+def sharded_model(folder: Path) -> Path:
+    return write_shards(
+        folder,
         llama_tensors(blocks=4, hidden=64, inter=160, vocab=300),
         shards=3,
         config={"model_type": "llama", "tie_word_embeddings": False},
     )
+
+
+def test_torchrun_two_ranks_equals_one_process(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    model = sharded_model(tmp_path / "m")
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     env.pop("WORLD_SIZE", None)
     proc = subprocess.run(
@@ -70,6 +76,117 @@ def test_torchrun_two_ranks_equals_one_process(
     assert code == 0, err
     assert read_audit(tmp_path / "A") == read_audit(tmp_path / "B")
     assert not list((tmp_path / "A").glob(".journal*"))  # each rank removed its journal
+
+
+def test_accelerate_launch_two_processes_equals_one_process(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    # `--cpu --num_processes 2` would start ONE process (accelerate needs mpirun for several CPU
+    # processes); `--multi_gpu` starts two through torch.distributed.run, which on a machine
+    # without GPUs compute on the CPU and gather over gloo.
+    model = sharded_model(tmp_path / "m")
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}  # no user accelerate config
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--multi_gpu",
+            "--num_processes",
+            "2",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            "--main_process_ip",
+            "127.0.0.1",
+            "--main_process_port",
+            str(free_port()),
+            "-m",
+            "llm_audit",
+            "scan",
+            str(model),
+            "--out",
+            str(tmp_path / "A"),
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Report written to") == 1  # rank 1 prints and writes nothing
+    code, _, err = cli("scan", model, "--out", tmp_path / "B", "--no-progress")
+    assert code == 0, err
+    assert read_audit(tmp_path / "A") == read_audit(tmp_path / "B")
+
+
+def test_devices_cpu_cpu_equals_one_process(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    model = sharded_model(tmp_path / "m")
+    code, out, err = cli(
+        "scan", model, "--out", tmp_path / "A", "--no-progress", "--devices", "cpu,cpu"
+    )
+    assert code == 0, err
+    assert out.count("Report written to") == 1
+    code, _, err = cli("scan", model, "--out", tmp_path / "B", "--no-progress")
+    assert code == 0, err
+    assert read_audit(tmp_path / "A") == read_audit(tmp_path / "B")
+    assert not list((tmp_path / "A").glob(".journal*"))
+
+
+def test_devices_split_the_layers_between_processes(tmp_path: Path) -> None:
+    """This process computed rank 0's share only (its journal), the worker the rest."""
+    model = sharded_model(tmp_path / "m")
+    journal = tmp_path / "j.jsonl"
+    result = llm_audit.scan(model, devices=["cpu", "cpu"], journal=journal)
+    single = llm_audit.scan(model)
+    assert result.records == single.records
+    with open_source(model) as source:
+        layers, _ = plan_layers(source.tensors(), source.info.config)
+    rank0 = [layer.name for layer in assign(layers, 2)[0]]
+    assert 0 < len(rank0) < len(layers)
+    assert journaled_names(Path(journal_path(journal, Ranks(0, 2, 0)))) == rank0
+    assert not Path(journal_path(journal, Ranks(1, 2, 1))).exists()  # the worker removed its own
+
+
+@pytest.mark.parametrize(
+    ("devices", "env", "expected"),
+    [
+        ("cuda:7", {}, "no GPU cuda:7"),
+        ("", {}, "empty device name"),
+        ("cpu,,cpu", {}, "empty device name"),
+        ("tpu:0", {}, "'tpu:0' is not a device"),
+        ("cpu,cpu", {"WORLD_SIZE": "2", "RANK": "0"}, "cannot run under torchrun"),
+    ],
+)
+def test_devices_bad_input_is_one_line_exit_2(
+    tmp_path: Path,
+    cli: Callable[..., tuple[int, str, str]],
+    monkeypatch: pytest.MonkeyPatch,
+    devices: str,
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    model = sharded_model(tmp_path / "m")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    code, _, err = cli("scan", model, "--out", tmp_path / "A", "--devices", devices)
+    assert code == 2 and expected in err and err.count("\n") == 1, err
+    assert not (tmp_path / "A").exists() or not list((tmp_path / "A").iterdir())
+
+
+def test_devices_with_device_is_one_line_exit_2(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    model = sharded_model(tmp_path / "m")
+    code, _, err = cli("scan", model, "--device", "cpu", "--devices", "cpu,cpu")
+    assert code == 2 and "not both" in err and err.count("\n") == 1, err
 
 
 def test_assignment_balances_cost_not_counts(tiny_llama: Path) -> None:
