@@ -26,7 +26,7 @@ def _tiny_config(tmp_path: Path, **changes: object) -> Path:
     text = run.config_path("mnist", "quick").read_text()
     lines = [ln for ln in text.splitlines() if ln and not ln.startswith((" ", "#"))]
     values = dict(ln.split("#")[0].split(":", 1) for ln in lines)
-    values |= {"steps": " 30", "num_checkpoints": " 5"}
+    values |= {"steps": " 30", "num_checkpoints": " 5", "monitor_every": " 10"}
     values |= {k: f" {v}" for k, v in changes.items()}
     path = tmp_path / "tiny.yaml"
     path.write_text("".join(f"{k}:{v}\n" for k, v in values.items() if v.strip() != "DROP"))
@@ -136,6 +136,8 @@ def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert f"alpha[{layer}]" in rows[0] and f"num_traps[{layer}]" in rows[0]
     data = json.loads((out / "calibration.json").read_text())
     assert data["task"] == "mnist" and len(data["checkpoints"]) == len(steps)
+    assert [row["step"] for row in data["monitor"]["history"]] == [10, 20, 30]
+    assert all(row["agrees"] in (True, False) for row in data["checkpoints"])
     page = (out / "calibration.html").read_text()
     assert page.count("<svg") == 3 and "<script" not in page and "http://www.w3.org" in page
 
@@ -204,6 +206,89 @@ def test_monitor_stops_after_the_peak_and_keeps_the_best_checkpoint() -> None:
     assert monitor.best_state is not None
     assert torch.equal(monitor.best_state["layers.0.weight"], states[1]["layers.0.weight"])
     assert [row["verdict"] for row in monitor.history] == ["healthy", "pathological"]
+
+
+class _TinyClassifier(torch.nn.Module):
+    """16 -> 64 -> 4 ReLU net with the (inputs, labels) -> {"loss", "logits"} Trainer contract."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = torch.nn.Linear(16, 64), torch.nn.Linear(64, 4)
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        logits = self.fc2(torch.relu(self.fc1(x)))
+        return {"loss": torch.nn.functional.cross_entropy(logits, labels), "logits": logits}
+
+
+def _train_with_callback(tmp_path: Path, *, planted_trap: bool) -> tuple[AuditMonitor, int]:
+    """Fine-tune a teacher-fitted net on wrong labels with a real `transformers.Trainer`.
+
+    Test accuracy (true labels) really falls while the net learns the shifted labels. With
+    `planted_trap` one fc1 entry is set to 30 (the other entries are ~0.1): a correlation trap
+    in the element-shuffled spectrum of fc1 from the start, as in a collapsed model.
+    """
+    transformers = pytest.importorskip("transformers")
+    from llm_audit.calibration.monitor import trainer_callback
+
+    gen = torch.Generator().manual_seed(0)
+    x_train, x_test = torch.randn(256, 16, generator=gen), torch.randn(256, 16, generator=gen)
+    teacher = torch.randn(16, 4, generator=gen)
+    y_train = ((x_train @ teacher).argmax(1) + 1) % 4  # every training label is wrong
+    y_test = (x_test @ teacher).argmax(1)
+    torch.manual_seed(0)
+    model = _TinyClassifier()
+    with torch.no_grad():
+        if planted_trap:
+            model.fc1.weight[0, 0] = 30.0
+    train = [{"x": x, "labels": y} for x, y in zip(x_train, y_train, strict=True)]
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            logits = model(x_test, y_test)["logits"]
+        return {"test_acc": float((logits.argmax(1) == y_test).float().mean())}
+
+    monitor = AuditMonitor(model, evaluate=evaluate, every=4)
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "trainer"),
+        max_steps=40,
+        per_device_train_batch_size=32,
+        learning_rate=3e-2,
+        lr_scheduler_type="constant",
+        report_to=[],
+        save_strategy="no",
+        logging_strategy="no",
+        use_cpu=True,
+        disable_tqdm=True,
+        seed=0,
+    )
+    trainer = transformers.Trainer(
+        model=model, args=args, train_dataset=train, callbacks=[trainer_callback(monitor)]
+    )
+    trainer.train()
+    return monitor, int(trainer.state.global_step)
+
+
+def test_trainer_callback_stops_a_real_trainer(tmp_path: Path) -> None:
+    """Audits every 4 steps; stops at the first audit with test accuracy >= 0.02 below its best
+    and a trap counted; keeps the best weights seen."""
+    monitor, steps_run = _train_with_callback(tmp_path, planted_trap=True)
+    assert [row["step"] for row in monitor.history] == list(range(4, steps_run + 1, 4))
+    assert monitor.stopped_at == steps_run < 40  # should_training_stop ended the run there
+    last = monitor.history[-1]
+    assert last["total_traps"] >= 1 and last["test_acc"] <= monitor.best_test_acc - 0.02
+    assert all(row["test_acc"] > monitor.best_test_acc - 0.02 for row in monitor.history[:-1])
+    assert monitor.best_step is not None and monitor.best_step < steps_run
+    assert monitor.best_state is not None
+    assert not torch.equal(monitor.best_state["fc1.weight"], monitor.model.fc1.weight.detach())
+
+
+def test_trainer_callback_does_not_stop_without_traps(tmp_path: Path) -> None:
+    """The same run without the planted trap: accuracy falls just the same, but no trap appears,
+    so the Trainer runs all 40 steps."""
+    monitor, steps_run = _train_with_callback(tmp_path, planted_trap=False)
+    assert steps_run == 40 and monitor.stopped_at is None and len(monitor.history) == 10
+    assert monitor.history[-1]["test_acc"] <= monitor.best_test_acc - 0.02
+    assert all(row["total_traps"] == 0 for row in monitor.history)
 
 
 def test_monitor_needs_a_schedule() -> None:

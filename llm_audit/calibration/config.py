@@ -75,7 +75,7 @@ def _check_ranges(values: dict[str, Any], where: str) -> None:
         ) or name in ("width", "p", "d_model", "n_heads", "d_mlp", "downsample", "train_per_class")
         if positive and value <= 0:
             raise ConfigError(f"{name} must be positive, got {value!r}", path=where)
-        if name == "weight_decay" and value < 0:
-            raise ConfigError(f"weight_decay must be >= 0, got {value!r}", path=where)
+        if name in ("weight_decay", "monitor_every") and value < 0:
+            raise ConfigError(f"{name} must be >= 0, got {value!r}", path=where)
         if name == "dtype" and value not in ("float32", "float64"):
             raise ConfigError(f"dtype must be float32 or float64, got {value!r}", path=where)

@@ -31,6 +31,7 @@ class MnistConfig:
     steps: int = 10_000_000  # optimizer steps
     num_checkpoints: int = 40  # checkpoints (and audits) on a log-spaced schedule
     dtype: str = "float32"  # or float64, as in the paper
+    monitor_every: int = 0  # > 0: also run an AuditMonitor every this many steps
 
 
 class MLP(nn.Module):

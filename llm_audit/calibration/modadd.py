@@ -32,6 +32,7 @@ class ModAddConfig:
     steps: int = 40_000  # full-batch optimizer steps
     num_checkpoints: int = 40  # checkpoints (and audits) on a log-spaced schedule
     dtype: str = "float32"
+    monitor_every: int = 0  # > 0: also run an AuditMonitor every this many steps
 
 
 class OneLayerTransformer(nn.Module):

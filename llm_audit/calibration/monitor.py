@@ -45,7 +45,9 @@ class AuditMonitor:
     best_step: int | None = None
     best_test_acc: float = -1.0
     best_state: dict[str, torch.Tensor] | None = None
-    stopped_at: int | None = None
+    stopped_at: int | None = None  # the step at which `check` returned True ("stop")
+    triggered_at: int | None = None  # first step the collapse condition held (also when stop=False)
+    kept_step: int | None = None  # `best_step` at `triggered_at`: the checkpoint from before it
 
     def __post_init__(self) -> None:
         if self.every is None and not self.schedule:
@@ -74,6 +76,18 @@ class AuditMonitor:
         self.model.train(was_training)
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         summary = llm_audit.scan(state, traps=True, seed=0).summary
+        return self.observe(step, metrics, summary, state)
+
+    def observe(
+        self,
+        step: int,
+        metrics: dict[str, float],
+        summary: dict[str, Any],
+        state: dict[str, torch.Tensor] | None = None,
+    ) -> bool:
+        """Record one audit (`metrics` with "test_acc"; a scan summary with "total_traps",
+        "mean_alpha", "verdict") and decide: True when training should stop. `check` calls this;
+        call it yourself to replay recorded audits."""
         row = {"step": step, **metrics, "mean_alpha": summary["mean_alpha"]}
         row |= {"total_traps": summary["total_traps"], "verdict": summary["verdict"]}
         self.history.append(row)
@@ -86,6 +100,8 @@ class AuditMonitor:
             step, metrics["test_acc"], self.best_test_acc, self.best_step,
             summary["mean_alpha"], summary["total_traps"], summary["verdict"],
         )  # fmt: skip
+        if collapse and self.triggered_at is None:
+            self.triggered_at, self.kept_step = step, self.best_step
         if collapse and self.stop:
             self.stopped_at = step
             return True

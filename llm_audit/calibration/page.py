@@ -34,6 +34,19 @@ def render_page(data: dict[str, Any]) -> str:
         f"test-accuracy peak {ph['peak_test_acc']:.3f} at {ph['peak_step']}, "
         f"collapse onset {'not reached' if ph['collapse_step'] is None else ph['collapse_step']}"
     )
+    disagree = data.get("disagreements", [])
+    summary += (
+        f"; verdict agrees with the phase at {len(rows) - len(disagree)} of {len(rows)} checkpoints"
+        + (f" (not at steps {', '.join(map(str, disagree))})" if disagree else "")
+    )
+    mon = data.get("monitor")
+    if mon:
+        summary += (
+            f"; AuditMonitor every {mon['every']} steps would stop at "
+            f"{mon['would_stop_at'] if mon['would_stop_at'] is not None else 'no step'}"
+            f" (collapse onset on its grid: {mon['dense_collapse_step']}), keeping step "
+            f"{mon['kept_step']}"
+        )
     css = (resources.files("llm_audit.report") / "assets" / "report.css").read_text()
     return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
@@ -127,13 +140,16 @@ def _shades(rows: list[dict[str, Any]], xs: list[float], px: Any) -> str:
 
 def _table(rows: list[dict[str, Any]], layers: list[str]) -> str:
     head = ["step", "phase", "train acc", "test acc"] + [f"alpha {n}" for n in layers]
-    head += [f"traps {n}" for n in layers] + ["verdict"]
+    head += [f"traps {n}" for n in layers] + ["verdict", "agrees with phase"]
     body = []
     for r in rows:
         cells = [str(r["step"]), r["phase"], f"{r['train_acc']:.3f}", f"{r['test_acc']:.3f}"]
         cells += [f"{r[f'alpha[{n}]']:.2f}" if _finite(r[f"alpha[{n}]"]) else "–" for n in layers]
         cells += [str(r[f"num_traps[{n}]"]) for n in layers] + [r["verdict"]]
-        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+        cells.append("yes" if r.get("agrees", True) else "no")
+        tds = "".join(f"<td>{html.escape(c)}</td>" for c in cells)
+        reason = html.escape(r.get("verdict_reason", ""), quote=True)
+        body.append(f"<tr title='{reason}'>{tds}</tr>")
     return (
         "<h2>Checkpoints</h2><table><thead><tr>"
         + "".join(f"<th>{html.escape(h)}</th>" for h in head)

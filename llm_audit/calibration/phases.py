@@ -9,6 +9,10 @@ Rule, on the checkpoints in step order:
   generalizes worse: anti-grokking). None if there is no such checkpoint.
 Each checkpoint is then "pre-grokking" (before the grokking onset), "grokked" (from the onset to
 the collapse) or "collapse" (from the collapse onset on).
+
+The audit's verdict agrees with a checkpoint's phase when it is in `EXPECTED_VERDICTS[phase]`:
+"pathological" exactly in the collapse; "healthy" or "watch" (a flag such as alpha > 6, but not the
+anti-grokking signature) before it.
 """
 
 from __future__ import annotations
@@ -17,6 +21,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 PHASES = ("pre-grokking", "grokked", "collapse")
+EXPECTED_VERDICTS = {
+    "pre-grokking": ("healthy", "watch"),
+    "grokked": ("healthy", "watch"),
+    "collapse": ("pathological",),
+}
+
+
+def agrees(phase: str, verdict: str) -> bool:
+    """Whether an audit verdict matches the phase found from the accuracy curves."""
+    return verdict in EXPECTED_VERDICTS[phase]
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,13 @@
 
 Outputs under the run folder: `checkpoints/step-NNNNNNN.safetensors`, `calibration.json`,
 `checkpoints.csv` and `calibration.html`. Each checkpoint is audited in memory with the same engine
-as `llm-audit scan` (traps on, seed 0); the phases come from the accuracy curves (see `phases.py`).
+as `llm-audit scan` (traps on, seed 0); the phases come from the accuracy curves (see `phases.py`),
+and each checkpoint records whether its verdict agrees with its phase.
+
+With `monitor_every` > 0 in the config, an `AuditMonitor` (stop=False, so the run goes on to show
+the collapse) also audits every `monitor_every` steps; `calibration.json` then records where it
+would have stopped, the checkpoint it kept (saved as `checkpoints/monitor-kept.safetensors`), and
+the collapse onset found by the phase rule on its own, denser, evaluations.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from safetensors.torch import save_file
 
 import llm_audit
 from llm_audit.calibration.config import config_path, load_task_config
-from llm_audit.calibration.phases import Phases, find_phases
+from llm_audit.calibration.monitor import AuditMonitor
+from llm_audit.calibration.phases import Phases, agrees, find_phases
 from llm_audit.errors import ConfigError, OutputError
 
 SCHEMA_VERSION = 1
@@ -73,6 +80,7 @@ def audit_row(step: int, metrics: dict[str, float], model: torch.nn.Module) -> d
     row["mean_alpha"] = result.summary["mean_alpha"]
     row["total_traps"] = result.summary["total_traps"]
     row["verdict"] = result.summary["verdict"]
+    row["verdict_reason"] = result.summary["verdict_reason"]
     return row
 
 
@@ -83,6 +91,18 @@ class Calibration:
     rows: list[dict[str, Any]]
     phases: Phases
     seconds: float
+    monitor: dict[str, Any] | None = None
+
+    def steps(self) -> list[int]:
+        return [row["step"] for row in self.rows]
+
+    def disagreements(self) -> list[int]:
+        """Steps whose verdict does not match their phase (see `phases.EXPECTED_VERDICTS`)."""
+        return [
+            row["step"]
+            for row, label in zip(self.rows, self.phases.labels, strict=True)
+            if not agrees(label, row["verdict"])
+        ]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -91,8 +111,10 @@ class Calibration:
             "config": self.config,
             "seconds": self.seconds,
             "phases": dataclasses.asdict(self.phases),
+            "disagreements": self.disagreements(),
+            "monitor": self.monitor,
             "checkpoints": [
-                {**row, "phase": label}
+                {**row, "phase": label, "agrees": agrees(label, row["verdict"])}
                 for row, label in zip(self.rows, self.phases.labels, strict=True)
             ],
         }
@@ -108,10 +130,21 @@ def run(
     task: Task = task_cls(cfg)
     schedule = set(checkpoint_schedule(cfg.steps, cfg.num_checkpoints))
     rows: list[dict[str, Any]] = []
+    monitor = None
+    if cfg.monitor_every:
+        # stop=False: record where it would stop, and train on to show the collapse
+        monitor = AuditMonitor(
+            task.model, evaluate=task.evaluate, every=cfg.monitor_every, stop=False
+        )
     started = time.perf_counter()
     bar = _bar(cfg.steps, name, progress)
     for step in range(1, cfg.steps + 1):
         loss = task.step()
+        if monitor is not None:
+            monitor.check(step)
+            kept = monitor.best_state
+            if monitor.triggered_at == step and kept is not None and save_checkpoints:
+                _save_tensors(kept, out / "checkpoints" / "monitor-kept.safetensors")
         if step in schedule:
             rows.append(audit_row(step, task.evaluate(), task.model))
             if save_checkpoints:
@@ -124,9 +157,39 @@ def run(
     phases = find_phases(
         [r["step"] for r in rows], [r["train_acc"] for r in rows], [r["test_acc"] for r in rows]
     )
-    cal = Calibration(name, dataclasses.asdict(cfg), rows, phases, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    cal = Calibration(name, dataclasses.asdict(cfg), rows, phases, seconds, monitor_record(monitor))
     write_outputs(cal, out)
     return cal
+
+
+def monitor_record(monitor: AuditMonitor | None) -> dict[str, Any] | None:
+    """Where the monitor would have stopped, what it kept, and the collapse onset on its grid."""
+    if monitor is None or not monitor.history:
+        return None
+    hist = monitor.history
+    dense = find_phases(
+        [r["step"] for r in hist], [r["train_acc"] for r in hist], [r["test_acc"] for r in hist]
+    )
+    by_step = {r["step"]: r for r in hist}
+    stop, kept = monitor.triggered_at, monitor.kept_step
+    return {
+        "every": monitor.every,
+        "drop": monitor.drop,
+        "min_traps": monitor.min_traps,
+        "would_stop_at": stop,
+        "stop_test_acc": None if stop is None else by_step[stop]["test_acc"],
+        "stop_total_traps": None if stop is None else by_step[stop]["total_traps"],
+        "kept_step": kept,
+        "kept_test_acc": None if kept is None else by_step[kept]["test_acc"],
+        "dense_peak_step": dense.peak_step,
+        "dense_peak_test_acc": dense.peak_test_acc,
+        "dense_collapse_step": dense.collapse_step,
+        "stop_minus_collapse_onset": (
+            None if stop is None or dense.collapse_step is None else stop - dense.collapse_step
+        ),
+        "history": hist,
+    }
 
 
 def write_outputs(cal: Calibration, out: Path) -> None:
@@ -139,6 +202,7 @@ def write_outputs(cal: Calibration, out: Path) -> None:
         (out / "calibration.json").write_text(json.dumps(cal.to_json(), indent=1) + "\n")
         table = pd.DataFrame(cal.rows)
         table.insert(1, "phase", list(cal.phases.labels))
+        table.insert(2, "agrees", [s not in cal.disagreements() for s in cal.steps()])
         table.to_csv(out / "checkpoints.csv", index=False)
         (out / "calibration.html").write_text(render_page(cal.to_json()))
     except OSError as exc:
@@ -146,7 +210,11 @@ def write_outputs(cal: Calibration, out: Path) -> None:
 
 
 def _save_checkpoint(model: torch.nn.Module, path: Path) -> None:
-    tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    _save_tensors(model.state_dict(), path)
+
+
+def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
+    tensors = {k: v.detach().contiguous() for k, v in state.items()}
     try:
         save_file(tensors, str(path))
     except OSError as exc:
