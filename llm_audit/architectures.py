@@ -19,6 +19,8 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+from llm_audit.qkv import LAYOUTS
+
 ROLES = (
     "q", "k", "v", "o", "qkv", "up", "gate", "down", "gate_up", "embed", "lm_head", "router",
     "expert_gate", "expert_up", "expert_down", "expert_gate_up", "other",
@@ -35,6 +37,7 @@ class Template:
     stored_in_out: bool
     tied_to: str | None
     fused_experts: bool = False  # a 3-D tensor (expert, ...): one layer per expert slice
+    fused_qkv: str | None = None  # q, k, v rows in one matrix, in this layout (qkv.LAYOUTS)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,7 @@ class Generic:
 
 
 _FAMILY_KEYS = {"family", "model_types", "tensors", "stored_in_out", "_comment"}
-_TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to", "fused_experts"}
+_TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to", "fused_experts", "fused_qkv"}
 _GENERIC_KEYS = {
     "family",
     "model_types",
@@ -79,6 +82,11 @@ def parse_family(data: dict[str, Any], where: str) -> Family:
         _check_keys(entry, _TENSOR_KEYS, f"{where} tensors[{i}]")
         if entry["role"] not in ROLES:
             raise ValueError(f"{where}: tensors[{i}] has unknown role {entry['role']!r}")
+        if entry.get("fused_qkv", LAYOUTS[0]) not in LAYOUTS:
+            raise ValueError(
+                f"{where}: tensors[{i}] has unknown fused_qkv layout {entry['fused_qkv']!r}; "
+                f"known: {', '.join(LAYOUTS)}"
+            )
         in_block = "{block}" in entry["name"]
         seen_block |= in_block
         templates.append(
@@ -90,6 +98,7 @@ def parse_family(data: dict[str, Any], where: str) -> Family:
                 stored_in_out=bool(entry.get("stored_in_out", default_in_out)),
                 tied_to=entry.get("tied_to"),
                 fused_experts=bool(entry.get("fused_experts", False)),
+                fused_qkv=entry.get("fused_qkv"),
             )
         )
     return Family(data["family"], tuple(data["model_types"]), tuple(templates))

@@ -40,6 +40,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="shard the layers over these devices, one process each, no launcher needed "
         "(cuda:0,cuda:1 or cpu,cpu); rank 0 writes the report",
     )
+    scan.add_argument(
+        "--split-qkv",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="analyze fused qkv tensors (GPT-2 c_attn, Phi-3 qkv_proj, GPT-NeoX/Falcon "
+        "query_key_value) as separate q, k, v matrices sized by config.json (default: off)",
+    )
     scan.add_argument("--layers", metavar="REGEX", help="only tensors whose name matches REGEX")
     scan.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
     scan.add_argument(
@@ -191,6 +198,7 @@ def _scan(args: argparse.Namespace) -> int:
         seed=args.seed,
         estimator=args.estimator,
         layers=args.layers,
+        split_qkv=args.split_qkv,
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
         journal=journal,

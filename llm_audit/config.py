@@ -42,6 +42,7 @@ class AuditConfig:
     traps: bool = True
     min_evals: int = 8
     include_embeddings_in_summary: bool = False
+    split_qkv: bool = False
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     verdict: VerdictRule = dataclasses.field(default_factory=VerdictRule)
 

@@ -7,7 +7,8 @@ each expert matrix (every expert's gate, then every expert's down), so same-shap
 adjacent for batching.
 
 A layer is a whole 2-D tensor, or one expert's slice of a fused 3-D expert tensor
-(`slice_index`), or a quantized weight paired with the scale that dequantizes it (`scale`).
+(`slice_index`), or a quantized weight paired with the scale that dequantizes it (`scale`), or,
+when asked (`split_qkv`), the q, k or v rows of a fused attention matrix (`rows`, see qkv.py).
 `Layer.read` returns its matrix either way; quantization formats with no rule here (GPTQ/AWQ
 packed integers, bitsandbytes, MXFP4 blocks) are listed with the status `unsupported_quantization`
 and a reason that names the format.
@@ -30,6 +31,8 @@ from llm_audit.architectures import (
     generic_expert,
     generic_role,
 )
+from llm_audit.errors import ConfigError
+from llm_audit.qkv import Rows, split_rows
 from llm_audit.sources.base import Source, TensorInfo
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
@@ -53,13 +56,18 @@ class Layer:
     expert: int | None = None  # the expert of a mixture-of-experts block
     slice_index: int | None = None  # this layer is tensor[slice_index] of a fused 3-D tensor
     scale: TensorInfo | None = None  # FP8 scale: the matrix is weight * scale (broadcast by block)
+    rows: Rows | None = None  # this layer is q, k or v: these output rows of a fused matrix
 
     @property
     def name(self) -> str:
-        """The tensor name; an expert slice adds its index: `...experts.gate_up_proj[3]`."""
-        if self.slice_index is None:
-            return self.tensor.name
-        return f"{self.tensor.name}[{self.slice_index}]"
+        """The tensor name; an expert slice adds its index (`...experts.gate_up_proj[3]`), a part
+        of a fused qkv matrix its role (`...attn.c_attn.weight[q]`)."""
+        name = self.tensor.name
+        if self.slice_index is not None:
+            name += f"[{self.slice_index}]"
+        if self.rows is not None:
+            name += f"[{self.rows.label}]"
+        return name
 
     @property
     def is_embedding(self) -> bool:
@@ -67,8 +75,17 @@ class Layer:
 
     @property
     def stored_shape(self) -> tuple[int, ...]:
-        """The shape of what `read` returns (a slice drops the expert dimension)."""
-        return self.tensor.shape if self.slice_index is None else self.tensor.shape[1:]
+        """The shape of what `read` returns (a slice drops the expert dimension, q/k/v rows keep
+        their share of the output dimension)."""
+        shape = self.tensor.shape if self.slice_index is None else self.tensor.shape[1:]
+        if self.rows is None:
+            return shape
+        axis = self._out_axis
+        return (*shape[:axis], self.rows.size, *shape[axis + 1 :])
+
+    @property
+    def _out_axis(self) -> int:
+        return 1 if self.stored_in_out else 0
 
     @property
     def out_in(self) -> tuple[int, int]:
@@ -84,6 +101,8 @@ class Layer:
             W = source.read_slice(self.tensor, self.slice_index)
         if self.scale is not None:
             W = dequantize_scaled(W, source.read(self.scale))
+        if self.rows is not None:
+            W = W.index_select(self._out_axis, self.rows.index())
         return W
 
 
@@ -128,8 +147,13 @@ def plan_layers(
     *,
     only: re.Pattern[str] | None = None,
     min_evals: int = 8,
+    split_qkv: bool = False,
 ) -> tuple[list[Layer], str]:
-    """The layers of a model in model order, and the architecture family used to name them."""
+    """The layers of a model in model order, and the architecture family used to name them.
+
+    With `split_qkv`, each fused qkv matrix becomes three layers, q, k and v, sized by `config`'s
+    head counts; `ConfigError` if its family has no known layout or the counts do not fit.
+    """
     names = [t.name for t in tensors]
     family = choose_family(names, config)
     by_name = {t.name: t for t in tensors}
@@ -146,6 +170,8 @@ def plan_layers(
             layers.append(replace(layer, skip_status=QUANTIZED, skip_reason=reason))
         elif _match(family, t.name) or is_layer_tensor(t) or _generic_fused(t):
             layers += _make_layers(t, family, t.name, by_name, tied=tied, min_evals=min_evals)
+    if split_qkv:
+        layers = [part for layer in layers for part in _split_qkv(layer, family, config, min_evals)]
     layers.sort(key=lambda layer: layer.sort_key)
     return layers, family.name if family else "generic"
 
@@ -156,6 +182,35 @@ def _match(family: Family | None, name: str) -> tuple[Template, dict[str, int]] 
         if m:
             return template, {k: int(v) for k, v in m.groupdict().items()}
     return None
+
+
+def _split_qkv(
+    layer: Layer, family: Family | None, config: dict[str, Any] | None, min_evals: int
+) -> list[Layer]:
+    """A fused qkv layer as its q, k and v layers (in that order); any other layer unchanged."""
+    if layer.role != "qkv" or layer.skip_status is not None:
+        return [layer]  # tied, quantized or unreadable: reported whole, as stored
+    match = _match(family, layer.tensor.name)
+    layout = match[0].fused_qkv if match else None
+    if layout is None:
+        known = family.name if family else "generic"
+        raise ConfigError(
+            f"the {known} family names no q/k/v layout for this fused tensor; scan without "
+            "--split-qkv",
+            tensor=layer.tensor.name,
+        )
+    parts = split_rows(layout, layer.out_in[0], config, tensor=layer.tensor.name)
+    out = []
+    for i, rows in enumerate(parts):
+        part = replace(layer, role=rows.label, rows=rows, sort_key=(*layer.sort_key, i))
+        if min(part.out_in) < min_evals:
+            part = replace(
+                part,
+                skip_status="too_small",
+                skip_reason=f"{min(part.out_in)} eigenvalues, fewer than min_evals={min_evals}",
+            )
+        out.append(part)
+    return out
 
 
 def _generic_fused(t: TensorInfo) -> bool:

@@ -42,6 +42,7 @@ def scan(
     journal: str | Path | None = None,
     resume: bool = False,
     stream: bool = False,
+    split_qkv: bool | None = None,
 ) -> AuditResult:
     """Audit every weight matrix of `model` (a path, Hub id, module or state dict; None: MiniLM).
 
@@ -52,11 +53,13 @@ def scan(
     (WORLD_SIZE > 1) the layers are sharded over the ranks and every rank returns the full result.
     `devices` (`["cuda:0", "cuda:1"]`, `["cpu", "cpu"]`) shards the same way without a launcher:
     one process per device, this one being rank 0 (journal `journal_path(journal, rank 0)`).
+    `split_qkv` analyzes fused q/k/v tensors as three matrices (sizes from config.json).
     Raises an `LlmAuditError` subclass on bad input (also for a journal written with other
     settings); per-layer problems (NaN weights, unknown dtypes, failed fits) are statuses.
     """
     cfg = config if isinstance(config, AuditConfig) else load_config(config)
     cfg = cfg.replace(traps=traps, device=device, seed=seed, estimator=estimator)
+    cfg = cfg.replace(split_qkv=split_qkv)
     job = functools.partial(
         _scan_ranked,
         model,
@@ -135,7 +138,9 @@ def _audit(
 ) -> AuditResult:
     started = dt.datetime.now(dt.timezone.utc)
     tensors = source.tensors()
-    planned, family = plan_layers(tensors, source.info.config, only=only, min_evals=cfg.min_evals)
+    planned, family = plan_layers(
+        tensors, source.info.config, only=only, min_evals=cfg.min_evals, split_qkv=cfg.split_qkv
+    )
     if not planned:
         raise ConfigError(
             "no weight matrices to analyze" + (" match --layers" if only else ""),
