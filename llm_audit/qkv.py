@@ -132,6 +132,12 @@ def _heads(config: dict[str, Any], tensor: str) -> Heads:
                 tensor=tensor,
             )
         head_dim = hidden // heads
+    if kv < 1 or head_dim < 1:
+        raise ConfigError(
+            f"config.json gives {kv} key/value heads and head_dim {head_dim}; both must be at "
+            "least 1 to split fused qkv, so scan without --split-qkv",
+            tensor=tensor,
+        )
     return Heads(heads, kv, head_dim)
 
 

@@ -208,3 +208,12 @@ def test_family_files_reject_unknown_layouts() -> None:
     entry = {"name": "h.{block}.attn.c_attn.weight", "role": "qkv", "fused_qkv": "interleaved"}
     with pytest.raises(ValueError, match="unknown fused_qkv layout 'interleaved'"):
         parse_family({"family": "x", "model_types": [], "tensors": [entry]}, "x.json")
+
+
+def test_nonsense_head_counts_are_refused_even_when_they_add_up() -> None:
+    from llm_audit.errors import ConfigError
+    from llm_audit.qkv import split_rows
+
+    config = {"num_attention_heads": 16, "head_dim": 8, "num_key_value_heads": -2}
+    with pytest.raises(ConfigError, match="at least 1"):  # 16*8 + 2*(-2)*8 = 96 rows
+        split_rows("contiguous", 96, config, tensor="qkv_proj.weight")
