@@ -1,16 +1,17 @@
 """Compare fine-tunes (or merges, quantizations, later checkpoints) with their base, layer by layer.
 
 Layers are aligned by tensor name and shape, and whatever does not align is reported, never paired
-by position. Both models are streamed in lockstep, one aligned layer at a time: each job reads the
-base matrix once and each other model's matrix once, and analyzes the base, the other and their
-difference ΔW = W_other − W_base. A LoRA adapter given as OTHER is applied on the fly (W + B·A·s),
-so memory stays bounded by a few matrices, never by two models.
+by position. Both models are streamed in lockstep, one aligned layer at a time: the base matrix,
+each other model's matrix and their difference ΔW = W_other − W_base, whose Gram is formed from
+row blocks of both without a full-size ΔW. A LoRA adapter given as OTHER is applied on the fly
+(W + B·A·s), so memory stays bounded by a few matrices, never by two models.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from llm_audit.result import write_all_or_nothing, write_json
 from llm_audit.scan import ModelSpec, slug
 from llm_audit.sources import Source, open_source
 from llm_audit.sources.peft import LoraAdapterSource
+from llm_audit.spectral.esd import Difference, Matrix, RowReader
 
 ALIGNMENTS = ("aligned", "missing", "extra", "shape_changed")
 DELTA_COLUMNS = ("alpha", "D", "stable_rank", "log_norm", "num_traps", "rand_num_spikes", "status")
@@ -193,13 +195,14 @@ def _compare(
                 path=m.source.info.id,
             )
     todo = [layer for layer in base.layers.values() if layer.skip_status is None]
+    jobs = list(_jobs(base, models, todo, alignment))
     results = engine.schedule(
-        _jobs(base, models, todo, alignment),
+        jobs,
         cfg,
-        total=len(todo) * (1 + 2 * len(models)),
+        total=len(jobs),
         progress=progress,
         desc="compare",
-        prefetch=0,  # each job holds every model's matrix and ΔW: no job waits in memory
+        budget=max((job.nbytes for job in jobs), default=0),  # the largest matrix runs alone
     )
     records = [
         _record(name, base, models, alignment, results, cfg) for name in _union_order(base, models)
@@ -217,12 +220,33 @@ def _compare(
 def _jobs(
     base: _Model, models: list[_Model], todo: list[Layer], alignment: dict[str, dict[str, str]]
 ) -> Iterator[engine.Job]:
+    """Per aligned layer: the base matrix, then each model's matrix and its update, one job each.
+
+    One matrix per job lets the scheduler's byte budget run the largest ones alone. The update of
+    a full model is a lazy `Difference`, read again in row blocks: the base's pages are touched
+    twice, but no job holds two vocabulary-sized matrices at once.
+    """
     for layer in todo:
-        present = [m for m in models if _changes(m, layer, alignment)]
-        items = [(f"base|{layer.name}", layer)]
-        for m in present:
-            items += [(f"{m.label}|{layer.name}", layer), (f"{m.label}|dW|{layer.name}", layer)]
-        yield engine.Job(items, _reader(base, present, layer))
+        size = engine.stored_bytes(layer)
+        yield engine.Job([(f"base|{layer.name}", layer)], _reader(layer, base.source), size)
+        for m in models:
+            if not _changes(m, layer, alignment):
+                continue
+            mine, update = f"{m.label}|{layer.name}", f"{m.label}|dW|{layer.name}"
+            if m.adapter is not None:  # W + B·A·s and B·A·s, float32 copies
+                merged, delta = _adapted(base.source, m.adapter, layer)
+                copy = 4 * layer.out_in[0] * layer.out_in[1]
+                yield engine.Job([(mine, layer)], merged, copy)
+                yield engine.Job([(update, layer)], delta, copy)
+                continue
+            other = m.layers[layer.name]
+            yield engine.Job([(mine, layer)], _reader(other, m.source), engine.stored_bytes(other))
+            in_blocks = _row_readable(other, m.source) and _row_readable(layer, base.source)
+            yield engine.Job(
+                [(update, layer)],
+                _difference(other, m.source, layer, base.source),
+                0 if in_blocks else size + engine.stored_bytes(other),
+            )
 
 
 def _changes(m: _Model, layer: Layer, alignment: dict[str, dict[str, str]]) -> bool:
@@ -232,23 +256,48 @@ def _changes(m: _Model, layer: Layer, alignment: dict[str, dict[str, str]]) -> b
     return alignment[m.label][layer.name] == "aligned"
 
 
-def _reader(base: _Model, models: list[_Model], layer: Layer) -> Any:
-    def read() -> list[torch.Tensor]:
-        w_base = engine.oriented(layer.read(base.source), layer)
-        mats = [w_base]
-        for m in models:
-            if m.adapter is not None:
-                delta_info = m.adapter.delta_for(layer.name)
-                assert delta_info is not None  # _changes chose only adapted layers
-                delta = engine.oriented(m.adapter.read(delta_info), layer)
-                mats += [w_base.float() + delta, delta]
-            else:
-                other = m.layers[layer.name]
-                w_other = engine.oriented(other.read(m.source), other)
-                mats += [w_other, w_other.to(torch.float32, copy=True).sub_(w_base)]  # one copy
-        return mats
+def _reader(layer: Layer, source: Source) -> Callable[[], list[Matrix]]:
+    return lambda: [engine.oriented(layer.read(source), layer)]
 
-    return read
+
+def _difference(
+    other: Layer, other_source: Source, base: Layer, base_source: Source
+) -> Callable[[], list[Matrix]]:
+    update = Difference(
+        _row_reader(other, other_source),
+        _row_reader(base, base_source),
+        stored_shape=(base.stored_shape[0], base.stored_shape[1]),
+        stored_in_out=base.stored_in_out,
+    )
+    return lambda: [update]
+
+
+def _row_readable(layer: Layer, source: Source) -> bool:
+    """Whether a block of the layer's stored rows can be read without reading it all."""
+    return source.partial_reads and layer.slice_index is None and layer.scale is None
+
+
+def _row_reader(layer: Layer, source: Source) -> RowReader:
+    """Stored rows [a, b) of the layer: read alone where the source can, else from one full read."""
+    if _row_readable(layer, source):
+        return lambda a, b: source.read_slice(layer.tensor, slice(a, b))
+    whole = functools.cache(lambda: layer.read(source))
+    return lambda a, b: whole()[a:b]
+
+
+def _adapted(
+    source: Source, adapter: LoraAdapterSource, layer: Layer
+) -> tuple[Callable[[], list[Matrix]], Callable[[], list[Matrix]]]:
+    """Readers of the merged W + B·A·s and of the update B·A·s itself."""
+    info = adapter.delta_for(layer.name)
+    assert info is not None  # _changes chose only adapted layers
+
+    def delta() -> torch.Tensor:
+        return engine.oriented(adapter.read(info), layer)
+
+    return (lambda: [engine.oriented(layer.read(source), layer).float() + delta()]), (
+        lambda: [delta()]
+    )
 
 
 def _union_order(base: _Model, models: list[_Model]) -> list[str]:

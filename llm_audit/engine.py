@@ -22,10 +22,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from llm_audit.allocator import return_freed_memory
 from llm_audit.config import AuditConfig
 from llm_audit.layers import Layer
 from llm_audit.sources import Source
-from llm_audit.spectral.esd import gram, gram_eigenvalues
+from llm_audit.sources.safetensors_files import DTYPE_SIZES
+from llm_audit.spectral.esd import Difference, Matrix, gram, gram_eigenvalues
 from llm_audit.spectral.metrics import mp_metrics, shape_columns, spectrum_metrics
 from llm_audit.spectral.powerlaw import fit_power_law
 from llm_audit.spectral.traps import trap_metrics
@@ -80,11 +82,11 @@ def skipped(layer: Layer, status: str, reason: str | None) -> LayerOutcome:
 
 
 def analyze_batch(
-    layers: list[Layer], matrices: list[torch.Tensor], cfg: AuditConfig
+    layers: list[Layer], matrices: list[Matrix], cfg: AuditConfig
 ) -> list[LayerOutcome]:
     """Spectra and metrics of same-shape matrices (already on the compute device, as (out, in))."""
-    if matrices[0].is_cuda and len(matrices) > 1:
-        grams = list(gram(torch.stack(matrices)))  # one batched product on a GPU
+    if len(matrices) > 1 and all(isinstance(W, torch.Tensor) and W.is_cuda for W in matrices):
+        grams = list(gram(torch.stack(matrices)))  # type: ignore[arg-type]  # one batched product
     else:
         grams = [gram(W) for W in matrices]
     outcomes = []
@@ -98,19 +100,22 @@ def analyze_batch(
     return outcomes
 
 
-def _matrix_problem(W: torch.Tensor, G: torch.Tensor) -> tuple[str, str] | None:
+def _dense(W: Matrix) -> torch.Tensor:
+    """The matrix itself; a `Difference` is materialized (for a shuffle or a NaN count)."""
+    return W.materialize() if isinstance(W, Difference) else W
+
+
+def _matrix_problem(W: Matrix, G: torch.Tensor) -> tuple[str, str] | None:
     """NaN/Inf or all-zero weights, seen on the small Gram rather than by a pass over W."""
     if not bool(torch.isfinite(G).all()):
-        bad = int((~torch.isfinite(W)).sum())
+        bad = int((~torch.isfinite(_dense(W))).sum())
         return "nonfinite", f"{bad} NaN or Inf weights"
     if float(torch.diagonal(G).sum()) == 0.0:
         return "zero_matrix", "every weight is zero"
     return None
 
 
-def _layer_outcome(
-    layer: Layer, W: torch.Tensor, evals: np.ndarray, cfg: AuditConfig
-) -> LayerOutcome:
+def _layer_outcome(layer: Layer, W: Matrix, evals: np.ndarray, cfg: AuditConfig) -> LayerOutcome:
     fit = fit_power_law(evals, estimator=cfg.estimator)
     record = {**base_record(layer), **spectrum_metrics(evals, fit)}
     record.update(mp_metrics(evals, Q=record["Q"], M=record["M"]))
@@ -118,7 +123,7 @@ def _layer_outcome(
     record["reason"] = fit.reason
     spectra = {"evals": evals.astype(np.float64)}
     if cfg.traps:
-        traps, rand_spectra = trap_metrics(W, evals, seed=layer_seed(cfg.seed, layer.name))
+        traps, rand_spectra = trap_metrics(_dense(W), evals, seed=layer_seed(cfg.seed, layer.name))
         record.update(traps)
         spectra.update(rand_spectra)
     return LayerOutcome(record, spectra)
@@ -139,22 +144,32 @@ def _torch_threads(n: int) -> Iterator[None]:
 class Job:
     """Matrices analyzed together: (key, layer) pairs, and how to read them on the main thread.
 
-    `read` returns one (out, in) CPU matrix per item. A scan job is one layer (or a same-shape batch
-    on a GPU); a compare job is one aligned layer of every model and their differences.
+    `read` returns one (out, in) CPU matrix per item, usually a memory map that the analysis pages
+    in. A scan job is one layer (or a same-shape batch on a GPU); a compare job is one aligned layer
+    of every model and their differences. `nbytes` is what the job's matrices occupy once paged in,
+    known from the headers before reading, for the scheduler's memory budget.
     """
 
     items: list[tuple[str, Layer]]
-    read: Callable[[], list[torch.Tensor]]
+    read: Callable[[], list[Matrix]]
+    nbytes: int = 0
+
+
+def stored_bytes(layer: Layer) -> int:
+    """Bytes of the layer's matrix as stored (float32 where the dtype is not a safetensors one)."""
+    out_f, in_f = layer.out_in
+    return out_f * in_f * DTYPE_SIZES.get(layer.tensor.dtype, 4)
 
 
 def layer_jobs(source: Source, layers: list[Layer], *, batch: int) -> Iterator[Job]:
     """Jobs reading `layers` in order, `batch` same-shape layers per job."""
 
-    def reader(group: list[Layer]) -> Callable[[], list[torch.Tensor]]:
+    def reader(group: list[Layer]) -> Callable[[], list[Matrix]]:
         return lambda: [oriented(layer.read(source), layer) for layer in group]
 
     for group in _batches(layers, batch):
-        yield Job([(layer.name, layer) for layer in group], reader(group))
+        items = [(layer.name, layer) for layer in group]
+        yield Job(items, reader(group), sum(stored_bytes(layer) for layer in group))
 
 
 def oriented(W: torch.Tensor, layer: Layer) -> torch.Tensor:
@@ -232,58 +247,49 @@ def schedule(
     desc: str = "scan",
     on_done: Callable[[LayerOutcome], None] | None = None,
     prefetch: int = 1,
+    budget: int | None = None,
 ) -> dict[str, LayerOutcome]:
     """Read jobs in order on this thread, analyze them on a pool; workers + prefetch in flight.
 
+    With a `budget` (bytes), a job is not read until the `nbytes` of the jobs in flight plus its
+    own fit in it (or nothing is in flight): compare sets it to its largest job, which runs alone.
     `on_done` is called on this thread with each outcome as it is stored (e.g. to journal it).
-    A job of several matrices (compare) may want `prefetch=0` to bound memory.
     """
     device = resolve_device(cfg.device)
     on_gpu = device.type == "cuda"
     workers = workers or (1 if on_gpu else max(1, min(os.cpu_count() or 1, 8)))
+    return_freed_memory()
     results: dict[str, LayerOutcome] = {}
     bar = tqdm(total=total, unit="layer", disable=not progress, desc=desc, leave=False)
     read_bytes = 0
     pending: list[tuple[Job, Future[list[LayerOutcome]]]] = []
+
+    def collect(keep: int, incoming: int = 0) -> None:
+        """Store finished jobs, waiting until at most `keep` are in flight and `incoming` fits."""
+        while pending and (
+            len(pending) > keep
+            or (budget is not None and sum(j.nbytes for j, _ in pending) + incoming > budget)
+            or pending[0][1].done()
+        ):
+            job, future = pending.pop(0)
+            for (key, _), outcome in zip(job.items, future.result(), strict=True):
+                results[key] = outcome
+                if on_done is not None:
+                    on_done(outcome)
+            bar.update(len(job.items))
+            bar.set_postfix_str(f"{read_bytes / 2**20:,.0f} MB read")
+
     with (
         _torch_threads(1 if not on_gpu else torch.get_num_threads()),
         ThreadPoolExecutor(workers) as pool,
     ):
         for job in jobs:
+            collect(keep=workers + prefetch, incoming=job.nbytes)
             mats = [m.to(device, non_blocking=True) for m in job.read()]
-            read_bytes += sum(m.numel() * m.element_size() for m in mats)
+            read_bytes += job.nbytes
             layers = [layer for _, layer in job.items]
             pending.append((job, pool.submit(analyze_batch, layers, mats, cfg)))
             del mats
-            pending = _collect(
-                pending,
-                results,
-                bar,
-                keep=workers + prefetch,
-                read_bytes=read_bytes,
-                on_done=on_done,
-            )
-        _collect(pending, results, bar, keep=0, read_bytes=read_bytes, on_done=on_done)
+        collect(keep=0)
     bar.close()
     return results
-
-
-def _collect(
-    pending: list[tuple[Job, Future[list[LayerOutcome]]]],
-    results: dict[str, LayerOutcome],
-    bar: tqdm,
-    *,
-    keep: int,
-    read_bytes: int,
-    on_done: Callable[[LayerOutcome], None] | None = None,
-) -> list[tuple[Job, Future[list[LayerOutcome]]]]:
-    """Wait until at most `keep` jobs are in flight, storing finished results by key."""
-    while len(pending) > keep or (pending and pending[0][1].done()):
-        job, future = pending.pop(0)
-        for (key, _), outcome in zip(job.items, future.result(), strict=True):
-            results[key] = outcome
-            if on_done is not None:
-                on_done(outcome)
-        bar.update(len(job.items))
-        bar.set_postfix_str(f"{read_bytes / 2**20:,.0f} MB read")
-    return pending

@@ -6,13 +6,18 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
 import llm_audit
+from llm_audit import engine
 from llm_audit.compare import align, compare, effective_rank
+from llm_audit.config import load_config
 from llm_audit.errors import CheckpointFormatError, ConfigError
+from llm_audit.layers import plan_layers
+from llm_audit.sources import open_source
 from tests.conftest import llama_tensors, write_shards
 
 TRAPPED = "encoder.layer.2.attention.self.value.weight"
@@ -189,3 +194,48 @@ def test_align_and_effective_rank_known_answers() -> None:
     assert effective_rank(torch.tensor([4.0, 4.0, 4.0, 0.0]).numpy()) == pytest.approx(3.0)
     assert effective_rank(torch.zeros(3).numpy()) == 0.0
     assert align({}, {}) == {}
+
+
+def test_update_spectrum_is_that_of_the_difference(tmp_path: Path) -> None:
+    """ΔW's eigenvalues (formed from row blocks of both files) equal those of other − base."""
+    base, other = llama_tensors(blocks=1), llama_tensors(blocks=1, seed=9)
+    result = compare(
+        write_shards(tmp_path / "a", base), write_shards(tmp_path / "b", other), traps=False
+    )
+    for name in ("model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"):
+        delta = (other[name].double() - base[name].double()).numpy()
+        expected = np.sort(np.linalg.svd(delta, compute_uv=False) ** 2)
+        ours = result.spectra[f"b|dW|{name}"]["evals"]
+        np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-12 * expected[-1])
+
+
+def test_the_largest_matrix_is_analyzed_alone(tmp_path: Path) -> None:
+    """compare's byte budget: no other job is in flight while a vocabulary matrix is read."""
+    state = {"model.embed_tokens.weight": torch.randn(4000, 32)}
+    state |= {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(64, 32) for i in range(6)}
+    source = open_source(state)
+    layers, _ = plan_layers(source.tensors(), None)
+    finished: list[str] = []
+    in_flight: dict[str, int] = {}
+
+    def watched(job: engine.Job) -> engine.Job:
+        def read() -> list:
+            in_flight[job.items[0][0]] = len(in_flight) - len(finished)
+            return job.read()
+
+        return engine.Job(job.items, read, job.nbytes)
+
+    jobs = [watched(j) for j in engine.layer_jobs(source, layers, batch=1)]
+    jobs.insert(3, jobs.pop(0))  # the big one in the middle, after smaller ones
+    budget = max(j.nbytes for j in jobs)
+    engine.schedule(
+        jobs,
+        load_config(None).replace(traps=False),
+        total=len(jobs),
+        progress=False,
+        workers=2,
+        budget=budget,
+        on_done=lambda outcome: finished.append(outcome.record["name"]),
+    )
+    assert in_flight["model.embed_tokens.weight"] == 0
+    assert max(in_flight.values()) > 0  # small jobs do overlap

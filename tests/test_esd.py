@@ -43,3 +43,35 @@ def test_rank_deficient_matrix_has_exact_zeros() -> None:
     ev = esd.eigenvalues(W)
     assert int((ev == 0).sum()) == 60 - 8
     assert bool((ev >= 0).all())
+
+
+@pytest.mark.parametrize("stored", [(90, 16), (16, 90)])
+@pytest.mark.parametrize("stored_in_out", [False, True])
+def test_difference_gram_equals_the_dense_update(
+    monkeypatch: pytest.MonkeyPatch, stored: tuple[int, int], stored_in_out: bool
+) -> None:
+    """ΔW's Gram from row blocks of both operands: tall ones are never read whole."""
+    monkeypatch.setattr(esd, "CHUNK_BYTES", 8 * 16 * 7)  # 7 rows per chunk
+    g = torch.Generator().manual_seed(3)
+    other = torch.randn(*stored, generator=g).to(torch.bfloat16)
+    base = torch.randn(*stored, generator=g).to(torch.bfloat16)
+    reads: list[tuple[int, int]] = []
+
+    def reader(matrix: torch.Tensor) -> esd.RowReader:
+        def rows(a: int, b: int) -> torch.Tensor:
+            reads.append((a, b))
+            return matrix[a:b]
+
+        return rows
+
+    update = esd.Difference(reader(other), reader(base), stored, stored_in_out)
+    delta = other.double() - base.double()
+    dense = delta.T if stored_in_out else delta
+    assert update.shape == tuple(dense.shape)
+    torch.testing.assert_close(update.materialize().double(), dense, rtol=0, atol=0)
+    reads.clear()
+    small = min(stored)
+    expected = delta.T @ delta if stored[0] >= stored[1] else delta @ delta.T
+    np.testing.assert_allclose(esd.gram(update).numpy(), expected.numpy(), rtol=1e-12)
+    longest_read = max(b - a for a, b in reads)
+    assert longest_read == (7 if stored[0] > small else stored[0])

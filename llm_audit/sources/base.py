@@ -43,6 +43,8 @@ class Source(abc.ABC):
     info: SourceInfo
     # True when files are fetched and dropped as the scan goes: read them one file at a time.
     streamed: bool = False
+    # True when `read_slice` touches only the bytes of the part asked for (compare reads rows).
+    partial_reads: bool = False
 
     @abc.abstractmethod
     def tensors(self) -> list[TensorInfo]:
@@ -52,8 +54,8 @@ class Source(abc.ABC):
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         """The tensor's values, on the CPU, in its stored dtype."""
 
-    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
-        """`tensor[index]` (one expert of a fused 3-D tensor), on the CPU, in its stored dtype.
+    def read_slice(self, tensor: TensorInfo, index: int | slice) -> torch.Tensor:
+        """`tensor[index]` (one expert of a fused 3-D tensor, or a block of rows), on the CPU.
 
         Sources that can read part of a tensor override this; the fallback reads it whole.
         """

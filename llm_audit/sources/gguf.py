@@ -96,7 +96,7 @@ class GGUFSource(Source):
         raw = self._raw[tensor.name]
         return self._decode(raw.data, raw.tensor_type, tensor)
 
-    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
+    def read_slice(self, tensor: TensorInfo, index: int | slice) -> torch.Tensor:
         """One expert of a stacked `ffn_*_exps` tensor; only its rows are decoded."""
         raw = self._raw[tensor.name]
         return self._decode(raw.data[index], raw.tensor_type, tensor)

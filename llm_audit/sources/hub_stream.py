@@ -65,10 +65,10 @@ class StreamingHubSource(Source):
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         return self._read(tensor, None)
 
-    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
+    def read_slice(self, tensor: TensorInfo, index: int | slice) -> torch.Tensor:
         return self._read(tensor, index)
 
-    def _read(self, tensor: TensorInfo, index: int | None) -> torch.Tensor:
+    def _read(self, tensor: TensorInfo, index: int | slice | None) -> torch.Tensor:
         assert tensor.file is not None
         local = TensorInfo(tensor.name, tensor.shape, tensor.dtype, str(self._fetch(tensor.file)))
         values = read_tensor(local, index)

@@ -314,6 +314,8 @@ def _shard_path(index: Path, tensor: str, shard: object, *, suffix: str) -> Path
 class SafetensorsSource(Source):
     """Tensors of one or more safetensors files, memory-mapped, read one at a time."""
 
+    partial_reads = True
+
     def __init__(self, files: list[Path], info: SourceInfo):
         self.info = info
         self._tensors: list[TensorInfo] = []
@@ -333,12 +335,12 @@ class SafetensorsSource(Source):
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         return read_tensor(tensor)
 
-    def read_slice(self, tensor: TensorInfo, index: int) -> torch.Tensor:
+    def read_slice(self, tensor: TensorInfo, index: int | slice) -> torch.Tensor:
         """Only the bytes of `tensor[index]`, through `get_slice`."""
         return read_tensor(tensor, index)
 
 
-def read_tensor(tensor: TensorInfo, index: int | None = None) -> torch.Tensor:
+def read_tensor(tensor: TensorInfo, index: int | slice | None = None) -> torch.Tensor:
     """`tensor` (or `tensor[index]`) through a `safe_open` map that lives only as long as it."""
     assert tensor.file is not None
     try:

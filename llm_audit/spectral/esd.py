@@ -10,7 +10,10 @@ a GPU wants. A vocab×vocab Gram is never formed: the Gram is always on the smal
 
 from __future__ import annotations
 
+import math
 import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -19,23 +22,98 @@ from llm_audit.errors import LlmAuditWarning
 EPS64 = torch.finfo(torch.float64).eps
 
 
-CHUNK_BYTES = 64 * 2**20  # float64 rows converted at a time: no full float64 copy of a big W
+CHUNK_BYTES = 16 * 2**20  # float64 rows converted at a time: no full float64 copy of a big W
 
 
-def gram(W: torch.Tensor) -> torch.Tensor:
+RowReader = Callable[[int, int], torch.Tensor]  # stored rows [start, stop) of a matrix, on the CPU
+
+
+@dataclass(frozen=True)
+class Difference:
+    """The update ΔW = other − base of two same-shape matrices, never held whole for its Gram.
+
+    Both operands are read in blocks of stored rows (for a checkpoint file, a short-lived view of
+    just those bytes), subtracted in float64 and added to the Gram, so the update of a vocabulary
+    matrix costs two blocks of memory, not two more matrices. Only the trap shuffle, which needs
+    every element at once, asks for `materialize()`.
+    """
+
+    other: RowReader
+    base: RowReader
+    stored_shape: tuple[int, int]
+    stored_in_out: bool  # stored as (in, out) (GPT-2 Conv1D): ΔW is the transpose of the rows read
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in), like the matrices it is compared with."""
+        rows, cols = self.stored_shape
+        return (cols, rows) if self.stored_in_out else (rows, cols)
+
+    def materialize(self) -> torch.Tensor:
+        """ΔW as one float32 (out, in) matrix (exact for bf16/fp16 operands of like magnitude)."""
+        rows = self.stored_shape[0]
+        delta = self.other(0, rows).to(torch.float32, copy=True).sub_(self.base(0, rows))
+        return delta.T if self.stored_in_out else delta
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> Matrix:
+        """Itself on the CPU; materialized on a GPU, whose memory is not what bounds a compare."""
+        if device.type == "cpu":
+            return self
+        return self.materialize().to(device, non_blocking=non_blocking)
+
+
+Matrix = torch.Tensor | Difference
+
+
+def gram(W: Matrix) -> torch.Tensor:
     """WᵀW or WWᵀ, whichever is smaller, in float64; W may be a batch (B, rows, cols).
 
-    The long side is consumed in chunks, each cast to float64 on its own, so memory beyond W itself
-    is the small Gram plus one chunk, whatever W's dtype.
+    The long side is consumed in chunks, each cast into one reused float64 buffer, so memory beyond
+    W itself is the small Gram plus one chunk, whatever W's dtype. A `Difference` is read and
+    subtracted chunk by chunk.
     """
-    if W.shape[-2] < W.shape[-1]:
-        W = W.mT
-    rows, cols = W.shape[-2], W.shape[-1]
-    batch = W.shape[0] if W.dim() == 3 else 1
-    step = max(1, CHUNK_BYTES // (8 * cols * batch))  # rows per chunk
-    G = torch.zeros(*W.shape[:-2], cols, cols, dtype=torch.float64, device=W.device)
+    if isinstance(W, Difference):
+        rows, cols = W.stored_shape
+        if rows >= cols:  # the long side runs along stored rows: read them block by block
+            return _accumulate(
+                rows,
+                cols,
+                (),
+                torch.device("cpu"),
+                lambda chunk, a, b: chunk.copy_(W.other(a, b)).sub_(W.base(a, b)),
+            )
+        other, base = W.other(0, rows).mT, W.base(0, rows).mT  # wide as stored: read it whole
+        return _accumulate(
+            cols,
+            rows,
+            (),
+            torch.device("cpu"),
+            lambda chunk, a, b: chunk.copy_(other[a:b]).sub_(base[a:b]),
+        )
+    tall = W.mT if W.shape[-2] < W.shape[-1] else W
+    return _accumulate(
+        tall.shape[-2],
+        tall.shape[-1],
+        tall.shape[:-2],
+        tall.device,
+        lambda chunk, a, b: chunk.copy_(tall[..., a:b, :]),
+    )
+
+
+def _accumulate(
+    rows: int,
+    cols: int,
+    batch: tuple[int, ...],
+    device: torch.device,
+    fill: Callable[[torch.Tensor, int, int], object],
+) -> torch.Tensor:
+    """Σ chunkᵀ·chunk over the row chunks [a, b) that `fill` writes of a tall matrix."""
+    step = min(rows, max(1, CHUNK_BYTES // (8 * cols * math.prod(batch))))
+    G = torch.zeros(*batch, cols, cols, dtype=torch.float64, device=device)
+    buffer = torch.empty(*batch, step, cols, dtype=torch.float64, device=device)
     for start in range(0, rows, step):
-        chunk = W[..., start : start + step, :].to(torch.float64)
+        chunk = buffer[..., : min(step, rows - start), :]
+        fill(chunk, start, start + chunk.shape[-2])
         if G.dim() == 3:
             G.baddbmm_(chunk.mT, chunk)
         else:
