@@ -207,13 +207,24 @@ DISAGREEMENTS = {
 }
 
 
+def _verdict_from_row(row: dict[str, str], trap_column: str) -> str:
+    """The default verdict rule applied to one run.csv row, traps read from `trap_column`."""
+    from llm_audit.config import AuditConfig
+    from llm_audit.flags import layer_flags, verdict
+
+    cfg, records = AuditConfig(), []
+    for layer in ("layers.0", "layers.1", "layers.2"):
+        rec = {"status": "success", "alpha": float(row[f"alpha[{layer}]"])}
+        rec["num_traps"] = int(row[f"{trap_column}[{layer}]"])
+        records.append(rec | {"flags": layer_flags(rec, cfg.thresholds)})
+    return verdict(records, cfg)[0]
+
+
 def test_every_checkpoint_has_a_phase_and_its_verdict_agrees_except_where_stated() -> None:
     """All 38 checkpoints of the run: the phases come again from the accuracy curves, the verdicts
     again from the recorded per-layer alpha and num_traps by the default rule; 34 agree, and the 4
     in DISAGREEMENTS (above, with the reasons) do not."""
     from llm_audit.calibration.phases import PHASES, agrees
-    from llm_audit.config import AuditConfig
-    from llm_audit.flags import layer_flags, verdict
 
     rows = _csv("run.csv")
     ph = find_phases(
@@ -222,19 +233,25 @@ def test_every_checkpoint_has_a_phase_and_its_verdict_agrees_except_where_stated
         [float(r["test_acc"]) for r in rows],
     )
     assert list(ph.labels) == [r["phase"] for r in rows] and set(ph.labels) == set(PHASES)
-    cfg = AuditConfig()
     disagree = {}
     for row in rows:
-        records = []
-        for layer in ("layers.0", "layers.1", "layers.2"):
-            rec = {"status": "success", "alpha": float(row[f"alpha[{layer}]"])}
-            rec["num_traps"] = int(row[f"num_traps[{layer}]"])
-            records.append(rec | {"flags": layer_flags(rec, cfg.thresholds)})
-        assert verdict(records, cfg)[0] == row["verdict"]
+        assert _verdict_from_row(row, "num_traps") == row["verdict"]
         if not agrees(row["phase"], row["verdict"]):
             disagree[int(row["step"])] = (row["phase"], row["verdict"])
     assert disagree == DISAGREEMENTS
     assert [int(r["step"]) for r in rows if r["agrees"] == "False"] == list(DISAGREEMENTS)
+
+
+def test_the_raw_trap_count_would_disagree_at_29_checkpoints() -> None:
+    """Why the verdict counts `num_traps` (shuffle of W minus its mean), not WeightWatcher's
+    `rand_num_spikes`: the first layer's mean spike is a "trap" from step 19 on, so with the raw
+    count 29 of the 38 checkpoints would disagree with their phase (the peak included)."""
+    from llm_audit.calibration.phases import agrees
+
+    rows = _csv("run.csv")
+    raw = [r for r in rows if not agrees(r["phase"], _verdict_from_row(r, "rand_num_spikes"))]
+    assert len(raw) == 29 and int(raw[0]["step"]) == 19
+    assert "41246" in {r["step"] for r in raw}
 
 
 def test_monitor_stops_2000_steps_before_the_collapse_onset_and_keeps_the_peak() -> None:
