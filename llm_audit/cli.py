@@ -178,7 +178,7 @@ def _scan(args: argparse.Namespace) -> int:
         if args.device is not None:
             raise ConfigError("give --device or --devices, not both")
         if len(devices) > 1:  # this process is rank 0 of the group scan() starts
-            ranks = distributed.Ranks(0, len(devices), 0)
+            ranks = distributed.Ranks(0, len(devices), 0, len(devices))
     out = args.out or Path("reports") / slug(args.model or BUNDLED_ID)
     check_output_folder(out)
     journal = out / JOURNAL_NAME

@@ -46,6 +46,11 @@ class Ranks:
     rank: int
     world: int
     local_rank: int
+    local_world: int = 1  # processes on this machine, which share its CPU cores
+
+    def cpu_workers(self) -> int:
+        """Compute threads for this process on the CPU: its share of the machine's cores."""
+        return max(1, (os.cpu_count() or 1) // self.local_world)
 
 
 def from_env() -> Ranks | None:
@@ -54,7 +59,8 @@ def from_env() -> Ranks | None:
     if world <= 1:
         return None
     rank = int(os.environ.get("RANK", "0"))
-    return Ranks(rank, world, int(os.environ.get("LOCAL_RANK", str(rank))))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    return Ranks(rank, world, int(os.environ.get("LOCAL_RANK", str(rank))), local_world)
 
 
 def rank_device(device: str, ranks: Ranks | None) -> str:
@@ -179,7 +185,7 @@ def run_on_devices(job: Callable[[Ranks, str], T], devices: Sequence[str]) -> T:
     try:
         _wait_for_workers(store, ctx, world)
         with _group(store, 0, world, devices[0]):
-            result = job(Ranks(0, world, 0), devices[0])
+            result = job(Ranks(0, world, 0, world), devices[0])
         while not ctx.join():
             pass
         return result
@@ -209,7 +215,7 @@ def _device_worker(
     store = torch.distributed.TCPStore("127.0.0.1", port, world, is_master=False)
     store.set(f"ready{rank}", "1")
     with _group(store, rank, world, devices[rank]):
-        job(Ranks(rank, world, rank), devices[rank])
+        job(Ranks(rank, world, rank, world), devices[rank])
 
 
 @contextlib.contextmanager

@@ -218,6 +218,8 @@ def run(
     scales = [layer.scale for layer in fresh if layer.scale is not None]
     source.plan_reads([layer.tensor for layer in fresh] + scales)
     on_gpu = resolve_device(cfg.device).type == "cuda"
+    if ranks is not None and not on_gpu:  # processes on one machine share its cores
+        workers = workers or ranks.cpu_workers()
     jobs = layer_jobs(source, fresh, batch=GPU_BATCH if on_gpu else 1)
     results = schedule(
         jobs,

@@ -14,7 +14,7 @@ import pytest
 import torch.distributed as dist
 
 import llm_audit
-from llm_audit.distributed import Ranks, assign, cost, journal_path
+from llm_audit.distributed import Ranks, assign, cost, from_env, journal_path
 from llm_audit.layers import plan_layers
 from llm_audit.sources import open_source
 from tests.conftest import llama_tensors, write_shards
@@ -199,3 +199,14 @@ def test_assignment_balances_cost_not_counts(tiny_llama: Path) -> None:
     order = {layer.name: i for i, layer in enumerate(layers)}
     assert all([order[x.name] for x in s] == sorted(order[x.name] for x in s) for s in shares)
     assert journal_path("o/.journal.jsonl", Ranks(1, 2, 1)) == "o/.journal.rank1.jsonl"
+
+
+def test_processes_on_one_machine_share_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # two machines of four processes
+    assert from_env() == Ranks(5, 8, 1, 4)
+    assert Ranks(5, 8, 1, 4).cpu_workers() == 4
+    assert Ranks(0, 32, 0, 32).cpu_workers() == 1
