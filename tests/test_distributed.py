@@ -40,31 +40,18 @@ def sharded_model(folder: Path) -> Path:
     )
 
 
-def test_torchrun_two_ranks_equals_one_process(
-    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+def assert_launch_equals_one_process(
+    tmp_path: Path,
+    cli: Callable[..., tuple[int, str, str]],
+    launcher: list[str],
+    env: dict[str, str],
 ) -> None:
+    """`python -m LAUNCHER... -m llm_audit scan` writes what a single-process scan writes."""
     model = sharded_model(tmp_path / "m")
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
     env.pop("WORLD_SIZE", None)
+    scan = ["-m", "llm_audit", "scan", str(model), "--out", str(tmp_path / "A"), "--no-progress"]
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc-per-node",
-            "2",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            env["MASTER_PORT"],
-            "-m",
-            "llm_audit",
-            "scan",
-            str(model),
-            "--out",
-            str(tmp_path / "A"),
-            "--no-progress",
-        ],
+        [sys.executable, "-m", *launcher, *scan],
         capture_output=True,
         text=True,
         env=env,
@@ -78,51 +65,27 @@ def test_torchrun_two_ranks_equals_one_process(
     assert not list((tmp_path / "A").glob(".journal*"))  # each rank removed its journal
 
 
+def test_torchrun_two_ranks_equals_one_process(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    port = str(free_port())
+    torchrun = ["torch.distributed.run", "--nproc-per-node", "2"]
+    torchrun += ["--master-addr", "127.0.0.1", "--master-port", port]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    assert_launch_equals_one_process(tmp_path, cli, torchrun, env)
+
+
 def test_accelerate_launch_two_processes_equals_one_process(
     tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
     # `--cpu --num_processes 2` would start ONE process (accelerate needs mpirun for several CPU
     # processes); `--multi_gpu` starts two through torch.distributed.run, which on a machine
     # without GPUs compute on the CPU and gather over gloo.
-    model = sharded_model(tmp_path / "m")
+    accelerate = ["accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    accelerate += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    accelerate += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port())]
     env = {**os.environ, "HF_HOME": str(tmp_path / "hf-home")}  # no user accelerate config
-    env.pop("WORLD_SIZE", None)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "accelerate.commands.launch",
-            "--multi_gpu",
-            "--num_processes",
-            "2",
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-            "--main_process_ip",
-            "127.0.0.1",
-            "--main_process_port",
-            str(free_port()),
-            "-m",
-            "llm_audit",
-            "scan",
-            str(model),
-            "--out",
-            str(tmp_path / "A"),
-            "--no-progress",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("Report written to") == 1  # rank 1 prints and writes nothing
-    code, _, err = cli("scan", model, "--out", tmp_path / "B", "--no-progress")
-    assert code == 0, err
-    assert read_audit(tmp_path / "A") == read_audit(tmp_path / "B")
+    assert_launch_equals_one_process(tmp_path, cli, accelerate, env)
 
 
 def test_devices_cpu_cpu_equals_one_process(
