@@ -47,6 +47,7 @@ def fingerprint(info: SourceInfo, cfg: AuditConfig, layers: str | None) -> dict[
         "seed": cfg.seed,
         "traps": cfg.traps,
         "min_evals": cfg.min_evals,
+        "split_qkv": cfg.split_qkv,
         "device": cfg.device,
         "layers": layers,
     }

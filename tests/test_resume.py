@@ -109,6 +109,8 @@ def test_other_settings_refuse_the_journal(
     llm_audit.scan(model, journal=journal, traps=False)
     with pytest.raises(ConfigError, match=r"traps changed.*drop --resume"):
         llm_audit.scan(model, journal=journal, resume=True, traps=True)
+    with pytest.raises(ConfigError, match=r"split_qkv changed"):
+        llm_audit.scan(model, journal=journal, resume=True, traps=False, split_qkv=True)
 
     out = tmp_path / "out"
     out.mkdir()
