@@ -295,9 +295,10 @@ def _adapted(
     def delta() -> torch.Tensor:
         return engine.oriented(adapter.read(info), layer)
 
-    return (lambda: [engine.oriented(layer.read(source), layer).float() + delta()]), (
-        lambda: [delta()]
-    )
+    def merged() -> list[Matrix]:
+        return [engine.oriented(layer.read(source), layer).float() + delta()]
+
+    return merged, lambda: [delta()]
 
 
 def _union_order(base: _Model, models: list[_Model]) -> list[str]:
