@@ -2,8 +2,7 @@
 
 Input tokens [a, b, =] (vocabulary p + 1), learned positions, one attention block with separate
 Linear modules W_Q, W_K, W_V, out_proj, a ReLU MLP fc1/fc2, no LayerNorm, and an unembed read at the
-last position. Full-batch AdamW with strong weight decay; cross-entropy loss. With `switch_step` > 0
-the lr and weight decay change at that step (weight decay 0 after grokking: the collapse).
+last position. Full-batch AdamW with strong weight decay; cross-entropy loss.
 """
 
 from __future__ import annotations
@@ -30,9 +29,6 @@ class ModAddConfig:
     beta1: float = 0.9
     beta2: float = 0.98
     weight_decay: float = 1.0
-    switch_step: int = 0  # > 0: from this step on, train with switch_lr and switch_weight_decay
-    switch_lr: float = 1e-3  # (weight decay 0 and a high lr after grokking: the collapse)
-    switch_weight_decay: float = 1.0
     steps: int = 40_000  # full-batch optimizer steps
     num_checkpoints: int = 40  # checkpoints (and audits) on a log-spaced schedule
     dtype: str = "float32"
@@ -83,7 +79,6 @@ class ModAddTask:
             betas=(cfg.beta1, cfg.beta2),
             weight_decay=cfg.weight_decay,
         )
-        self._steps_done = 0
 
     def _tokens(self, ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
         a, b, y = as_tensors(ds, ["a", "b", "label"], torch.float32)
@@ -95,11 +90,6 @@ class ModAddTask:
         return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
 
     def step(self) -> float:
-        if self._steps_done == self.cfg.switch_step > 0:
-            for group in self.optimizer.param_groups:
-                group["lr"] = self.cfg.switch_lr
-                group["weight_decay"] = self.cfg.switch_weight_decay
-        self._steps_done += 1
         loss, _ = self._loss(self.x_train, self.y_train)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
