@@ -2,9 +2,10 @@
 
 The main thread reads (memory-mapped) tensors and hands them to a pool of compute workers; at most
 `workers + prefetch` jobs are in flight, and under an optional byte budget fewer when they are
-large, so peak memory is set by the largest tensors, never by the model. On the CPU each worker runs torch single-threaded (LAPACK's eigvalsh gets slower, not
-faster, with two threads on a two-core machine; one layer per core is the better split). On a GPU,
-consecutive same-shape matrices go as one batch.
+large, so peak memory is set by the largest tensors, never by the model. On the CPU each worker
+runs torch single-threaded (LAPACK's eigvalsh gets slower, not faster, with two threads on a
+two-core machine; one layer per core is the better split). On a GPU, consecutive same-shape
+matrices go as one batch.
 """
 
 from __future__ import annotations
