@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llm_audit.calibration.data import as_tensors, mnist_splits
+from llm_audit.calibration.task import Task
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,7 @@ class MLP(nn.Module):
         return self.layers[-1](x)
 
 
-class MnistTask:
+class MnistTask(Task):
     """Data, model and optimizer; `step()` trains on one batch, `evaluate()` measures."""
 
     def __init__(self, cfg: MnistConfig):
@@ -88,25 +89,9 @@ class MnistTask:
         target = F.one_hot(y, 10).to(logits.dtype)
         return F.mse_loss(logits, target), (logits.argmax(1) == y).to(logits.dtype).mean()
 
-    def step(self) -> float:
-        """One AdamW step on the next mini-batch (epochs reshuffled with the task's generator)."""
+    def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next mini-batch (epochs reshuffled with the task's generator)."""
         if len(self._order) < self.cfg.batch_size:
             self._order = torch.randperm(len(self.y_train), generator=self._gen)
         idx, self._order = self._order[: self.cfg.batch_size], self._order[self.cfg.batch_size :]
-        loss, _ = self._loss(self.x_train[idx], self.y_train[idx])
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy on the whole training and test sets."""
-        train_loss, train_acc = self._loss(self.x_train, self.y_train)
-        test_loss, test_acc = self._loss(self.x_test, self.y_test)
-        return {
-            "train_loss": float(train_loss),
-            "train_acc": float(train_acc),
-            "test_loss": float(test_loss),
-            "test_acc": float(test_acc),
-        }
+        return self.x_train[idx], self.y_train[idx]

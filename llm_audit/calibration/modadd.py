@@ -15,6 +15,7 @@ from datasets import Dataset
 from torch import nn
 
 from llm_audit.calibration.data import as_tensors, modadd_splits
+from llm_audit.calibration.task import Task
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class OneLayerTransformer(nn.Module):
         return self.unembed(x[:, -1])  # the answer is read at the "=" position
 
 
-class ModAddTask:
+class ModAddTask(Task):
     """Owns the data, the model and the optimizer; `step()` is one full-batch step."""
 
     def __init__(self, cfg: ModAddConfig):
@@ -88,21 +89,3 @@ class ModAddTask:
     def _loss(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(x)
         return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
-
-    def step(self) -> float:
-        loss, _ = self._loss(self.x_train, self.y_train)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
-
-    @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        train_loss, train_acc = self._loss(self.x_train, self.y_train)
-        test_loss, test_acc = self._loss(self.x_test, self.y_test)
-        return {
-            "train_loss": float(train_loss),
-            "train_acc": float(train_acc),
-            "test_loss": float(test_loss),
-            "test_acc": float(test_acc),
-        }

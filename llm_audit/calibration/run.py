@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,17 +29,10 @@ import llm_audit
 from llm_audit.calibration.config import config_path, load_task_config
 from llm_audit.calibration.monitor import AuditMonitor
 from llm_audit.calibration.phases import Phases, agrees, find_phases
+from llm_audit.calibration.task import Task
 from llm_audit.errors import ConfigError, OutputError
 
 SCHEMA_VERSION = 1
-
-
-class Task(Protocol):
-    model: torch.nn.Module
-
-    def step(self) -> float: ...
-
-    def evaluate(self) -> dict[str, float]: ...
 
 
 def task_classes(name: str) -> tuple[type, type]:
