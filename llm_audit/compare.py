@@ -9,7 +9,6 @@ row blocks of both without a full-size ΔW. A LoRA adapter given as OTHER is app
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -263,13 +262,19 @@ def _reader(layer: Layer, source: Source) -> Callable[[], list[Matrix]]:
 def _difference(
     other: Layer, other_source: Source, base: Layer, base_source: Source
 ) -> Callable[[], list[Matrix]]:
-    update = Difference(
-        _row_reader(other, other_source),
-        _row_reader(base, base_source),
-        stored_shape=(base.stored_shape[0], base.stored_shape[1]),
-        stored_in_out=base.stored_in_out,
-    )
-    return lambda: [update]
+    """The update's reader. Its row readers are made when the job is read, so a matrix read whole
+    (a source without partial reads) lives only as long as the job."""
+
+    def read() -> list[Matrix]:
+        update = Difference(
+            _row_reader(other, other_source),
+            _row_reader(base, base_source),
+            stored_shape=(base.stored_shape[0], base.stored_shape[1]),
+            stored_in_out=base.stored_in_out,
+        )
+        return [update]
+
+    return read
 
 
 def _row_readable(layer: Layer, source: Source) -> bool:
@@ -281,8 +286,8 @@ def _row_reader(layer: Layer, source: Source) -> RowReader:
     """Stored rows [a, b) of the layer: read alone where the source can, else from one full read."""
     if _row_readable(layer, source):
         return lambda a, b: source.read_slice(layer.tensor, slice(a, b))
-    whole = functools.cache(lambda: layer.read(source))
-    return lambda a, b: whole()[a:b]
+    whole = layer.read(source)
+    return lambda a, b: whole[a:b]
 
 
 def _adapted(

@@ -196,16 +196,22 @@ def test_align_and_effective_rank_known_answers() -> None:
     assert align({}, {}) == {}
 
 
-def test_update_spectrum_is_that_of_the_difference(tmp_path: Path) -> None:
-    """ΔW's eigenvalues (formed from row blocks of both files) equal those of other − base."""
+@pytest.mark.parametrize("in_files", [True, False])
+def test_update_spectrum_is_that_of_the_difference(tmp_path: Path, in_files: bool) -> None:
+    """ΔW's eigenvalues equal those of other − base: from row blocks of both files, or from
+    in-memory state dicts (a source without partial reads, read whole per job)."""
     base, other = llama_tensors(blocks=1), llama_tensors(blocks=1, seed=9)
-    result = compare(
-        write_shards(tmp_path / "a", base), write_shards(tmp_path / "b", other), traps=False
-    )
+    if in_files:
+        result = compare(
+            write_shards(tmp_path / "a", base), write_shards(tmp_path / "b", other), traps=False
+        )
+    else:
+        result = compare(base, other, traps=False)
+    label = result.others[0]["label"]
     for name in ("model.embed_tokens.weight", "model.layers.0.mlp.down_proj.weight"):
         delta = (other[name].double() - base[name].double()).numpy()
         expected = np.sort(np.linalg.svd(delta, compute_uv=False) ** 2)
-        ours = result.spectra[f"b|dW|{name}"]["evals"]
+        ours = result.spectra[f"{label}|dW|{name}"]["evals"]
         np.testing.assert_allclose(ours, expected, rtol=1e-9, atol=1e-12 * expected[-1])
 
 
