@@ -14,6 +14,7 @@ from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
 from llm_audit.result import FORMATS, check_formats, check_output_folder
+from llm_audit.vocabulary import ESTIMATORS
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -51,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     scan.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
     scan.add_argument(
         "--estimator",
-        choices=("ww", "xmin_peak", "median"),
+        choices=ESTIMATORS,
         help="power-law estimator for alpha (default ww)",
     )
     scan.add_argument(
@@ -285,8 +286,9 @@ def _describe(args: argparse.Namespace) -> int:
 
 def _compare(args: argparse.Namespace) -> int:
     from llm_audit.compare import compare
-    from llm_audit.flags import FLAGS, parse_fail_on
+    from llm_audit.flags import parse_fail_on
     from llm_audit.scan import slug
+    from llm_audit.vocabulary import FLAGS
 
     fail_on = parse_fail_on(args.fail_on)
     if any(item not in FLAGS for item in fail_on):

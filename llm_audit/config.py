@@ -16,8 +16,7 @@ from typing import Any
 import yaml
 
 from llm_audit.errors import ConfigError
-
-ESTIMATORS = ("ww", "xmin_peak", "median")
+from llm_audit.vocabulary import ESTIMATORS
 
 
 @dataclass(frozen=True)

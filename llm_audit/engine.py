@@ -32,6 +32,7 @@ from llm_audit.spectral.esd import Difference, Matrix, gram, gram_eigenvalues
 from llm_audit.spectral.metrics import mp_metrics, shape_columns, spectrum_metrics
 from llm_audit.spectral.powerlaw import fit_power_law
 from llm_audit.spectral.traps import trap_metrics
+from llm_audit.vocabulary import FIT_FAILED, NONFINITE, SUCCESS, ZERO_MATRIX
 
 if TYPE_CHECKING:
     from llm_audit.distributed import Ranks
@@ -110,9 +111,9 @@ def _matrix_problem(W: Matrix, G: torch.Tensor) -> tuple[str, str] | None:
     """NaN/Inf or all-zero weights, seen on the small Gram rather than by a pass over W."""
     if not bool(torch.isfinite(G).all()):
         bad = int((~torch.isfinite(_dense(W))).sum())
-        return "nonfinite", f"{bad} NaN or Inf weights"
+        return NONFINITE, f"{bad} NaN or Inf weights"
     if float(torch.diagonal(G).sum()) == 0.0:
-        return "zero_matrix", "every weight is zero"
+        return ZERO_MATRIX, "every weight is zero"
     return None
 
 
@@ -120,7 +121,7 @@ def _layer_outcome(layer: Layer, W: Matrix, evals: np.ndarray, cfg: AuditConfig)
     fit = fit_power_law(evals, estimator=cfg.estimator)
     record = {**base_record(layer), **spectrum_metrics(evals, fit)}
     record.update(mp_metrics(evals, Q=record["Q"], M=record["M"]))
-    record["status"] = "success" if fit.status == "success" else "fit_failed"
+    record["status"] = SUCCESS if fit.status == SUCCESS else FIT_FAILED
     record["reason"] = fit.reason
     spectra = {"evals": evals.astype(np.float64)}
     if cfg.traps:

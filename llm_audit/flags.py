@@ -6,26 +6,36 @@ import math
 from typing import Any
 
 from llm_audit.config import AuditConfig, Thresholds
-
-FLAGS = ("alpha_lt_2", "alpha_gt_6", "correlation_trap", "alpha_fit_failed")
-VERDICTS = ("healthy", "watch", "pathological")
+from llm_audit.vocabulary import (
+    ALPHA_FIT_FAILED,
+    ALPHA_GT_6,
+    ALPHA_LT_2,
+    ANALYZED,
+    CORRELATION_TRAP,
+    FIT_FAILED,
+    FLAGS,
+    HEALTHY,
+    PATHOLOGICAL,
+    VERDICTS,
+    WATCH,
+)
 
 
 def layer_flags(record: dict[str, Any], t: Thresholds) -> list[str]:
     """The flags one analyzed layer raises (skipped layers raise none)."""
     status = record.get("status")
-    if status not in ("success", "fit_failed"):
+    if status not in ANALYZED:
         return []
     flags = []
     alpha = record.get("alpha", math.nan)
-    if status == "fit_failed" or not math.isfinite(alpha):
-        flags.append("alpha_fit_failed")
+    if status == FIT_FAILED or not math.isfinite(alpha):
+        flags.append(ALPHA_FIT_FAILED)
     elif alpha < t.alpha_low:
-        flags.append("alpha_lt_2")
+        flags.append(ALPHA_LT_2)
     elif alpha > t.alpha_high:
-        flags.append("alpha_gt_6")
+        flags.append(ALPHA_GT_6)
     if record.get("num_traps", 0) >= t.min_traps:
-        flags.append("correlation_trap")
+        flags.append(CORRELATION_TRAP)
     return flags
 
 
@@ -33,24 +43,24 @@ def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
     """`healthy`, `watch` or `pathological`, and the reason, for the layers the summary counts."""
     n = len(counted)
     if n == 0:
-        return "watch", "no layer could be analyzed"
-    trap_layers = sum("correlation_trap" in r["flags"] for r in counted)
-    low = sum("alpha_lt_2" in r["flags"] for r in counted)
+        return WATCH, "no layer could be analyzed"
+    trap_layers = sum(CORRELATION_TRAP in r["flags"] for r in counted)
+    low = sum(ALPHA_LT_2 in r["flags"] for r in counted)
     rule = cfg.verdict
     if (
         trap_layers >= rule.pathological_trap_layers
         and low / n >= rule.pathological_alpha_lt_2_fraction
     ):
-        return "pathological", (
+        return PATHOLOGICAL, (
             f"{trap_layers} layer(s) with correlation traps and {low} of {n} with alpha < "
             f"{cfg.thresholds.alpha_low}: the anti-grokking signature"
         )
     if trap_layers / n >= rule.pathological_trap_fraction:
-        return "pathological", f"{trap_layers} of {n} layers have correlation traps"
+        return PATHOLOGICAL, f"{trap_layers} of {n} layers have correlation traps"
     flagged = sum(bool(r["flags"]) for r in counted)
     if flagged:
-        return "watch", f"{flagged} of {n} layers flagged; see the flags column"
-    return "healthy", f"none of {n} layers flagged"
+        return WATCH, f"{flagged} of {n} layers flagged; see the flags column"
+    return HEALTHY, f"none of {n} layers flagged"
 
 
 def parse_fail_on(spec: str | None) -> tuple[str, ...]:
@@ -63,8 +73,7 @@ def parse_fail_on(spec: str | None) -> tuple[str, ...]:
     for item in items:
         if item not in FLAGS and item not in VERDICTS[1:]:
             raise ConfigError(
-                f"--fail-on: unknown flag {item!r}; "
-                f"use any of {', '.join(FLAGS)}, watch, pathological"
+                f"--fail-on: unknown flag {item!r}; use any of {', '.join(FLAGS + VERDICTS[1:])}"
             )
     return items
 
@@ -74,5 +83,5 @@ def failing(
 ) -> list[str]:
     """Which `--fail-on` items fired."""
     flagged = {flag for r in records for flag in r.get("flags", [])}
-    worse = {"pathological": ("pathological",), "watch": ("watch", "pathological")}
+    worse = {PATHOLOGICAL: (PATHOLOGICAL,), WATCH: (WATCH, PATHOLOGICAL)}
     return [item for item in items if item in flagged or summary["verdict"] in worse.get(item, ())]

@@ -34,12 +34,18 @@ from llm_audit.architectures import (
 from llm_audit.errors import ConfigError
 from llm_audit.qkv import Rows, split_rows
 from llm_audit.sources.base import Source, TensorInfo
+from llm_audit.vocabulary import (
+    TIED,
+    TOO_SMALL,
+    UNSUPPORTED_DTYPE,
+    UNSUPPORTED_QUANTIZATION,
+    UNSUPPORTED_SHAPE,
+)
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
 FP8_SCALES = ("weight_scale_inv", "weight_scale")  # DeepSeek-V3 block-wise; per-tensor/channel
 FP8_BLOCK = 128  # DeepSeek-V3 FP8: one scale per 128×128 block
-QUANTIZED = "unsupported_quantization"
 
 
 @dataclass(frozen=True)
@@ -167,7 +173,7 @@ def plan_layers(
             base_name, reason = quantized
             (layer,) = _make_layers(t, family, base_name, by_name, tied=tied, min_evals=min_evals,
                                     sliced=False)  # fmt: skip
-            layers.append(replace(layer, skip_status=QUANTIZED, skip_reason=reason))
+            layers.append(replace(layer, skip_status=UNSUPPORTED_QUANTIZATION, skip_reason=reason))
         elif _match(family, t.name) or is_layer_tensor(t) or _generic_fused(t):
             layers += _make_layers(t, family, t.name, by_name, tied=tied, min_evals=min_evals)
     if split_qkv:
@@ -206,7 +212,7 @@ def _split_qkv(
         if min(part.out_in) < min_evals:
             part = replace(
                 part,
-                skip_status="too_small",
+                skip_status=TOO_SMALL,
                 skip_reason=f"{min(part.out_in)} eigenvalues, fewer than min_evals={min_evals}",
             )
         out.append(part)
@@ -280,14 +286,14 @@ def _skip(
 ) -> tuple[str | None, str | None]:
     shape = t.shape[1:] if fused else t.shape
     if len(shape) != 2:
-        return "unsupported_shape", f"{len(t.shape)}-D tensor; only 2-D matrices are analyzed"
+        return UNSUPPORTED_SHAPE, f"{len(t.shape)}-D tensor; only 2-D matrices are analyzed"
     if tied_to is not None:
-        return "tied", f"tied to {tied_to} (the same matrix), analyzed there"
+        return TIED, f"tied to {tied_to} (the same matrix), analyzed there"
     if not (scaled or decodable(t.dtype)):
         hint = " without a weight_scale tensor" if t.dtype in FP8_DTYPES else ""
-        return "unsupported_dtype", f"dtype {t.dtype}{hint} has no dequantization rule"
+        return UNSUPPORTED_DTYPE, f"dtype {t.dtype}{hint} has no dequantization rule"
     if min(shape) < min_evals:
-        return "too_small", f"{min(shape)} eigenvalues, fewer than min_evals={min_evals}"
+        return TOO_SMALL, f"{min(shape)} eigenvalues, fewer than min_evals={min_evals}"
     return None, None
 
 

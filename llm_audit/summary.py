@@ -10,14 +10,15 @@ import numpy as np
 
 from llm_audit.architectures import EMBEDDING_ROLES
 from llm_audit.config import AuditConfig
-from llm_audit.flags import FLAGS, verdict
+from llm_audit.flags import verdict
+from llm_audit.vocabulary import ANALYZED, CORRELATION_TRAP, FLAGS, count_key
 
 WORST = 5
 
 
 def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -> dict[str, Any]:
     """Summary over the analyzed layers; embeddings and lm_head are left out unless configured."""
-    analyzed = [r for r in records if r["status"] in ("success", "fit_failed")]
+    analyzed = [r for r in records if r["status"] in ANALYZED]
     counted = [
         r for r in analyzed if cfg.include_embeddings_in_summary or r["role"] not in EMBEDDING_ROLES
     ]
@@ -40,11 +41,11 @@ def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -
             for role, v in by_role.items()
         },
         **{
-            f"num_{flag}": sum(flag in r["flags"] for r in counted)
+            count_key(flag): sum(flag in r["flags"] for r in counted)
             for flag in FLAGS
-            if flag != "correlation_trap"  # counted as num_trap_layers below
+            if flag != CORRELATION_TRAP  # counted as num_trap_layers below
         },
-        "num_trap_layers": sum("correlation_trap" in r["flags"] for r in counted),
+        "num_trap_layers": sum(CORRELATION_TRAP in r["flags"] for r in counted),
         "total_traps": sum(int(r.get("num_traps", 0)) for r in counted),
         "total_rand_num_spikes": sum(int(r.get("rand_num_spikes", 0)) for r in counted),
         "worst_layers": _worst(analyzed),

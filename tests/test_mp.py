@@ -99,7 +99,7 @@ def _ww_mp_fit(ww: ModuleType, evals: np.ndarray, n: int, m: int) -> MPFit:
         threshold=math.nan,  # WW does not return it
         num_spikes=int(num_spikes),
         mp_softrank=float(softrank),
-        status="ok",
+        status="success",
     )
 
 
@@ -123,7 +123,7 @@ def test_fit_mp_matches_weightwatcher(
     evals = _evals(make(n, m, seed))
     expected = _ww_mp_fit(weightwatcher, evals, n, m)
     got = fit_mp(evals, Q=n / m, M=m)
-    assert got.status == "ok" and got.reason is None
+    assert got.status == "success" and got.reason is None
     assert got.num_spikes == expected.num_spikes
     for field in ("sigma", "W_scale", "bulk_max", "bulk_min", "mp_softrank"):
         assert getattr(got, field) == pytest.approx(getattr(expected, field), rel=REL_TOL), field
@@ -180,7 +180,7 @@ def test_bulk_edge_close_to_analytic_mp(q: int, seed: int) -> None:
     edge = fit.bulk_max * fit.W_scale**2  # back to rescaled (mean-1) units
     analytic = (1 + q**-0.5) ** 2
     tolerance = 2 * m ** (-2 / 3) + 0.02
-    assert fit.status == "ok"
+    assert fit.status == "success"
     assert edge == pytest.approx(analytic, rel=tolerance)
     assert fit.sigma == pytest.approx(1.0, rel=tolerance)
     assert fit.num_spikes == 0
@@ -218,7 +218,7 @@ def test_no_numpy_warnings_and_order_does_not_matter() -> None:
         shuffled = fit_mp(np.random.default_rng(0).permutation(evals), Q=1.5, M=256)
         square = fit_mp(_evals(_gaussian(128, 128, 61)), Q=1.0, M=128)
     assert fit == shuffled
-    assert square.status == "ok"
+    assert square.status == "success"
 
 
 def test_q1_tolerates_round_off_negative_eigenvalues() -> None:
@@ -228,7 +228,7 @@ def test_q1_tolerates_round_off_negative_eigenvalues() -> None:
     evals = _evals(x)
     evals[0] = -1e-10 * evals.max()  # make sure at least one is negative
     fit = fit_mp(evals, Q=1.0, M=200)
-    assert fit.status == "ok"
+    assert fit.status == "success"
     assert math.isfinite(fit.sigma)
 
 

@@ -14,12 +14,12 @@ import pytest
 
 from llm_audit.spectral import powerlaw
 from llm_audit.spectral.powerlaw import (
-    ESTIMATORS,
     EVALS_THRESH,
     PowerLawFit,
     candidate_fits,
     fit_power_law,
 )
+from llm_audit.vocabulary import ESTIMATORS
 
 # --- WeightWatcher as the reference ---------------------------------------------------------------
 

@@ -27,6 +27,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy import optimize, special
 
+from llm_audit.vocabulary import FAILED, SUCCESS
+
 __all__ = ["MPFit", "fit_mp", "jensen_shannon_distance"]
 
 FloatArray = npt.NDArray[np.float64]
@@ -59,7 +61,7 @@ class MPFit:
             above it are spikes.
         num_spikes: number of eigenvalues above `threshold`.
         mp_softrank: rescaled bulk edge / largest rescaled eigenvalue.
-        status: "ok" or "failed".
+        status: `SUCCESS` or `FAILED` (vocabulary.py).
         reason: why the fit failed; None when it did not.
     """
 
@@ -173,7 +175,7 @@ def _unfittable_reason(values: FloatArray) -> str | None:
 
 def _failed(reason: str) -> MPFit:
     nan = math.nan
-    return MPFit(nan, nan, nan, nan, nan, 0, nan, status="failed", reason=reason)
+    return MPFit(nan, nan, nan, nan, nan, 0, nan, status=FAILED, reason=reason)
 
 
 def _fit_sigma(rescaled: FloatArray, Q: float) -> float:
@@ -288,5 +290,5 @@ def _summarize(rescaled: FloatArray, sigma: float, w_scale: float, *, Q: float, 
         threshold=float(threshold / to_original),
         num_spikes=int(np.count_nonzero(rescaled > threshold)),
         mp_softrank=float(bulk_max / np.max(rescaled)),
-        status="ok",
+        status=SUCCESS,
     )

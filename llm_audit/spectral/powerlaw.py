@@ -23,10 +23,11 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from llm_audit.vocabulary import ESTIMATORS, SUCCESS
+
 Float = NDArray[np.float64]
 Index = NDArray[np.intp]
 
-ESTIMATORS = ("ww", "xmin_peak", "median")  # names recorded in outputs
 EVALS_THRESH = 1e-5  # WW drops eigenvalues <= this before fitting (absolute, WW units)
 
 SMALL_N = 20  # WW 0.7.7 switches to `fit_powerlaw_smallN` below this many eigenvalues
@@ -83,7 +84,7 @@ def fit_power_law(evals: ArrayLike, *, estimator: str = "ww") -> PowerLawFit:
         xmax=float(data[-1]),
         sigma=(alpha - 1.0) / math.sqrt(data.size - start),
         num_pl_spikes=int(np.count_nonzero(evals >= xmin)),
-        status="success",
+        status=SUCCESS,
         reason=None,
         estimator=estimator,
     )

@@ -25,6 +25,7 @@ import torch
 
 from llm_audit.spectral.esd import EPS64, gram
 from llm_audit.spectral.mp import fit_mp, jensen_shannon_distance
+from llm_audit.vocabulary import FAILED, SUCCESS
 
 SMALL_LAYER_EVALS = 100  # WeightWatcher shuffles 5 times below this many eigenvalues
 SMALL_LAYER_REPLICAS = 5
@@ -97,7 +98,7 @@ def trap_metrics(
         "ww_softrank": float(first[-1]) / lam_max if lam_max > 0 else math.nan,
         "ww_maxdist": lam_max - float(first[-1]),
         "mean_weight": mu,
-        "rand_fit_status": "success" if mp.status == "ok" else f"failed: {mp.reason}",
+        "rand_fit_status": mp.status if mp.status == SUCCESS else f"{FAILED}: {mp.reason}",
     }
     if record["num_traps"] > 0:
         record["trap_entries"] = trap_culprits(W, mu)
