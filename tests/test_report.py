@@ -31,7 +31,7 @@ import torch
 import llm_audit
 from llm_audit.errors import ConfigError, SourceNotFoundError
 from llm_audit.report import render_file, render_html
-from llm_audit.report.plots import tick_label
+from llm_audit.report.svg import tick_label
 from llm_audit.report.view import esd_view
 from llm_audit.result import SCHEMA_VERSION
 
@@ -237,7 +237,7 @@ def test_summary_sections_and_provenance(
     flagged_in_blocks = sum(
         bool(r["flags"]) for r in minilm_result.records if r["block"] is not None
     )
-    assert static(minilm_html).count('class="pt flagged') == flagged_in_blocks
+    assert static(minilm_html).count('class="mkr sr0 flagged') == flagged_in_blocks
 
 
 def test_names_are_escaped_and_data_is_safe(
@@ -648,7 +648,7 @@ def test_report_in_headless_chromium(
     for i, r in enumerate(records):
         if r["flags"]:
             drawn = browser.js(
-                "llmAudit.esdSvg(JSON.parse(document.getElementById('audit-data').textContent)"
+                "llmAudit.esdSvg(JSON.parse(document.getElementById('page-data').textContent)"
                 f".layers[{i}].esd, 'ESD of ' + {json.dumps(r['name'])})"
             )
             assert_same_svg(drawn, static_esd(minilm_html, i))

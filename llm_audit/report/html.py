@@ -9,42 +9,63 @@ value can close the script element.
 from __future__ import annotations
 
 import datetime as dt
-import json
-import math
 from collections import Counter
 from collections.abc import Mapping
 from html import escape
-from importlib import resources
 from typing import Any
 
 import numpy as np
 
 from llm_audit.errors import ConfigError
 from llm_audit.report import plots
+from llm_audit.report.page import (
+    dl,
+    document,
+    filter_controls,
+    flag_badges,
+    section,
+    select_filter,
+    sort_cell,
+    sort_header,
+    tensor_name,
+    text_filter,
+)
 from llm_audit.report.view import (
-    ANALYZED,
     COLUMN_HELP,
     TEXT_COLUMNS,
+    block_of,
     cell,
     columns,
     fmt,
     layer_view,
     num,
     role_order,
+    thresholds,
+    verdict_rule,
 )
 from llm_audit.result import SCHEMA_VERSION
+from llm_audit.vocabulary import (
+    ALPHA_FIT_FAILED,
+    ALPHA_GT_6,
+    ALPHA_LT_2,
+    ANALYZED,
+    CORRELATION_TRAP,
+    HEALTHY,
+    PATHOLOGICAL,
+    WATCH,
+    count_key,
+)
 
 Spectra = Mapping[str, Mapping[str, np.ndarray]]
 
 VERDICT_ADVICE = {
-    "healthy": "No counted layer crosses a threshold. As far as weight spectra can tell, nothing "
+    HEALTHY: "No counted layer crosses a threshold. As far as weight spectra can tell, nothing "
     "here argues against shipping.",
-    "watch": "Some layers cross a threshold. Look at the flagged layers below before you ship or "
+    WATCH: "Some layers cross a threshold. Look at the flagged layers below before you ship or "
     "decide to fine-tune further.",
-    "pathological": "The spectra show the signature of over-training or correlation traps. "
+    PATHOLOGICAL: "The spectra show the signature of over-training or correlation traps. "
     "Investigate the flagged layers before shipping this model.",
 }
-CSP = "default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:"
 
 
 def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str:
@@ -70,21 +91,7 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
         _details(records, views, spectra is not None),
         _flags_explained(audit),
     ]
-    data = {"layers": views}
-    return "".join(
-        [
-            "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>",
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">',
-            '<meta name="viewport" content="width=device-width, initial-scale=1">',
-            '<meta name="color-scheme" content="light dark">',
-            f"<title>{escape(title)}</title><style>{_asset('report.css')}</style></head><body>",
-            "<main>",
-            *body,
-            "</main>",
-            f'<script type="application/json" id="audit-data">{_json_for_script(data)}</script>',
-            f"<script>{_asset('report.js')}</script></body></html>\n",
-        ]
-    )
+    return document(title, body, scripts=("table.js", "report.js"), data={"layers": views})
 
 
 def check_audit(audit: Any) -> None:
@@ -99,44 +106,6 @@ def check_audit(audit: Any) -> None:
             f"schema_version {version!r} is not supported (this llm-audit reads {SCHEMA_VERSION}); "
             "render it with the llm-audit version that wrote it, or scan the model again"
         )
-
-
-def _asset(name: str) -> str:
-    return (resources.files("llm_audit.report") / "assets" / name).read_text(encoding="utf-8")
-
-
-def _json_for_script(data: Any) -> str:
-    text = json.dumps(_finite(data), separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
-
-
-def _section(anchor: str, heading: str, *content: str) -> str:
-    return f'<section id="{anchor}"><h2>{heading}</h2>{"".join(content)}</section>'
-
-
-def _name(name: str) -> str:
-    """A tensor name, escaped, that may wrap after its dots (narrow screens, print)."""
-    return escape(name).replace(".", ".<wbr>")
-
-
-def _dl(items: list[tuple[str, str]], cls: str = "") -> str:
-    """A definition list; with a class, each pair is wrapped in a div (for a grid of pairs)."""
-    if cls:
-        pairs = "".join(f"<div><dt>{k}</dt><dd>{v}</dd></div>" for k, v in items)
-        return f'<dl class="{cls}">{pairs}</dl>'
-    return "<dl>" + "".join(f"<dt>{k}</dt><dd>{v}</dd>" for k, v in items) + "</dl>"
 
 
 # (1) provenance -----------------------------------------------------------------------------------
@@ -180,7 +149,7 @@ def _header(audit: Mapping[str, Any]) -> str:
         '<nav><a href="#verdict">verdict</a><a href="#depth">alpha by depth</a>'
         '<a href="#layers">layers</a><a href="#details">layer details</a>'
         '<a href="#flags">what the flags mean</a></nav>'
-        f'<div class="provenance">{_dl(items, "pairs")}{more}</div></header>'
+        f'<div class="provenance">{dl(items, "pairs")}{more}</div></header>'
     )
 
 
@@ -199,7 +168,7 @@ def _date(started: Any) -> str:
 def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
     s = audit.get("summary") or {}
     verdict = str(s.get("verdict", "unknown"))
-    t = _thresholds(audit)
+    t = thresholds(audit)
     skipped = [r for r in records if r.get("status") not in ANALYZED]
     reasons = Counter(f"{r.get('status')}: {r.get('reason') or 'no reason given'}" for r in skipped)
     skipped_text = (
@@ -225,11 +194,11 @@ def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
             "flags",
             f"{sum(bool(r.get('flags')) for r in records)} <small>flagged layers, "
             f"{_counted_flagged(records, s)} of them counted</small>",
-            _dl(
+            dl(
                 [
-                    (f"alpha &lt; {t['alpha_low']:g}", fmt(s.get("num_alpha_lt_2"))),
-                    (f"alpha &gt; {t['alpha_high']:g}", fmt(s.get("num_alpha_gt_6"))),
-                    ("fit failed", fmt(s.get("num_alpha_fit_failed"))),
+                    (f"alpha &lt; {t.alpha_low:g}", fmt(s.get(count_key(ALPHA_LT_2)))),
+                    (f"alpha &gt; {t.alpha_high:g}", fmt(s.get(count_key(ALPHA_GT_6)))),
+                    ("fit failed", fmt(s.get(count_key(ALPHA_FIT_FAILED)))),
                     ("trap layers", fmt(s.get("num_trap_layers"))),
                     ("traps in total", fmt(s.get("total_traps"))),
                 ]
@@ -278,62 +247,50 @@ def _worst(names: list[Any], records: list[Mapping[str, Any]]) -> str:
             continue
         r = records[i]
         items.append(
-            f'<li><a href="#L{i}"><code>{_name(str(name))}</code></a> '
+            f'<li><a href="#L{i}"><code>{tensor_name(str(name))}</code></a> '
             f"alpha {fmt(r.get('alpha'), 'alpha')}, traps {fmt(r.get('num_traps'))}</li>"
         )
     return f"<ol class='worst'>{''.join(items)}</ol>" if items else "<p class='muted'>none</p>"
-
-
-def _thresholds(audit: Mapping[str, Any]) -> dict[str, float]:
-    t = (audit.get("settings") or {}).get("thresholds") or {}
-    return {
-        "alpha_low": num(t.get("alpha_low")) or 2.0,
-        "alpha_high": num(t.get("alpha_high")) or 6.0,
-        "min_traps": num(t.get("min_traps")) or 1.0,
-    }
 
 
 # (3) alpha by depth -----------------------------------------------------------------------------
 
 
 def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
-    t = _thresholds(audit)
-    points: dict[str, list[Mapping[str, Any]]] = {}
+    t = thresholds(audit)
+    points: dict[str, list[plots.DepthPoint]] = {}
     loose = []
     for i, r in enumerate(records):
-        alpha, block = num(r.get("alpha")), r.get("block")
+        alpha, block = num(r.get("alpha")), block_of(r)
         if alpha is None:
             continue
-        if isinstance(block, int) and not isinstance(block, bool):
-            points.setdefault(str(r.get("role")), []).append(
-                {"i": i, "name": str(r.get("name")), "block": block, "alpha": alpha,
-                 "flags": [str(f) for f in r.get("flags") or []]}
-            )  # fmt: skip
-        else:
+        if block is None:
             loose.append((i, r))
-    if not points:
-        panels = "<p class='muted'>No layer has a block index, so there is no depth to plot.</p>"
-    else:
-        blocks = 1 + max(p["block"] for ps in points.values() for p in ps)
-        top = max(p["alpha"] for ps in points.values() for p in ps)
-        ymax = float(min(12, max(8, math.ceil(top))))
-        panels = "".join(
-            plots.depth_panel(role, points[role], blocks, ymax, (t["alpha_low"], t["alpha_high"]))
-            for role in role_order(points)
+            continue
+        flags = [str(f) for f in r.get("flags") or []]
+        title = f"{r.get('name')}: alpha {fmt(alpha, 'alpha')}" + (
+            f" ({', '.join(flags)})" if flags else ""
         )
+        marks = ("flagged trap" if CORRELATION_TRAP in flags else "flagged") if flags else ""
+        points.setdefault(str(r.get("role")), []).append(
+            plots.DepthPoint(block, alpha, title, href=f"#L{i}", pick=i, marks=marks)
+        )
+    panels = plots.depth_panels(
+        {role: [ps] for role, ps in points.items()}, (t.alpha_low, t.alpha_high)
+    )
     outside = "".join(
         f'<li><a href="#L{i}" data-pick="{i}"><code>{escape(str(r.get("name")))}</code></a> '
         f"({escape(str(r.get('role')))}): alpha {fmt(r.get('alpha'), 'alpha')}</li>"
         for i, r in loose
     )
-    return _section(
+    return section(
         "depth",
         "Alpha by depth",
         f"<p class='muted'>One panel per role; a dot per layer, the line through the per-block "
-        f"median. Shaded: alpha below {t['alpha_low']:g} or above {t['alpha_high']:g}. Ringed in "
-        "red: flagged layers; purple ring: correlation traps. Triangles on top: alpha above the "
-        "axis. Click a dot to see its spectrum.</p>",
-        f'<div class="panels">{panels}</div>',
+        f"median. Shaded: alpha below {t.alpha_low:g} or above {t.alpha_high:g}. Ringed in "
+        "red: flagged layers; purple ring: correlation traps. Hollow dots at the top: alpha "
+        "above the axis. Click a dot to see its spectrum.</p>",
+        panels,
         f"<p>Layers outside the blocks:</p><ul>{outside}</ul>" if outside else "",
     )
 
@@ -345,63 +302,57 @@ def _table(records: list[Mapping[str, Any]]) -> str:
     main, extra = columns(records)
     roles = role_order({str(r.get("role")) for r in records})
     flags = sorted({str(f) for r in records for f in r.get("flags") or []})
-    head = "".join(_th(key, key in extra) for key in main + extra)
+    head = "".join(
+        sort_header(key, key, "text" if key in TEXT_COLUMNS else "num", COLUMN_HELP.get(key, ""),
+                    "extra" if key in extra else "")
+        for key in main + extra
+    )  # fmt: skip
     rows = "".join(_row(i, r, main, extra) for i, r in enumerate(records))
-    role_opts = "".join(f'<option value="{escape(r)}">{escape(r)}</option>' for r in roles)
-    flag_opts = "".join(f'<option value="{escape(f)}">{escape(f)}</option>' for f in flags)
-    controls = (
-        '<div class="controls">'
-        '<label>role <select id="f-role"><option value="">all</option>'
-        f"{role_opts}</select></label>"
-        '<label>flag <select id="f-flag"><option value="">all layers</option>'
-        '<option value="*">any flag</option><option value="-">no flag</option>'
-        f'{flag_opts}<option value="!">skipped</option></select></label>'
-        '<label>name <input id="f-text" type="search" placeholder="filter by name"></label>'
-        '<label><input id="f-all" type="checkbox"> all columns</label>'
-        '<span id="f-count" class="muted"></span></div>'
-    )
-    return _section(
+    flag_options = [("", "all layers"), ("*", "any flag"), ("-", "no flag")]
+    flag_options += [(f, f) for f in flags] + [("!", "skipped")]
+    controls = filter_controls(
+        "layer-table",
+        [
+            select_filter("layer-table", "f-role", "role", "role",
+                          [("", "all"), *((r, r) for r in roles)]),
+            select_filter("layer-table", "f-flag", "flag", "flags", flag_options, tokens=True),
+            text_filter("layer-table", "f-text"),
+            '<label><input id="f-all" type="checkbox"> all columns</label>',
+        ],
+        "layers",
+    )  # fmt: skip
+    return section(
         "layers",
         "Layers",
         "<p class='muted'>Click a header to sort, a row to see its spectrum. "
         "Metric names follow WeightWatcher where the quantity is the same.</p>",
         controls,
-        f'<div class="table-wrap"><table id="layer-table" class="layers">'
+        f'<div class="table-wrap"><table id="layer-table" class="layers sortable">'
         f"<thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table></div>",
     )
 
 
-def _th(key: str, extra: bool) -> str:
-    kind = "text" if key in TEXT_COLUMNS else "num"
-    cls = ' class="extra"' if extra else ""
-    help_text = COLUMN_HELP.get(key, "")
-    title = f' title="{escape(help_text)}"' if help_text else ""
-    return f'<th{cls} data-key="{escape(key)}" data-type="{kind}"{title}>{escape(key)}</th>'
-
-
 def _row(i: int, r: Mapping[str, Any], main: list[str], extra: list[str]) -> str:
     flags = [str(f) for f in r.get("flags") or []]
-    status = str(r.get("status", ""))
+    analyzed = r.get("status") in ANALYZED
+    # What the flag filter matches: the flags, and "*" any flag, "-" none, "!" skipped.
+    words = [*flags, "*"] if flags else ["-"] if analyzed else []
+    words += [] if analyzed else ["!"]
     attrs = (
         f'data-i="{i}" data-role="{escape(str(r.get("role")))}" '
-        f'data-flags="{escape(" ".join(flags))}" data-analyzed="{int(status in ANALYZED)}"'
+        f'data-flags="{escape(" ".join(words))}"'
     )
-    cls = ' class="flagged"' if flags else (' class="skipped"' if status not in ANALYZED else "")
+    cls = ' class="flagged"' if flags else (' class="skipped"' if not analyzed else "")
     cells = []
     for key in main + extra:
         text, sort = cell(r, key)
-        extra_cls = "extra " if key in extra else ""
         if key == "name":
-            content = f'<a href="#L{i}" data-pick="{i}">{_name(text)}</a>'
+            content = f'<a href="#L{i}" data-pick="{i}">{tensor_name(text)}</a>'
         elif key == "flags":
-            content = " ".join(
-                f'<span class="flag f-{escape(f)}">{escape(f)}</span>' for f in flags
-            )
+            content = flag_badges(flags)
         else:
             content = escape(text)
-        cells.append(
-            f'<td class="{extra_cls}c-{escape(key)}" data-v="{escape(sort)}">{content}</td>'
-        )
+        cells.append(sort_cell(key, content, sort, "extra " if key in extra else ""))
     return f"<tr{cls} {attrs}>{''.join(cells)}</tr>"
 
 
@@ -419,7 +370,7 @@ def _details(records: list[Mapping[str, Any]], views: list[dict[str, Any]], have
     )
     flagged = [v for v, r in zip(views, records, strict=True) if r.get("flags")]
     cards = "".join(detail_card(v, with_plot=have) for v in flagged)
-    return _section(
+    return section(
         "details",
         "Layer details",
         note,
@@ -433,13 +384,13 @@ def _details(records: list[Mapping[str, Any]], views: list[dict[str, Any]], have
 
 def detail_card(v: Mapping[str, Any], *, with_plot: bool = True) -> str:
     """One layer's card: metrics, ESD plot (if its spectrum is known) and trap entries."""
-    flags = "".join(f'<span class="flag f-{escape(f)}">{escape(f)}</span>' for f in v["flags"])
+    flags = flag_badges(v["flags"])
     meta = (
         f"role {escape(v['role'])} · block {escape(v['block'])} · shape {escape(v['shape'])} · "
         f"Q {escape(v['Q'])} · status {escape(v['status'])}"
         + (f" ({escape(v['reason'])})" if v["reason"] else "")
     )
-    metrics = _dl([(escape(k), escape(val)) for k, val in v["m"]])
+    metrics = dl([(escape(k), escape(val)) for k, val in v["m"]])
     esd = v.get("esd")
     if esd:
         plot = (
@@ -501,37 +452,36 @@ def _trap_table(v: Mapping[str, Any]) -> str:
 
 
 def _flags_explained(audit: Mapping[str, Any]) -> str:
-    t = _thresholds(audit)
-    rule = (audit.get("settings") or {}).get("verdict") or {}
-    low, high, traps = f"{t['alpha_low']:g}", f"{t['alpha_high']:g}", f"{t['min_traps']:g}"
+    t, rule = thresholds(audit), verdict_rule(audit)
+    low, high, traps = f"{t.alpha_low:g}", f"{t.alpha_high:g}", f"{t.min_traps:g}"
     flags = [
-        ("alpha_lt_2", f"alpha &lt; {low}",
+        (ALPHA_LT_2, f"alpha &lt; {low}",
          "The tail of the eigenvalue density is heavier than in well-trained layers: the layer may "
          "be over-fit or over-trained. Together with correlation traps this is the anti-grokking "
          "signature (a model that generalized and is now over-training)."),
-        ("alpha_gt_6", f"alpha &gt; {high}",
+        (ALPHA_GT_6, f"alpha &gt; {high}",
          "The spectrum is close to that of a random matrix: the layer learned little structure. "
          "It may be under-trained, or matter little to the model."),
-        ("correlation_trap", f"num_traps ≥ {traps}",
+        (CORRELATION_TRAP, f"num_traps ≥ {traps}",
          "After shuffling the matrix's entries (which destroys learned correlations) "
          "eigenvalues still stand above the Marchenko–Pastur bulk edge. Such a spike comes from "
          "a few unusually large entries, listed with their row, column, value and z-score. "
          "Traps have been associated with training problems such as a learning rate that is too "
          "large; check whether the listed entries are expected (e.g. a special token's "
          "embedding)."),
-        ("alpha_fit_failed", "no fit",
+        (ALPHA_FIT_FAILED, "no fit",
          "The power-law fit could not be made (too few eigenvalues in the tail, a degenerate "
          "spectrum); alpha is left empty and the status reason says why."),
     ]  # fmt: skip
     rows = "".join(
-        f'<tr><td><span class="flag f-{f}">{f}</span></td><td>{when}</td><td>{what}</td></tr>'
+        f"<tr><td>{flag_badges([f])}</td><td>{when}</td><td>{what}</td></tr>"
         for f, when, what in flags
     )
     verdicts = (
         f"<p><b>Verdict.</b> <i>pathological</i> when at least "
-        f"{escape(str(rule.get('pathological_trap_layers', 1)))} layer(s) have traps and at least "
-        f"{_pct(rule.get('pathological_alpha_lt_2_fraction', 0.1))} of the counted layers have "
-        f"alpha &lt; {low}, or when at least {_pct(rule.get('pathological_trap_fraction', 0.25))} "
+        f"{rule.pathological_trap_layers:g} layer(s) have traps and at least "
+        f"{rule.pathological_alpha_lt_2_fraction * 100:g}% of the counted layers have "
+        f"alpha &lt; {low}, or when at least {rule.pathological_trap_fraction * 100:g}% "
         "of them have traps; <i>watch</i> when any counted layer is flagged; <i>healthy</i> "
         "otherwise.</p>"
     )
@@ -549,7 +499,7 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
         "Eigenvalues are those of WᵀW for the stored weights, in WeightWatcher's units, so values "
         "compare with WeightWatcher's.",
     ]
-    return _section(
+    return section(
         "flags",
         "What the flags mean",
         f"<table class='mini flags-table'><thead><tr><th>flag</th><th>when</th><th>meaning</th>"
@@ -559,8 +509,3 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
         "<p class='muted'>Written by llm-audit. This page makes no network request; the raw "
         "eigenvalues are in spectra.npz next to audit.json.</p>",
     )
-
-
-def _pct(value: Any) -> str:
-    v = num(value)
-    return "—" if v is None else f"{v * 100:g}%"

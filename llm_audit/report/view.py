@@ -6,6 +6,7 @@ raw eigenvalues stay in spectra.npz, the page carries one histogram of log10 λ 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -13,12 +14,11 @@ from typing import Any
 import numpy as np
 
 from llm_audit.architectures import ROLES
+from llm_audit.config import Thresholds, VerdictRule
+from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
 
-BINS = 72  # histogram bins per layer, over the layer's log10 λ range
-FLOOR_DECADES = 8.0  # eigenvalues below λ_max·1e-8 are numerically zero: counted, not drawn
 MAX_SPIKES = 20  # shuffled eigenvalues above the MP edge kept per layer (there are a handful)
 MAX_TRAP_ROWS = 20
-ANALYZED = ("success", "fit_failed")
 
 # Shown by default, in this order; every other key of the layer records becomes an extra column.
 MAIN_COLUMNS = (
@@ -130,47 +130,65 @@ def cell(record: Mapping[str, Any], key: str) -> tuple[str, str]:
         return value, value
     if value is None:
         return "—", ""
-    v = num(value)
-    if v is None:
+    if num(value) is None:
         return (fmt(value), "") if not isinstance(value, (list, dict)) else ("…", "")
-    return fmt(value, key), repr(rounded(v, 7))
+    return fmt(value, key), sort_key(value)
+
+
+def sort_key(value: Any) -> str:
+    """A number as a table cell's sort key (`data-v`): 7 significant digits; "" when missing."""
+    v = num(value)
+    return "" if v is None else repr(rounded(v, 7))
+
+
+def block_of(record: Mapping[str, Any]) -> int | None:
+    """The layer's block (depth) index, None for layers outside the blocks."""
+    block = record.get("block")
+    return block if isinstance(block, int) and not isinstance(block, bool) else None
+
+
+def thresholds(document: Mapping[str, Any]) -> Thresholds:
+    """The flag thresholds an audit or comparison was made with; the defaults where not given."""
+    given = (document.get("settings") or {}).get("thresholds") or {}
+    return dataclasses.replace(Thresholds(), **_numbers(given, Thresholds))
+
+
+def verdict_rule(document: Mapping[str, Any]) -> VerdictRule:
+    """The verdict rule an audit was made with; the defaults where not given."""
+    given = (document.get("settings") or {}).get("verdict") or {}
+    return dataclasses.replace(VerdictRule(), **_numbers(given, VerdictRule))
+
+
+def _numbers(given: Mapping[str, Any], cls: type) -> dict[str, Any]:
+    """The finite numbers `given` has for the fields of dataclass `cls`."""
+    out = {f.name: num(given.get(f.name)) for f in dataclasses.fields(cls)}
+    return {k: v for k, v in out.items() if v is not None}
 
 
 def esd_view(
     record: Mapping[str, Any], spectrum: Mapping[str, np.ndarray]
 ) -> dict[str, Any] | None:
-    """Binned ESD of one layer: counts of log10 λ in `BINS` equal bins, both series on one grid.
+    """Binned ESD of one layer (`histogram`): the eigenvalues and the shuffled ones counted on one
+    grid, below-floor eigenvalues in `below`, plus the fit and the marks the plot draws.
 
-    Counts, not densities, are stored; the plot divides by n and the bin width in λ. Eigenvalues
-    below λ_max·1e-8 (zero up to rounding) are counted in `below`, not drawn.
+    None when the layer has no eigenvalue above zero.
     """
-    evals = _clean(spectrum.get("evals"))
-    rand = _clean(spectrum.get("rand_evals"))
+    evals = finite(spectrum.get("evals"))
+    rand = finite(spectrum.get("rand_evals"))
     if evals.size == 0 or not np.any(evals > 0):
         return None
     top = float(max(evals.max(), rand.max() if rand.size else 0.0))
-    floor = top * 10.0**-FLOOR_DECADES
-    both = np.concatenate([evals, rand])
-    lo = math.log10(float(both[both >= floor].min()))
-    hi = math.log10(top)
-    if hi - lo < 0.5:  # all eigenvalues (nearly) equal: give the bars some width
-        lo, hi = (lo + hi) / 2 - 0.25, (lo + hi) / 2 + 0.25
-    lo, hi = math.floor(lo * 1e4) / 1e4, math.ceil(hi * 1e4) / 1e4
-    edges = np.linspace(lo, hi, BINS + 1)
-
-    def counts(values: np.ndarray) -> list[int]:
-        shown = values[values >= floor]
-        return [int(c) for c in np.histogram(np.log10(shown), bins=edges)[0]] if shown.size else []
-
+    shown, rand_shown = drawn(evals, top), drawn(rand, top)
+    edges = log_edges([shown, rand_shown])  # `top` itself is drawn: not both empty
     bulk = num(record.get("rand_bulk_max"))
     spikes = np.sort(rand[rand > bulk])[::-1][:MAX_SPIKES] if bulk is not None else rand[:0]
     return {
-        "lo": lo,
-        "hi": hi,
-        "e": counts(evals),
+        "lo": float(edges[0]),
+        "hi": float(edges[-1]),
+        "e": log_counts(shown, edges),
         "ne": int(evals.size),
-        "below": int(np.sum(evals < floor)),
-        "r": counts(rand),
+        "below": int(evals.size - shown.size),
+        "r": log_counts(rand_shown, edges),
         "nr": int(rand.size),
         "spikes": [rounded(s) for s in spikes],
         "alpha": rounded(record.get("alpha"), 6),
@@ -206,10 +224,3 @@ def layer_view(
         "te_total": len(entries),
         "esd": esd_view(record, spectrum) if spectrum is not None else None,
     }
-
-
-def _clean(values: Any) -> np.ndarray:
-    if values is None:
-        return np.zeros(0)
-    array = np.asarray(values, dtype=np.float64).ravel()
-    return array[np.isfinite(array)]

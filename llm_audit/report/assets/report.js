@@ -1,11 +1,11 @@
-// llm-audit report: sort and filter the layer table, and draw the spectrum of the layer a reader
-// picks. No library, no network. esdSvg mirrors esd_svg in report/plots.py (same geometry, classes).
+// llm-audit audit page: the "all columns" switch, and the spectrum of the layer a reader picks
+// (table.js sorts and filters the table). No library, no network. esdSvg mirrors esd_svg in
+// report/plots.py (same geometry, classes).
 (function () {
   "use strict";
-  var data = JSON.parse(document.getElementById("audit-data").textContent);
+  var data = JSON.parse(document.getElementById("page-data").textContent);
   var table = document.getElementById("layer-table");
-  var tbody = table.tBodies[0];
-  var rows = Array.prototype.slice.call(tbody.rows);
+  var fAll = document.getElementById("f-all");
 
   function esc(s) {
     return String(s).replace(/[&<>"']/g, function (c) {
@@ -13,69 +13,7 @@
     });
   }
 
-  // ---- sorting: click a header; numbers compare as numbers, empty cells always go last --------
-  var sortState = { col: -1, dir: 1 };
-  function sortBy(col, type) {
-    var dir = sortState.col === col ? -sortState.dir : 1;
-    sortState = { col: col, dir: dir };
-    var keyed = rows.map(function (tr) {
-      var v = tr.cells[col].getAttribute("data-v");
-      return { tr: tr, v: v === "" ? null : type === "num" ? parseFloat(v) : v.toLowerCase() };
-    });
-    keyed.sort(function (a, b) {
-      if (a.v === null || b.v === null) { return a.v === b.v ? 0 : a.v === null ? 1 : -1; }
-      if (a.v < b.v) { return -dir; }
-      if (a.v > b.v) { return dir; }
-      return 0;
-    });
-    keyed.forEach(function (k) { tbody.appendChild(k.tr); });
-    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
-      th.classList.remove("sort-asc", "sort-desc");
-      th.removeAttribute("aria-sort");
-      if (i === col) {
-        th.classList.add(dir === 1 ? "sort-asc" : "sort-desc");
-        th.setAttribute("aria-sort", dir === 1 ? "ascending" : "descending");
-      }
-    });
-  }
-  Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, i) {
-    th.tabIndex = 0;
-    th.addEventListener("click", function () { sortBy(i, th.getAttribute("data-type")); });
-    th.addEventListener("keydown", function (ev) {
-      if (ev.key === "Enter" || ev.key === " ") { ev.preventDefault(); sortBy(i, th.getAttribute("data-type")); }
-    });
-  });
-
-  // ---- filters: role, flag, text; "all columns" shows the extra metric columns -----------------
-  var fRole = document.getElementById("f-role");
-  var fFlag = document.getElementById("f-flag");
-  var fText = document.getElementById("f-text");
-  var fAll = document.getElementById("f-all");
-  var fCount = document.getElementById("f-count");
-  function flagMatch(tr, want) {
-    var flags = tr.getAttribute("data-flags");
-    if (want === "") { return true; }
-    if (want === "*") { return flags !== ""; }
-    if (want === "-") { return flags === "" && tr.getAttribute("data-analyzed") === "1"; }
-    if (want === "!") { return tr.getAttribute("data-analyzed") === "0"; }
-    return (" " + flags + " ").indexOf(" " + want + " ") >= 0;
-  }
-  function applyFilters() {
-    var role = fRole.value, want = fFlag.value, text = fText.value.trim().toLowerCase();
-    var shown = 0;
-    rows.forEach(function (tr) {
-      var name = tr.cells[0].textContent.toLowerCase();
-      var ok = (role === "" || tr.getAttribute("data-role") === role) && flagMatch(tr, want) &&
-        (text === "" || name.indexOf(text) >= 0);
-      tr.hidden = !ok;
-      if (ok) { shown += 1; }
-    });
-    fCount.textContent = shown + " of " + rows.length + " layers";
-  }
-  [fRole, fFlag].forEach(function (el) { el.addEventListener("change", applyFilters); });
-  fText.addEventListener("input", applyFilters);
   fAll.addEventListener("change", function () { table.classList.toggle("all-columns", fAll.checked); });
-  applyFilters();
 
   // ---- picking a layer: its static card if it has one (flagged), else a card drawn here -------
   var picked = document.getElementById("picked");
@@ -185,7 +123,7 @@
       '<rect class="frame" x="' + ML + '" y="' + MT + '" width="' + pw + '" height="' + ph + '"/>'];
     logTicks(lo, hi).forEach(function (u) {
       p.push('<line class="grid" x1="' + f1(x(u)) + '" x2="' + f1(x(u)) + '" y1="' + MT + '" y2="' + base + '"/>');
-      p.push('<text class="tick" x="' + f1(x(u)) + '" y="' + (base + 14) + '" text-anchor="middle">' + tickLabel(u) + "</text>");
+      p.push('<text class="tick" x="' + f1(x(u)) + '" y="' + (base + 13) + '" text-anchor="middle">' + tickLabel(u) + "</text>");
     });
     logTicks(ylo, yhi).forEach(function (v) {
       p.push('<line class="grid" x1="' + ML + '" x2="' + (ML + pw) + '" y1="' + f1(y(v)) + '" y2="' + f1(y(v)) + '"/>');
@@ -222,7 +160,7 @@
           s + " above the MP edge</title></path>");
       }
     });
-    p.push('<text class="axis" x="' + (ML + pw / 2) + '" y="' + (H - 6) + '" text-anchor="middle">eigenvalue λ of WᵀW (log scale)</text>' +
+    p.push('<text class="axis" x="' + (ML + pw / 2) + '" y="' + (H - 4) + '" text-anchor="middle">eigenvalue λ of WᵀW (log scale)</text>' +
       '<text class="axis" transform="translate(13,' + (MT + ph / 2) + ') rotate(-90)" text-anchor="middle">density p(λ) (log)</text></svg>');
     return p.join("");
   }
