@@ -139,7 +139,7 @@ def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert [row["step"] for row in data["monitor"]["history"]] == [10, 20, 30]
     assert all(row["agrees"] in (True, False) for row in data["checkpoints"])
     page = (out / "calibration.html").read_text()
-    assert page.count("<svg") == 3 and "<script" not in page and "http://www.w3.org" in page
+    assert page.count('<svg class="chart"') == 3 and "://" not in page  # offline
 
 
 def test_no_calibration_layer_is_an_embedding() -> None:

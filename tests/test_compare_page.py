@@ -190,7 +190,11 @@ def test_overlays_for_the_layers_that_changed_most(result: ComparisonResult, htm
     assert titles[0].startswith(f"{PLANTED} model1") and titles[0].endswith("correlation_trap")
     assert len(titles) == len(LABELS) * TOP_OVERLAYS  # 9 layers, none beyond the top 8 flagged
     planted = next(iter(page.cards.values()))
-    assert planted["paths"] == ["esd-bar", "ov sr1", "ov ov-dw"]  # base, other, ΔW
+    assert planted["paths"] == [
+        "esd-bar",
+        "series-line sr1",
+        "series-line ov-dw",
+    ]  # base, other, ΔW
     assert "application/json" not in html  # binned: no eigenvalue list in the page
 
 

@@ -422,14 +422,14 @@ def _overlay_card(r: Record, label: str, k: int, anchor: str, spectra: Spectra) 
     keys = (f"base|{name}", f"{label}|{name}", f"{label}|dW|{name}")
     view = overlay_view([(spectra.get(key) or {}).get("evals") for key in keys])
     names = ("base", label, "ΔW")
-    classes = ("esd-bar", f"ov {series_class(k)}", "ov ov-dw")
+    classes = ("esd-bar", f"series-line {series_class(k)}", "series-line ov-dw")
     if view is None:
         plot = '<p class="note">No spectrum stored for this layer.</p>'
     else:
         keys_html = (
             '<span class="key k-bar"></span>base',
-            f'<span class="key k-ov {series_class(k)}"></span>{escape(label)}',
-            '<span class="key k-ov k-dw"></span>ΔW',
+            f'<span class="key k-series {series_class(k)}"></span>{escape(label)}',
+            '<span class="key k-series k-dw"></span>ΔW',
         )
         zero = [f"{names[i]}: {n} eigenvalue(s) ≈ 0" for i, n in enumerate(view["below"]) if n]
         legend = " ".join(f'<span class="li">{h}</span>' for h in keys_html) + (

@@ -18,7 +18,7 @@ from llm_audit.report.view import fmt, num, role_order
 
 ESD_BOX = Box(560, 300, left=58, right=14, top=16, bottom=40)  # the same numbers are in report.js
 DEPTH_BOX = Box(360, 200, left=34, right=10, top=22, bottom=26)
-SERIES_CLASSES = 6  # marker shapes and colours (sr0 ... sr5), reused cyclically beyond that
+SERIES_COLOURS = 8  # CSS classes sr0 ... sr7 (report.css), reused cyclically beyond that
 NO_DEPTH = "<p class='muted'>No layer has a block index, so there is no depth to plot.</p>"
 
 
@@ -147,14 +147,14 @@ class DepthPoint:
 
 def series_class(k: int) -> str:
     """The CSS class giving series `k` its colour."""
-    return f"sr{k % SERIES_CLASSES}"
+    return f"sr{k % SERIES_COLOURS}"
 
 
 def series_marker(k: int, x: float, y: float, extra: str = "", scale: float = 1.0) -> str:
     """A marker of series `k` at (x, y) px: circle, square, triangle, diamond, triangle down,
     cross; `extra` adds CSS classes, `scale` enlarges it."""
     cls = f'class="mkr {series_class(k)}{" " + extra if extra else ""}"'
-    shape, s = k % SERIES_CLASSES, scale
+    shape, s = k % 6, scale
     if shape == 0:
         return f'<circle {cls} cx="{x:.1f}" cy="{y:.1f}" r="{3.4 * s:.1f}"/>'
     corners = {
