@@ -11,14 +11,17 @@ import torch
 from safetensors.torch import load_file
 
 import llm_audit
+import tests.test_report as report_tests
 from llm_audit.calibration import run
 from llm_audit.calibration.mnist_mlp import MnistConfig, MnistTask
 from llm_audit.calibration.monitor import AuditMonitor
+from llm_audit.calibration.page import render_page
 from llm_audit.calibration.phases import find_phases
 from llm_audit.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "calibration"
 HIDDEN = ("layers.0.weight", "layers.1.weight")
+browser = report_tests.browser  # the headless-Chromium fixture of the scan report's tests
 
 
 def _tiny_config(tmp_path: Path, **changes: object) -> Path:
@@ -140,6 +143,59 @@ def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert all(row["agrees"] in (True, False) for row in data["checkpoints"])
     page = (out / "calibration.html").read_text()
     assert page.count('<svg class="chart"') == 3 and "://" not in page  # offline
+
+
+def _page_data() -> dict:
+    """Four checkpoints of two layers, one alpha not finite (the fit failed)."""
+    phases = ["pre-grokking", "pre-grokking", "grokked", "collapse"]
+    rows = [
+        {"step": step, "train_acc": train, "test_acc": test, "alpha[a]": a, "num_traps[a]": ta,
+         "alpha[b]": b, "num_traps[b]": tb, "verdict": "watch", "verdict_reason": "why <b>",
+         "phase": phase, "agrees": True}
+        for step, train, test, a, ta, b, tb, phase in zip(
+            [1, 10, 100, 1000], [0.1, 1.0, 1.0, 1.0], [0.1, 0.2, 0.9, 0.5],
+            [3.0, float("nan"), 2.5, 1.5], [0, 0, 0, 2], [4.0, 3.5, 3.0, 1.8], [0, 0, 1, 3],
+            phases, strict=True,
+        )
+    ]  # fmt: skip
+    phase_steps = {"memorized_step": 10, "grokked_step": 100, "peak_step": 100}
+    return {
+        "task": "toy <x>",
+        "config": {"steps": 1000},
+        "seconds": 1.0,
+        "phases": {**phase_steps, "peak_test_acc": 0.9, "collapse_step": 1000},
+        "checkpoints": rows,
+    }
+
+
+def test_page_draws_every_curve_over_the_phases() -> None:
+    page = render_page(_page_data())
+    assert page.count('<svg class="chart"') == 3 and "://" not in page
+    assert "toy &lt;x&gt;" in page and "why <b>" not in page  # escaped
+    # one line per series in each chart: train/test, then layers a and b twice (alpha, traps)
+    assert page.count('class="series-line sr0"') == 3 and page.count('class="series-line sr1"') == 3
+    assert page.count('class="series-line sr2"') == 0
+    # a phase band per checkpoint in each chart, and the alpha_low line in the alpha chart
+    assert page.count('class="ph-pre-grokking"') == 2 * 3 and page.count('class="ph-collapse"') == 3
+    assert page.count('class="threshold"') == 1
+    # the table: one row per checkpoint; the failed fit shows "–" and sorts last
+    assert page.count("<tr title=") == 4
+    assert '<td class="num c-k4" data-v="">–</td>' in page
+
+
+def test_page_table_sorts_in_chromium(browser: report_tests.DevTools, tmp_path: Path) -> None:
+    path = tmp_path / "calibration.html"
+    path.write_text(render_page(_page_data()))
+    browser.call("Page.navigate", url=path.as_uri())
+    browser.wait_for("Page.loadEventFired")
+    column = (
+        "[...document.querySelectorAll('#checkpoints tbody tr')].map(r => r.cells[{}].textContent)"
+    )
+    browser.js("document.querySelector('th[data-key=k5]').click()")  # alpha b, ascending
+    assert browser.js(column.format(5)) == ["1.80", "3.00", "3.50", "4.00"]
+    browser.js("document.querySelector('th[data-key=k4]').click()")  # alpha a: the "–" last
+    assert browser.js(column.format(4)) == ["1.50", "2.50", "3.00", "–"]
+    browser.assert_no_errors_and_only_local_requests()
 
 
 def test_no_calibration_layer_is_an_embedding() -> None:

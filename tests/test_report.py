@@ -31,7 +31,6 @@ import torch
 import llm_audit
 from llm_audit.errors import ConfigError, SourceNotFoundError
 from llm_audit.report import render_file, render_html
-from llm_audit.report.svg import tick_label
 from llm_audit.report.view import esd_view
 from llm_audit.result import SCHEMA_VERSION
 
@@ -318,7 +317,7 @@ def llama_like(result: llm_audit.AuditResult, blocks: int) -> tuple[dict[str, An
     return audit, spectra
 
 
-# ---- binning and axes: known answers --------------------------------------------------------
+# ---- binning: known answers --------------------------------------------------------
 
 
 def test_esd_view_counts_every_eigenvalue() -> None:
@@ -335,18 +334,6 @@ def test_esd_view_counts_every_eigenvalue() -> None:
     # bins are equal in log10 λ: logspace values fall ~evenly
     counts = np.array(v["e"])
     assert counts.max() - counts.min() <= 2
-
-
-def test_tick_labels() -> None:
-    assert [tick_label(u) for u in (-3, -2, 0, 1, 3, 4)] == [
-        "1e-3",
-        "0.01",
-        "1",
-        "10",
-        "1000",
-        "1e4",
-    ]
-    assert tick_label(math.log10(5)) == "5" and tick_label(-2 + math.log10(2)) == "0.02"
 
 
 # ---- render_file ----------------------------------------------------------------------------
