@@ -10,9 +10,10 @@ a GPU wants. A vocab×vocab Gram is never formed: the Gram is always on the smal
 
 from __future__ import annotations
 
+import abc
 import math
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -22,81 +23,147 @@ from llm_audit.errors import LlmAuditWarning
 EPS64 = torch.finfo(torch.float64).eps
 
 
-CHUNK_BYTES = 16 * 2**20  # float64 rows converted at a time: no full float64 copy of a big W
+CHUNK_BYTES = 16 * 2**20  # rows converted to float at a time: no whole-matrix float copy
 
 
 RowReader = Callable[[int, int], torch.Tensor]  # stored rows [start, stop) of a matrix, on the CPU
 
 
-@dataclass(frozen=True)
-class Difference:
-    """The update ΔW = other − base of two same-shape matrices, never held whole for its Gram.
+class LazyMatrix(abc.ABC):
+    """A matrix read in blocks of its stored rows, so that no whole float copy is ever needed.
 
-    Both operands are read in blocks of stored rows (for a checkpoint file, a short-lived view of
-    just those bytes), subtracted in float64 and added to the Gram, so the update of a vocabulary
-    matrix costs two blocks of memory, not two more matrices. Only the trap shuffle, which needs
-    every element at once, asks for `materialize()`.
+    Its Gram is accumulated block by block (`gram`), and the trap shuffle gathers from `elements`,
+    which for a checkpoint is the memory map itself. `shape` is (out, in), like a tensor's.
     """
 
-    other: RowReader
-    base: RowReader
     stored_shape: tuple[int, int]
-    stored_in_out: bool  # stored as (in, out) (GPT-2 Conv1D): ΔW is the transpose of the rows read
+    stored_in_out: bool  # stored as (in, out) (GPT-2 Conv1D): the matrix is the transpose
+    dtype: torch.dtype  # what `rows` gives without a conversion
+
+    @abc.abstractmethod
+    def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Stored rows [start, stop) as `dtype`, on the CPU."""
+
+    def elements(self) -> torch.Tensor:
+        """Every stored element, flat, in stored order (a memory map where the source has one)."""
+        return self.rows(0, self.stored_shape[0], self.dtype).reshape(-1)
 
     @property
     def shape(self) -> tuple[int, int]:
-        """(out, in), like the matrices it is compared with."""
+        """(out, in), like the tensors it stands for."""
         rows, cols = self.stored_shape
         return (cols, rows) if self.stored_in_out else (rows, cols)
 
     def materialize(self) -> torch.Tensor:
-        """ΔW as one float32 (out, in) matrix (exact for bf16/fp16 operands of like magnitude)."""
-        rows = self.stored_shape[0]
-        delta = self.other(0, rows).to(torch.float32, copy=True).sub_(self.base(0, rows))
-        return delta.T if self.stored_in_out else delta
+        """The whole (out, in) matrix in `dtype` (a GPU, or a caller that needs a tensor)."""
+        stored = self.rows(0, self.stored_shape[0], self.dtype)
+        return stored.T if self.stored_in_out else stored
 
     def to(self, device: torch.device, non_blocking: bool = False) -> Matrix:
-        """Itself on the CPU; materialized on a GPU, whose memory is not what bounds a compare."""
+        """Itself on the CPU; materialized on a GPU, whose memory is not what bounds a scan."""
         if device.type == "cpu":
             return self
         return self.materialize().to(device, non_blocking=non_blocking)
 
 
-Matrix = torch.Tensor | Difference
+@dataclass(frozen=True)
+class RowMatrix(LazyMatrix):
+    """A stored matrix behind a row reader: a checkpoint tensor, a slice of one, a dequantized one.
 
-
-def gram(W: Matrix) -> torch.Tensor:
-    """WᵀW or WWᵀ, whichever is smaller, in float64; W may be a batch (B, rows, cols).
-
-    The long side is consumed in chunks, each cast into one reused float64 buffer, so memory beyond
-    W itself is the small Gram plus one chunk, whatever W's dtype. A `Difference` is read and
-    subtracted chunk by chunk.
+    `whole` reads every stored row at once where that is cheaper than concatenating blocks (a
+    memory map: the pages come and go, no copy); without it `elements` reads them through `read`.
     """
-    if isinstance(W, Difference):
+
+    read: RowReader
+    stored_shape: tuple[int, int]
+    stored_in_out: bool = False
+    dtype: torch.dtype = torch.float32
+    whole: Callable[[], torch.Tensor] | None = None
+
+    def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.read(start, stop).to(dtype)
+
+    def elements(self) -> torch.Tensor:
+        stored = self.whole() if self.whole is not None else self.read(0, self.stored_shape[0])
+        return stored.reshape(-1)
+
+
+@dataclass(frozen=True)
+class Difference(LazyMatrix):
+    """The update ΔW = other − base of two same-shape matrices, never held whole for its Gram.
+
+    Both operands are read in blocks of stored rows (for a checkpoint file, a short-lived view of
+    just those bytes) and subtracted in the Gram's dtype (float64), so the update of a vocabulary
+    matrix costs two blocks of memory, not two more matrices. `elements` (the trap shuffle, which
+    gathers from everywhere) and `materialize` hold it whole in float32, exact for bf16/fp16
+    operands of like magnitude.
+    """
+
+    other: RowReader
+    base: RowReader
+    stored_shape: tuple[int, int]
+    stored_in_out: bool
+    dtype: torch.dtype = torch.float32
+
+    def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        return self.other(start, stop).to(dtype, copy=True).sub_(self.base(start, stop))
+
+
+Matrix = torch.Tensor | LazyMatrix
+
+
+def as_lazy(W: Matrix) -> LazyMatrix:
+    """Any (out, in) matrix as a `LazyMatrix`; a tensor's rows stay on its device.
+
+    A transposed view (a GPT-2 Conv1D weight read as (out, in)) keeps its storage order, so that
+    `elements` is a view, not a copy, and the shuffle sees the same order on every device.
+    """
+    if isinstance(W, LazyMatrix):
+        return W
+    stored, in_out = (W.mT, True) if not W.is_contiguous() and W.mT.is_contiguous() else (W, False)
+    rows, cols = stored.shape
+    return RowMatrix(
+        lambda a, b: stored[a:b], (rows, cols), in_out, dtype=stored.dtype, whole=lambda: stored
+    )
+
+
+def row_blocks(
+    M: LazyMatrix, dtype: torch.dtype, *, chunk_bytes: int | None = None
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, block) over M's stored rows, each block at most `chunk_bytes` as `dtype`."""
+    rows, cols = M.stored_shape
+    size = torch.empty((), dtype=dtype).element_size()
+    step = max(1, (chunk_bytes or CHUNK_BYTES) // (size * max(cols, 1)))
+    for start in range(0, rows, step):
+        yield start, M.rows(start, min(rows, start + step), dtype)
+
+
+def nonfinite_count(W: Matrix) -> int:
+    """How many entries are NaN or ±Inf, counted block by block."""
+    return sum(int((~torch.isfinite(block)).sum()) for _, block in row_blocks(as_lazy(W), W.dtype))
+
+
+def gram(W: Matrix, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """WᵀW or WWᵀ, whichever is smaller, in `dtype`; a tensor W may be a batch (B, rows, cols).
+
+    The long side is consumed in chunks, each cast into `dtype`, so memory beyond W itself is the
+    small Gram plus one chunk, whatever W's dtype. A `LazyMatrix` whose long side runs along its
+    stored rows (an embedding, most layers) is read block by block and never held whole; a wide
+    one is read whole as stored (a memory map) and consumed in column chunks.
+    """
+    if isinstance(W, LazyMatrix):
         rows, cols = W.stored_shape
-        if rows >= cols:  # the long side runs along stored rows: read them block by block
-            return _accumulate(
-                rows,
-                cols,
-                (),
-                torch.device("cpu"),
-                lambda chunk, a, b: chunk.copy_(W.other(a, b)).sub_(W.base(a, b)),
-            )
-        other, base = W.other(0, rows).mT, W.base(0, rows).mT  # wide as stored: read it whole
-        return _accumulate(
-            cols,
-            rows,
-            (),
-            torch.device("cpu"),
-            lambda chunk, a, b: chunk.copy_(other[a:b]).sub_(base[a:b]),
-        )
+        if rows >= cols:
+            return _accumulate(rows, cols, (), dtype, W.rows)
+        wide = W.rows(0, rows, W.dtype).mT
+        return _accumulate(cols, rows, (), dtype, lambda a, b, t: wide[a:b].to(t))
     tall = W.mT if W.shape[-2] < W.shape[-1] else W
     return _accumulate(
         tall.shape[-2],
         tall.shape[-1],
         tall.shape[:-2],
-        tall.device,
-        lambda chunk, a, b: chunk.copy_(tall[..., a:b, :]),
+        dtype,
+        lambda a, b, t: tall[..., a:b, :].to(t),
     )
 
 
@@ -104,24 +171,26 @@ def _accumulate(
     rows: int,
     cols: int,
     batch: tuple[int, ...],
-    device: torch.device,
-    fill: Callable[[torch.Tensor, int, int], object],
+    dtype: torch.dtype,
+    read: Callable[[int, int, torch.dtype], torch.Tensor],
 ) -> torch.Tensor:
-    """Σ chunkᵀ·chunk over the row chunks [a, b) that `fill` writes of a tall matrix."""
-    step = min(rows, max(1, CHUNK_BYTES // (8 * cols * math.prod(batch))))
-    G = torch.zeros(*batch, cols, cols, dtype=torch.float64, device=device)
-    buffer = torch.empty(*batch, step, cols, dtype=torch.float64, device=device)
+    """Σ chunkᵀ·chunk over the row chunks [a, b) that `read` gives of a tall matrix, on their
+    device."""
+    size = torch.empty((), dtype=dtype).element_size()
+    step = min(rows, max(1, CHUNK_BYTES // (size * cols * math.prod(batch))))
+    G = torch.zeros(0)
     for start in range(0, rows, step):
-        chunk = buffer[..., : min(step, rows - start), :]
-        fill(chunk, start, start + chunk.shape[-2])
-        if G.dim() == 3:
+        chunk = read(start, min(rows, start + step), dtype)
+        if start == 0:
+            G = chunk.mT @ chunk
+        elif G.dim() == 3:
             G.baddbmm_(chunk.mT, chunk)
         else:
             G.addmm_(chunk.mT, chunk)
     return G
 
 
-def eigenvalues(W: torch.Tensor) -> torch.Tensor:
+def eigenvalues(W: Matrix) -> torch.Tensor:
     """Ascending eigenvalues of WᵀW (min(rows, cols) of them, float64, same device as W)."""
     return gram_eigenvalues(gram(W), long_side=max(W.shape[-2], W.shape[-1]))
 

@@ -13,23 +13,34 @@ huge weights (a trap). Two counts are reported:
   Sylvester's law of inertia says a Cholesky of (t·I − G) succeeds exactly when no eigenvalue of the
   centred Gram G exceeds t, so the common trap-free case costs one Cholesky, and only layers that do
   have traps pay for a second eigendecomposition. The flag uses `num_traps`.
+
+The shuffle is `shuffle.Permutation`, gathered block by block from W where it lives (for a
+checkpoint, its memory map), so no index array and no shuffled copy exist. Each block is centred
+(W − μ) before it is added to a float32 Gram: the O(N·M²) product runs at float32 speed, and
+centring first keeps the mean spike out of the rounding. Eigenvalues are then taken in float64.
+Where an eigenvalue lies within the float32 sum's error of a threshold (`float32_tolerance`), the
+layer is recomputed with a float64 Gram, so float32 never decides a count.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
-from llm_audit.spectral.esd import EPS64, gram
-from llm_audit.spectral.mp import fit_mp, jensen_shannon_distance
+from llm_audit.spectral.esd import EPS64, LazyMatrix, Matrix, as_lazy, row_blocks
+from llm_audit.spectral.mp import MPFit, fit_mp, jensen_shannon_distance
+from llm_audit.spectral.shuffle import Permutation
 from llm_audit.vocabulary import FAILED, SUCCESS
 
 SMALL_LAYER_EVALS = 100  # WeightWatcher shuffles 5 times below this many eigenvalues
 SMALL_LAYER_REPLICAS = 5
 MAX_CULPRITS = 10  # largest |w - μ| entries reported per trap layer
+SHUFFLE_BLOCK_BYTES = 16 * 2**20  # float32 rows of the shuffled matrix gathered at a time
+EPS32 = torch.finfo(torch.float32).eps
 
 
 def trap_threshold(mean_eval: float, Q: float, M: int) -> float:
@@ -39,9 +50,38 @@ def trap_threshold(mean_eval: float, Q: float, M: int) -> float:
     return (bulk_max + math.sqrt(tw)) * mean_eval
 
 
-def _shuffle(W: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    perm = torch.randperm(W.numel(), generator=generator, device=W.device, dtype=torch.int32)
-    return W.reshape(-1).index_select(0, perm).reshape(W.shape)
+def float32_tolerance(N: int, max_diagonal: float) -> float:
+    """Bound on the eigenvalue error of a float32 Gram summed over N rows.
+
+    Rounding errors of a sum of N terms add up like a random walk, about sqrt(N)·eps32 of its
+    largest diagonal entry; 4x that covers the errors measured on Gaussian, planted and offset
+    matrices (tests/test_traps.py) by a wide margin, and stays far below the Tracy–Widom margin
+    (a few percent of the mean eigenvalue) that separates the bulk from the threshold.
+    """
+    return 4 * math.sqrt(N) * EPS32 * max_diagonal
+
+
+def shuffled_gram(
+    W: LazyMatrix, permutation: Permutation, mu: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gram of the centred shuffle S − μ, with S tall (N×M) and S.flat[i] = W.flat[π(i)], and
+    the column sums of S − μ (float64).
+
+    Any arrangement of shuffled elements has the same spectrum, so S is always tall and its Gram
+    is M×M, whatever W's orientation.
+    """
+    values = W.elements()
+    N, M = max(W.shape), min(W.shape)
+    step = max(1, SHUFFLE_BLOCK_BYTES // (4 * M))
+    G = torch.zeros(M, M, dtype=dtype, device=values.device)
+    sums = torch.zeros(M, dtype=torch.float64, device=values.device)
+    for start in range(0, N, step):
+        stop = min(N, start + step)
+        where = permutation.block(start * M, stop * M, values.device)
+        block = values.index_select(0, where).to(dtype).sub_(mu).reshape(stop - start, M)
+        G.addmm_(block.T, block)
+        sums += block.sum(dim=0, dtype=torch.float64)
+    return G, sums
 
 
 def _count_above(G: torch.Tensor, t: float) -> tuple[int, torch.Tensor | None]:
@@ -54,41 +94,71 @@ def _count_above(G: torch.Tensor, t: float) -> tuple[int, torch.Tensor | None]:
     return int((evals > t).sum()), evals
 
 
+@dataclass(frozen=True)
+class _Shuffle:
+    """One shuffle's spectrum and trap count; `tolerance` is its eigenvalues' error bound."""
+
+    rand_evals: np.ndarray
+    num_traps: int
+    tolerance: float
+    near_threshold: bool  # an eigenvalue of the centred Gram within `tolerance` of the threshold
+
+
+def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype) -> _Shuffle:
+    N, M = max(W.shape), min(W.shape)
+    Gc, sums = shuffled_gram(W, Permutation(N * M, seed), mu, dtype)
+    Gc = Gc.to(torch.float64)
+    max_diagonal = float(Gc.diagonal().max())
+    tol = float32_tolerance(N, max_diagonal) if dtype == torch.float32 else 0.0
+    t = max(trap_threshold(float(Gc.diagonal().sum()) / M, N / M, M), N * EPS64 * max_diagonal)
+    count, evals = _count_above(Gc, t - tol)
+    near = evals is not None and bool(((evals - t).abs() <= tol).any())
+    if evals is not None:
+        count = int((evals > t).sum())
+    # The shuffle itself, uncentred: (S−μ)ᵀ(S−μ) + μ(c1ᵀ + 1cᵀ) + N·μ²·11ᵀ, c the column sums.
+    G = Gc.add_(mu * (sums[:, None] + sums[None, :])).add_(N * mu * mu)
+    rand = torch.linalg.eigvalsh(G).clamp_min(0).cpu().numpy()
+    return _Shuffle(rand, count, tol, near)
+
+
+def _shuffles(
+    W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype
+) -> tuple[list[_Shuffle], MPFit] | None:
+    """Every shuffle of the layer and the MP fit of their pooled spectra; None when a float32
+    Gram put an eigenvalue too close to a threshold to count it."""
+    replicas = SMALL_LAYER_REPLICAS if min(W.shape) < SMALL_LAYER_EVALS else 1
+    keys = [(seed * SMALL_LAYER_REPLICAS + r) % 2**64 for r in range(replicas)]  # one per shuffle
+    shuffles = [_one_shuffle(W, key, mu, dtype) for key in keys]
+    pooled = np.sort(np.concatenate([s.rand_evals for s in shuffles]))
+    mp = fit_mp(pooled, Q=max(W.shape) / min(W.shape), M=min(W.shape))
+    tol = max(s.tolerance for s in shuffles)
+    near_mp = (
+        tol > 0 and mp.status == SUCCESS and bool((np.abs(pooled - mp.threshold) <= tol).any())
+    )
+    if any(s.near_threshold for s in shuffles) or near_mp:
+        return None
+    return shuffles, mp
+
+
 def trap_metrics(
-    W: torch.Tensor, evals: np.ndarray, *, seed: int
+    W: Matrix, evals: np.ndarray, *, seed: int
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """Randomized-spectrum columns of one layer (W as (out, in) on its device) and its spectra."""
-    rows, cols = W.shape
-    N, M = max(rows, cols), min(rows, cols)
-    Q = N / M
-    replicas = SMALL_LAYER_REPLICAS if M < SMALL_LAYER_EVALS else 1
-    generator = torch.Generator(device=W.device).manual_seed(seed)
-    mu = float(W.sum(dtype=torch.float64)) / W.numel()
-    rand_parts, trap_counts = [], []
-    for _ in range(replicas):
-        shuffled = _shuffle(W, generator)
-        G = gram(shuffled)
-        rand = torch.linalg.eigvalsh(G).clamp_min(0)
-        rand_parts.append(rand.cpu().numpy())
-        # Centre the shuffle through its Gram: (S − μ)ᵀ(S − μ) = G − μ(c1ᵀ + 1cᵀ) + n·μ²·11ᵀ,
-        # with c the sums along the long side and n its length. No second pass over W.
-        long_axis = 0 if rows >= cols else 1
-        c = shuffled.sum(dim=long_axis, dtype=torch.float64)
-        G.sub_(mu * (c[:, None] + c[None, :])).add_(N * mu * mu)
-        mean_eval = float(torch.diagonal(G).sum()) / M
-        tol = N * EPS64 * float(G.diagonal().max())
-        count, _ = _count_above(G, max(trap_threshold(mean_eval, Q, M), tol))
-        trap_counts.append(count)
-        del shuffled, G
-    rand_evals = np.sort(np.concatenate(rand_parts))
-    first = np.sort(rand_parts[0])
-    mp = fit_mp(rand_evals, Q=Q, M=M)
+    """Randomized-spectrum columns of one layer and its spectra; W is (out, in), a tensor on its
+    device or a `LazyMatrix`. Float32 shuffled Grams, float64 where one is too close to call."""
+    lazy = as_lazy(W)
+    mu = mean(lazy)
+    found = _shuffles(lazy, seed, mu, torch.float32) or _shuffles(lazy, seed, mu, torch.float64)
+    assert found is not None  # a float64 Gram has no tolerance to fall within
+    shuffles, mp = found
+    trap_counts = [s.num_traps for s in shuffles]
+    rand_evals = np.sort(np.concatenate([s.rand_evals for s in shuffles]))
+    first = np.sort(shuffles[0].rand_evals)
     lam_max = float(evals[-1])
     record: dict[str, Any] = {
         "rand_num_spikes": mp.num_spikes,
         "num_traps": round(float(np.mean(trap_counts))),
         "num_traps_std": float(np.std(trap_counts)),
-        "num_shuffles": replicas,
+        "num_shuffles": len(shuffles),
         "max_rand_eval": float(rand_evals[-1]),
         "rand_bulk_max": mp.bulk_max,
         "rand_sigma_mp": mp.sigma,
@@ -101,22 +171,41 @@ def trap_metrics(
         "rand_fit_status": mp.status if mp.status == SUCCESS else f"{FAILED}: {mp.reason}",
     }
     if record["num_traps"] > 0:
-        record["trap_entries"] = trap_culprits(W, mu)
+        record["trap_entries"] = trap_culprits(lazy, mu)
     return record, {"rand_evals": rand_evals}
 
 
-def trap_culprits(W: torch.Tensor, mu: float, k: int = MAX_CULPRITS) -> list[dict[str, Any]]:
-    """The largest |w − μ| entries of W, where a trap lives: row, column, value, z-score."""
-    centred = W.float() - mu
-    std = float(centred.std())
-    top = torch.topk(centred.abs().reshape(-1), k=min(k, centred.numel()))
-    cols = W.shape[1]
-    return [
-        {
-            "row": int(i) // cols,
-            "col": int(i) % cols,
-            "value": float(W.reshape(-1)[i]),
-            "z": float(centred.reshape(-1)[i]) / std if std > 0 else math.nan,
-        }
-        for i in top.indices.tolist()
-    ]
+def mean(W: Matrix) -> float:
+    """The mean weight, summed in float64 block by block."""
+    lazy = as_lazy(W)
+    total = sum(float(block.sum(dtype=torch.float64)) for _, block in row_blocks(lazy, lazy.dtype))
+    return total / math.prod(lazy.stored_shape)
+
+
+def trap_culprits(W: Matrix, mu: float, k: int = MAX_CULPRITS) -> list[dict[str, Any]]:
+    """The largest |w − μ| entries of W, where a trap lives: row, column (of W as (out, in)),
+    value, z-score. One pass over W's row blocks, keeping the top k so far; no centred copy."""
+    lazy = as_lazy(W)
+    cols = lazy.stored_shape[1]
+    best: list[tuple[float, int, float, float]] = []  # (|w − μ|, stored flat index, w, w − μ)
+    squares = 0.0
+    for start, block in row_blocks(lazy, lazy.dtype):
+        flat = block.reshape(-1)
+        centred = flat.float() - mu
+        squares += float(centred.square().sum(dtype=torch.float64))
+        top = torch.topk(centred.abs(), k=min(k, centred.numel())).indices.tolist()
+        best += [
+            (abs(float(centred[i])), start * cols + i, float(flat[i]), float(centred[i]))
+            for i in top
+        ]
+        best = sorted(best, reverse=True)[:k]
+    n = math.prod(lazy.stored_shape)
+    std = math.sqrt(squares / (n - 1)) if n > 1 else math.nan
+    out = []
+    for _, index, value, centred_value in best:
+        row, col = divmod(index, cols)
+        if lazy.stored_in_out:
+            row, col = col, row
+        z = centred_value / std if std > 0 else math.nan
+        out.append({"row": row, "col": col, "value": value, "z": z})
+    return out
