@@ -15,20 +15,8 @@ from typing import Any
 import numpy as np
 
 from llm_audit.errors import ConfigError
-from llm_audit.report import plots
+from llm_audit.report import page, plots
 from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
-from llm_audit.report.page import (
-    dl,
-    document,
-    filter_controls,
-    flag_badges,
-    section,
-    select_filter,
-    sort_cell,
-    sort_header,
-    tensor_name,
-    text_filter,
-)
 from llm_audit.report.plots import series_class, series_key
 from llm_audit.report.view import block_of, fmt, num, sort_key, thresholds
 
@@ -76,13 +64,13 @@ def render_compare_html(result_json: Mapping[str, Any], spectra: Spectra) -> str
     base_id = str((result_json.get("base") or {}).get("id", "base"))
     body = [
         _header(result_json, labels),
-        _summary(result_json, records, labels, anchors),
+        _summary((result_json.get("summary") or {}).get("others") or {}, records, labels, anchors),
         _depth(result_json, records, labels, anchors),
         _delta_table(records, labels, anchors),
         _overlays(records, labels, overlays, anchors, spectra or {}),
         _how_to_read(result_json),
     ]
-    return document(f"llm-audit compare: {base_id}", body)
+    return page.document(f"llm-audit compare: {base_id}", body)
 
 
 def check_comparison(result_json: Any) -> None:
@@ -137,7 +125,7 @@ def _header(result_json: Mapping[str, Any], labels: list[str]) -> str:
         '<a href="#howto">how to read this</a></nav><div class="provenance">'
         "<table class='mini models'><thead><tr><th>series</th><th>label</th><th>id</th>"
         "<th>source</th><th>revision</th><th>files</th><th>adapter scale</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>{dl(items, 'pairs')}</div></header>"
+        f"<tbody>{rows}</tbody></table>{page.dl(items, 'pairs')}</div></header>"
     )
 
 
@@ -153,12 +141,13 @@ def _setting(value: Any) -> str:
 
 
 def _summary(
-    result_json: Mapping[str, Any],
+    per_other: Mapping[str, Any],
     records: list[Record],
     labels: list[str],
     anchors: dict[tuple[str, str], str],
 ) -> str:
-    per_other = (result_json.get("summary") or {}).get("others") or {}
+    """Per other model: alignment, new flags, new traps and its most changed layers (from the
+    comparison summary's `others`)."""
     by_name = {str(r.get("name")): r for r in records}
     cards = []
     for k, label in enumerate(labels, start=1):
@@ -167,20 +156,20 @@ def _summary(
         aligned = " · ".join(f"{fmt(n)} {escape(str(a))}" for a, n in counts.items())
         not_aligned = list((s.get("not_aligned") or {}).items())
         missing = "".join(
-            f"<li><code>{tensor_name(str(n))}</code>: {escape(str(st))}</li>"
+            f"<li><code>{page.tensor_name(str(n))}</code>: {escape(str(st))}</li>"
             for n, st in not_aligned[:MAX_NOT_ALIGNED]
         )
         more = len(not_aligned) - MAX_NOT_ALIGNED
         missing += f"<li class='muted'>and {more} more (see the table)</li>" if more > 0 else ""
         new = s.get("new_flags") or {}
-        new_text = " ".join(f"{flag_badges([f])} × {fmt(n)}" for f, n in new.items()) or "none"
+        new_text = " ".join(f"{page.flag_badges([f])} × {fmt(n)}" for f, n in new.items()) or "none"
         traps = ", ".join(
-            f"<code>{tensor_name(str(n))}</code>" for n in s.get("layers_with_new_traps") or []
+            f"<code>{page.tensor_name(str(n))}</code>" for n in s.get("layers_with_new_traps") or []
         )
         top = [by_name[n] for n in s.get("most_changed") or [] if n in by_name][:TOP_CHANGED]
         cards.append(
             f'<div class="card other-card"><h3>{series_key(k)}{escape(label)}</h3>'
-            + dl(
+            + page.dl(
                 [
                     ("alignment", aligned or "—"),
                     ("new flags", new_text),
@@ -191,7 +180,7 @@ def _summary(
             + _top_changed(top, label, anchors)
             + "</div>"
         )
-    return section(
+    return page.section(
         "summary",
         "What changed most",
         "<p class='muted'>Per model compared with the base: how its layers align by name and "
@@ -208,14 +197,14 @@ def _top_changed(top: list[Record], label: str, anchors: dict[tuple[str, str], s
         name = str(r.get("name"))
         delta = (r.get("delta") or {}).get(label) or {}
         anchor = anchors.get((name, label))
-        shown = f"<code>{tensor_name(name)}</code>"
+        shown = f"<code>{page.tensor_name(name)}</code>"
         if anchor:
             shown = f'<a href="#{anchor}">{shown}</a>'
         rows.append(
             f"<tr><td class='c-name'>{shown}</td>"
             f"<td>{_fmt((r.get('delta_alpha') or {}).get(label), 'alpha')}</td>"
             f"<td>{fmt(delta.get('relative_norm'))}</td><td>{fmt(delta.get('effective_rank'))}</td>"
-            f"<td>{flag_badges((r.get('new_flags') or {}).get(label) or [])}</td>"
+            f"<td>{page.flag_badges((r.get('new_flags') or {}).get(label) or [])}</td>"
             f"<td>{fmt((r.get('change_score') or {}).get(label))}</td></tr>"
         )
     return (
@@ -257,12 +246,12 @@ def _depth(
         f'<span class="li">{series_key(k)}{escape(s)}</span>' for k, s in enumerate(series)
     )
     outside = "".join(
-        f"<li><code>{tensor_name(n)}</code>: "
+        f"<li><code>{page.tensor_name(n)}</code>: "
         + ", ".join(f"{escape(s)} {fmt(a, 'alpha')}" for s, a in zip(series, alphas, strict=True))
         + "</li>"
         for n, alphas in loose
     )
-    return section(
+    return page.section(
         "depth",
         "Alpha by depth",
         f"<p class='muted'>One panel per role, one series per model (a line through each model's "
@@ -303,20 +292,24 @@ def _delta_values(r: Record, label: str) -> dict[str, Any]:
 def _td(key: str, kind: str, value: Any, anchor: str | None) -> str:
     """One cell: the text shown and its sort key."""
     if isinstance(value, list):
-        content, sort = flag_badges(value), " ".join(value)
+        content, sort = page.flag_badges(value), " ".join(value)
     elif kind == "num":
         content, sort = _fmt(value, "alpha" if "alpha" in key else key), sort_key(value)
     else:
         content, sort = escape(str(value)), str(value)
     if key == "name":
-        content = f'<a href="#{anchor}">{tensor_name(value)}</a>' if anchor else tensor_name(value)
-    return sort_cell(key, content, sort)
+        content = (
+            f'<a href="#{anchor}">{page.tensor_name(value)}</a>'
+            if anchor
+            else page.tensor_name(value)
+        )
+    return page.sort_cell(key, content, sort)
 
 
 def _delta_table(
     records: list[Record], labels: list[str], anchors: dict[tuple[str, str], str]
 ) -> str:
-    head = "".join(sort_header(key, text, kind, tip) for key, text, kind, tip in DELTA_COLUMNS)
+    head = "".join(page.sort_header(key, text, kind, tip) for key, text, kind, tip in DELTA_COLUMNS)
     rows = []
     for r in records:
         for label in labels:
@@ -330,16 +323,17 @@ def _delta_table(
             cells = "".join(_td(k, kind, v[k], anchor) for k, _, kind, _ in DELTA_COLUMNS)
             attrs = f' class="{cls}"' if cls else ""
             rows.append(f'<tr{attrs} data-other="{escape(label)}">{cells}</tr>')
-    controls = filter_controls(
+    controls = page.filter_controls(
         "delta-table",
         [
-            select_filter("delta-table", "d-other", "model", "other",
-                          [("", "all"), *((s, s) for s in labels)]),
-            text_filter("delta-table", "d-text"),
+            page.select_filter(
+                "delta-table", "d-other", "model", "other", [("", "all"), *((s, s) for s in labels)]
+            ),
+            page.text_filter("delta-table", "d-text"),
         ],
         "rows",
-    )  # fmt: skip
-    return section(
+    )
+    return page.section(
         "changes",
         "Layer changes",
         "<p class='muted'>One row per layer and compared model. Click a header to sort (numbers "
@@ -404,7 +398,7 @@ def _overlays(
         groups.append(
             f"<h3>{series_key(k)}{escape(label)}</h3>{cards or '<p>No layer changed.</p>'}"
         )
-    return section(
+    return page.section(
         "spectra",
         "Spectra of the layers that changed most",
         f"<p class='muted'>Per compared model, its {TOP_OVERLAYS} layers with the highest change "
@@ -454,9 +448,10 @@ def _overlay_card(r: Record, label: str, k: int, anchor: str, spectra: Spectra) 
     ]
     return (
         f'<article class="layer-card" id="{anchor}"><h3><code>{escape(name)}</code> '
-        f"<span class='muted'>{escape(label)}</span> {flag_badges(v['new_flags'])}</h3>"
+        f"<span class='muted'>{escape(label)}</span> {page.flag_badges(v['new_flags'])}</h3>"
         f'<p class="muted">role {escape(v["role"])} · block {fmt(v["block"])} · '
-        f'{escape(v["alignment"])}</p><div class="card-body">{dl(metrics)}{plot}</div></article>'
+        f"{escape(v['alignment'])}</p>"
+        f'<div class="card-body">{page.dl(metrics)}{plot}</div></article>'
     )
 
 
@@ -490,7 +485,7 @@ def _how_to_read(result_json: Mapping[str, Any]) -> str:
         "in the base), <i>extra</i> (only in the other) and <i>shape_changed</i> layers are "
         "listed but not compared.",
     ]
-    return section(
+    return page.section(
         "howto",
         "How to read this",
         "<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>",

@@ -17,19 +17,7 @@ from typing import Any
 import numpy as np
 
 from llm_audit.errors import ConfigError
-from llm_audit.report import plots
-from llm_audit.report.page import (
-    dl,
-    document,
-    filter_controls,
-    flag_badges,
-    section,
-    select_filter,
-    sort_cell,
-    sort_header,
-    tensor_name,
-    text_filter,
-)
+from llm_audit.report import page, plots
 from llm_audit.report.view import (
     COLUMN_HELP,
     TEXT_COLUMNS,
@@ -91,7 +79,7 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
         _details(records, views, spectra is not None),
         _flags_explained(audit),
     ]
-    return document(title, body, scripts=("table.js", "report.js"), data={"layers": views})
+    return page.document(title, body, scripts=("table.js", "report.js"), data={"layers": views})
 
 
 def check_audit(audit: Any) -> None:
@@ -149,7 +137,7 @@ def _header(audit: Mapping[str, Any]) -> str:
         '<nav><a href="#verdict">verdict</a><a href="#depth">alpha by depth</a>'
         '<a href="#layers">layers</a><a href="#details">layer details</a>'
         '<a href="#flags">what the flags mean</a></nav>'
-        f'<div class="provenance">{dl(items, "pairs")}{more}</div></header>'
+        f'<div class="provenance">{page.dl(items, "pairs")}{more}</div></header>'
     )
 
 
@@ -194,7 +182,7 @@ def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
             "flags",
             f"{sum(bool(r.get('flags')) for r in records)} <small>flagged layers, "
             f"{_counted_flagged(records, s)} of them counted</small>",
-            dl(
+            page.dl(
                 [
                     (f"alpha &lt; {t.alpha_low:g}", fmt(s.get(count_key(ALPHA_LT_2)))),
                     (f"alpha &gt; {t.alpha_high:g}", fmt(s.get(count_key(ALPHA_GT_6)))),
@@ -247,7 +235,7 @@ def _worst(names: list[Any], records: list[Mapping[str, Any]]) -> str:
             continue
         r = records[i]
         items.append(
-            f'<li><a href="#L{i}"><code>{tensor_name(str(name))}</code></a> '
+            f'<li><a href="#L{i}"><code>{page.tensor_name(str(name))}</code></a> '
             f"alpha {fmt(r.get('alpha'), 'alpha')}, traps {fmt(r.get('num_traps'))}</li>"
         )
     return f"<ol class='worst'>{''.join(items)}</ol>" if items else "<p class='muted'>none</p>"
@@ -283,7 +271,7 @@ def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
         f"({escape(str(r.get('role')))}): alpha {fmt(r.get('alpha'), 'alpha')}</li>"
         for i, r in loose
     )
-    return section(
+    return page.section(
         "depth",
         "Alpha by depth",
         f"<p class='muted'>One panel per role; a dot per layer, the line through the per-block "
@@ -303,25 +291,31 @@ def _table(records: list[Mapping[str, Any]]) -> str:
     roles = role_order({str(r.get("role")) for r in records})
     flags = sorted({str(f) for r in records for f in r.get("flags") or []})
     head = "".join(
-        sort_header(key, key, "text" if key in TEXT_COLUMNS else "num", COLUMN_HELP.get(key, ""),
-                    "extra" if key in extra else "")
+        page.sort_header(
+            key,
+            key,
+            "text" if key in TEXT_COLUMNS else "num",
+            COLUMN_HELP.get(key, ""),
+            "extra" if key in extra else "",
+        )
         for key in main + extra
-    )  # fmt: skip
+    )
     rows = "".join(_row(i, r, main, extra) for i, r in enumerate(records))
     flag_options = [("", "all layers"), ("*", "any flag"), ("-", "no flag")]
     flag_options += [(f, f) for f in flags] + [("!", "skipped")]
-    controls = filter_controls(
+    controls = page.filter_controls(
         "layer-table",
         [
-            select_filter("layer-table", "f-role", "role", "role",
-                          [("", "all"), *((r, r) for r in roles)]),
-            select_filter("layer-table", "f-flag", "flag", "flags", flag_options, tokens=True),
-            text_filter("layer-table", "f-text"),
+            page.select_filter(
+                "layer-table", "f-role", "role", "role", [("", "all"), *((r, r) for r in roles)]
+            ),
+            page.select_filter("layer-table", "f-flag", "flag", "flags", flag_options, tokens=True),
+            page.text_filter("layer-table", "f-text"),
             '<label><input id="f-all" type="checkbox"> all columns</label>',
         ],
         "layers",
-    )  # fmt: skip
-    return section(
+    )
+    return page.section(
         "layers",
         "Layers",
         "<p class='muted'>Click a header to sort, a row to see its spectrum. "
@@ -347,12 +341,12 @@ def _row(i: int, r: Mapping[str, Any], main: list[str], extra: list[str]) -> str
     for key in main + extra:
         text, sort = cell(r, key)
         if key == "name":
-            content = f'<a href="#L{i}" data-pick="{i}">{tensor_name(text)}</a>'
+            content = f'<a href="#L{i}" data-pick="{i}">{page.tensor_name(text)}</a>'
         elif key == "flags":
-            content = flag_badges(flags)
+            content = page.flag_badges(flags)
         else:
             content = escape(text)
-        cells.append(sort_cell(key, content, sort, "extra " if key in extra else ""))
+        cells.append(page.sort_cell(key, content, sort, "extra " if key in extra else ""))
     return f"<tr{cls} {attrs}>{''.join(cells)}</tr>"
 
 
@@ -370,7 +364,7 @@ def _details(records: list[Mapping[str, Any]], views: list[dict[str, Any]], have
     )
     flagged = [v for v, r in zip(views, records, strict=True) if r.get("flags")]
     cards = "".join(detail_card(v, with_plot=have) for v in flagged)
-    return section(
+    return page.section(
         "details",
         "Layer details",
         note,
@@ -384,13 +378,13 @@ def _details(records: list[Mapping[str, Any]], views: list[dict[str, Any]], have
 
 def detail_card(v: Mapping[str, Any], *, with_plot: bool = True) -> str:
     """One layer's card: metrics, ESD plot (if its spectrum is known) and trap entries."""
-    flags = flag_badges(v["flags"])
+    flags = page.flag_badges(v["flags"])
     meta = (
         f"role {escape(v['role'])} · block {escape(v['block'])} · shape {escape(v['shape'])} · "
         f"Q {escape(v['Q'])} · status {escape(v['status'])}"
         + (f" ({escape(v['reason'])})" if v["reason"] else "")
     )
-    metrics = dl([(escape(k), escape(val)) for k, val in v["m"]])
+    metrics = page.dl([(escape(k), escape(val)) for k, val in v["m"]])
     esd = v.get("esd")
     if esd:
         plot = (
@@ -474,7 +468,7 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
          "spectrum); alpha is left empty and the status reason says why."),
     ]  # fmt: skip
     rows = "".join(
-        f"<tr><td>{flag_badges([f])}</td><td>{when}</td><td>{what}</td></tr>"
+        f"<tr><td>{page.flag_badges([f])}</td><td>{when}</td><td>{what}</td></tr>"
         for f, when, what in flags
     )
     verdicts = (
@@ -499,7 +493,7 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
         "Eigenvalues are those of WᵀW for the stored weights, in WeightWatcher's units, so values "
         "compare with WeightWatcher's.",
     ]
-    return section(
+    return page.section(
         "flags",
         "What the flags mean",
         f"<table class='mini flags-table'><thead><tr><th>flag</th><th>when</th><th>meaning</th>"

@@ -119,9 +119,14 @@ def filter_controls(table: str, controls: Iterable[str], noun: str) -> str:
 
 
 def select_filter(
-    table: str, ident: str, label: str, attr: str, options: Iterable[tuple[str, str]], *,
+    table: str,
+    ident: str,
+    label: str,
+    attr: str,
+    options: Iterable[tuple[str, str]],
+    *,
     tokens: bool = False,
-) -> str:  # fmt: skip
+) -> str:
     """A drop-down keeping the rows whose `data-<attr>` equals the chosen value (with `tokens`:
     holds it among its space-separated words); `options` are (value, text), "" keeps every row."""
     opts = "".join(f'<option value="{escape(v)}">{escape(t)}</option>' for v, t in options)
