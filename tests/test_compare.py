@@ -12,12 +12,14 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import llm_audit
-from llm_audit import engine
 from llm_audit.compare import align, compare, effective_rank
 from llm_audit.config import load_config
 from llm_audit.errors import CheckpointFormatError, ConfigError
+from llm_audit.jobs import Job, layer_job
 from llm_audit.layers import plan_layers
+from llm_audit.scheduler import schedule
 from llm_audit.sources import open_source
+from llm_audit.spectral.esd import Matrix
 from tests.conftest import llama_tensors, write_shards
 
 TRAPPED = "encoder.layer.2.attention.self.value.weight"
@@ -216,7 +218,7 @@ def test_update_spectrum_is_that_of_the_difference(tmp_path: Path, in_files: boo
 
 
 def test_the_largest_matrix_is_analyzed_alone(tmp_path: Path) -> None:
-    """compare's byte budget: no other job is in flight while a vocabulary matrix is read."""
+    """The runner's byte budget: no other job is in flight while a vocabulary matrix is read."""
     state = {"model.embed_tokens.weight": torch.randn(4000, 32)}
     state |= {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(64, 32) for i in range(6)}
     source = open_source(state)
@@ -224,24 +226,24 @@ def test_the_largest_matrix_is_analyzed_alone(tmp_path: Path) -> None:
     finished: list[str] = []
     in_flight: dict[str, int] = {}
 
-    def watched(job: engine.Job) -> engine.Job:
-        def read() -> list:
-            in_flight[job.items[0][0]] = len(in_flight) - len(finished)
+    def watched(job: Job) -> Job:
+        def read() -> Matrix:
+            in_flight[job.key] = len(in_flight) - len(finished)
             return job.read()
 
-        return engine.Job(job.items, read, job.nbytes)
+        return Job(job.key, job.layer, read, job.nbytes, job.cost)
 
-    jobs = [watched(j) for j in engine.layer_jobs(source, layers, batch=1)]
+    jobs = [watched(layer_job(layer.name, layer, source)) for layer in layers]
     jobs.insert(3, jobs.pop(0))  # the big one in the middle, after smaller ones
     budget = max(j.nbytes for j in jobs)
-    engine.schedule(
+    schedule(
         jobs,
         load_config(None).replace(traps=False),
+        device=torch.device("cpu"),
         total=len(jobs),
-        progress=False,
         workers=2,
         budget=budget,
-        on_done=lambda outcome: finished.append(outcome.record["name"]),
+        on_done=lambda key, outcome: finished.append(key),
     )
     assert in_flight["model.embed_tokens.weight"] == 0
     assert max(in_flight.values()) > 0  # small jobs do overlap

@@ -14,7 +14,9 @@ import pytest
 import torch.distributed as dist
 
 import llm_audit
-from llm_audit.distributed import Ranks, assign, cost, from_env, journal_path
+from llm_audit.distributed import Ranks, assign, from_env
+from llm_audit.jobs import cost
+from llm_audit.journal import rank_path
 from llm_audit.layers import plan_layers
 from llm_audit.sources import open_source
 from tests.conftest import llama_tensors, write_shards
@@ -104,7 +106,8 @@ def test_devices_cpu_cpu_equals_one_process(
 
 
 def test_devices_split_the_layers_between_processes(tmp_path: Path) -> None:
-    """This process computed rank 0's share only (its journal), the worker the rest."""
+    """This process computed rank 0's share (journaled first), the worker the rest, which rank 0
+    journaled after the gather, before the worker removed its own journal."""
     model = sharded_model(tmp_path / "m")
     journal = tmp_path / "j.jsonl"
     result = llm_audit.scan(model, devices=["cpu", "cpu"], journal=journal)
@@ -112,10 +115,12 @@ def test_devices_split_the_layers_between_processes(tmp_path: Path) -> None:
     assert result.records == single.records
     with open_source(model) as source:
         layers, _ = plan_layers(source.tensors(), source.info.config)
-    rank0 = [layer.name for layer in assign(layers, 2)[0]]
+    rank0 = [layers[i].name for i in assign([cost(layer) for layer in layers], 2)[0]]
     assert 0 < len(rank0) < len(layers)
-    assert journaled_names(Path(journal_path(journal, Ranks(0, 2, 0)))) == rank0
-    assert not Path(journal_path(journal, Ranks(1, 2, 1))).exists()  # the worker removed its own
+    names = journaled_names(rank_path(journal, 0))
+    assert names[: len(rank0)] == rank0
+    assert sorted(names) == sorted(layer.name for layer in layers)
+    assert not rank_path(journal, 1).exists()  # the worker removed its own
 
 
 @pytest.mark.parametrize(
@@ -155,13 +160,13 @@ def test_devices_with_device_is_one_line_exit_2(
 def test_assignment_balances_cost_not_counts(tiny_llama: Path) -> None:
     with open_source(tiny_llama) as source:
         layers, _ = plan_layers(source.tensors(), source.info.config)
-    shares = assign(layers, 3)
+    shares = [[layers[i] for i in share] for share in assign([cost(x) for x in layers], 3)]
     assert sorted(x.name for s in shares for x in s) == sorted(x.name for x in layers)
     loads = [sum(cost(layer) for layer in share) for share in shares]
     assert max(loads) - min(loads) <= max(cost(layer) for layer in layers)
     order = {layer.name: i for i, layer in enumerate(layers)}
     assert all([order[x.name] for x in s] == sorted(order[x.name] for x in s) for s in shares)
-    assert journal_path("o/.journal.jsonl", Ranks(1, 2, 1)) == "o/.journal.rank1.jsonl"
+    assert rank_path("o/.journal.jsonl", 1) == Path("o/.journal.rank1.jsonl")
 
 
 def test_processes_on_one_machine_share_its_cores(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import llm_audit
-from llm_audit.engine import oriented
+from llm_audit.jobs import oriented
 from llm_audit.layers import Layer, plan_layers
 from llm_audit.sources import open_source
 from tests.conftest import write_shards

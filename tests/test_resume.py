@@ -45,7 +45,7 @@ def read_audit(folder: Path) -> dict:
 
 def journaled_names(journal: Path) -> list[str]:
     lines = journal.read_bytes().split(b"\n")[1:-1]  # header first; last piece has no newline
-    return [json.loads(line)["record"]["name"] for line in lines]
+    return [json.loads(line)["key"] for line in lines]
 
 
 def test_killed_scan_resumes_to_the_uninterrupted_report(

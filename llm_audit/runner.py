@@ -1,0 +1,139 @@
+"""From a list of jobs to their outcomes, whatever the processes: sharding, resume, gather.
+
+`scan` and `compare` build jobs (jobs.py) and call `run` inside `launch`; neither knows about
+ranks or journals. `launch` starts the run's processes (one per `--devices` entry, or the ones
+torchrun/accelerate launched, or just this one) and calls the command's work in each. `run` then
+takes this rank's share of the jobs (balanced by cost), drops those a resumed journal already
+holds, schedules the rest under a byte budget (the largest matrix runs alone), journals each
+outcome as it finishes, and gathers every rank's outcomes on every rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from llm_audit import distributed
+from llm_audit.analysis import Outcome
+from llm_audit.config import AuditConfig
+from llm_audit.jobs import Job
+from llm_audit.journal import Journal
+from llm_audit.options import RunOptions, resolve_device
+from llm_audit.scheduler import schedule
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Process:
+    """This process's place in a run: its rank (None: the only one), its device, the options."""
+
+    ranks: distributed.Ranks | None
+    device: str
+    options: RunOptions
+
+    @property
+    def is_primary(self) -> bool:
+        """Whether this process reports (rank 0, or the only process)."""
+        return self.ranks is None or self.ranks.rank == 0
+
+
+def launch(work: Callable[[Process], T], device: str, options: RunOptions) -> T:
+    """`work` in each process of the run; returns this process's result (rank 0's under --devices).
+
+    `device` is the requested one (`auto`, `cpu`, `cuda`, `cuda:N`); under a launcher, `auto` and
+    `cuda` become each rank's own GPU.
+    """
+    devices = options.devices
+    if devices is not None and len(devices) > 1:
+        return distributed.run_on_devices(functools.partial(_as_rank, work, options), devices)
+    if devices is not None:
+        return work(Process(None, devices[0], options))
+    ranks = distributed.from_env()
+    return work(Process(ranks, distributed.rank_device(device, ranks), options))
+
+
+def _as_rank(
+    work: Callable[[Process], T], options: RunOptions, ranks: distributed.Ranks, device: str
+) -> T:
+    return work(Process(ranks, device, options))
+
+
+def run(
+    jobs: list[Job],
+    cfg: AuditConfig,
+    process: Process,
+    *,
+    fingerprint: dict[str, Any],
+    prepare: Callable[[list[Job]], list[Job]] | None = None,
+    desc: str = "scan",
+) -> dict[str, Outcome]:
+    """Every job's outcome by key, on every rank.
+
+    `prepare` is given the jobs this process will compute, after sharding and resume, and returns
+    them in the order to read them (a streamed source plans its downloads there).
+    """
+    ranks, options = process.ranks, process.options
+    mine = jobs
+    if ranks is not None:
+        mine = [
+            jobs[i] for i in distributed.assign([j.cost for j in jobs], ranks.world)[ranks.rank]
+        ]
+    device = resolve_device(process.device)
+    workers = options.workers
+    if ranks is not None and device.type == "cpu":  # processes on one machine share its cores
+        workers = workers or ranks.cpu_workers()
+    with distributed.process_group(ranks, process.device), _journal(process, fingerprint) as log:
+        done = log.done if log is not None else {}
+        fresh = [job for job in mine if job.key not in done]
+        if prepare is not None:
+            fresh = prepare(fresh)
+        results = schedule(
+            fresh,
+            cfg,
+            device=device,
+            total=len(fresh),
+            workers=workers,
+            progress=options.progress and process.is_primary,
+            desc=desc,
+            on_done=log.append if log is not None else None,
+            budget=max((job.nbytes for job in fresh), default=0),
+        )
+        results.update({job.key: done[job.key] for job in mine if job.key in done})
+        if ranks is not None:
+            results = _gather(results, log, ranks)
+    return results
+
+
+@contextlib.contextmanager
+def _journal(process: Process, fingerprint: dict[str, Any]) -> Iterator[Journal | None]:
+    options = process.options
+    if options.journal is None:
+        yield None
+        return
+    rank = None if process.ranks is None else process.ranks.rank
+    with Journal(options.journal, fingerprint, resume=options.resume, rank=rank) as log:
+        yield log
+
+
+def _gather(
+    results: dict[str, Outcome], log: Journal | None, ranks: distributed.Ranks
+) -> dict[str, Outcome]:
+    """Every rank's outcomes; rank 0's journal takes the others' before they delete theirs."""
+    merged: dict[str, Outcome] = {}
+    for part in distributed.gather(results):
+        merged.update(part)
+    if log is not None:
+        if ranks.rank == 0:
+            for key, outcome in merged.items():
+                if key not in log.held:
+                    log.append(key, outcome)
+        torch.distributed.barrier()
+        if ranks.rank != 0:
+            log.remove()
+    return merged
