@@ -1,9 +1,9 @@
 """The audit page, assembled from escaped strings: provenance, verdict, alpha by depth, the layer
 table, layer details with their ESDs, and what the flags mean.
 
-Every string that comes from the audit (tensor names, model id, versions) passes through `escape`;
-the data for the script is embedded as JSON with `<`, `>` and `&` written as \\u escapes, so no
-value can close the script element.
+Every string that comes from the audit (tensor names, model id, versions) passes through `escape`.
+The page is drawn with the shared kit (`page`, `plots`); assets/report.js adds what only this page
+does in the browser: the "all columns" switch and the card of a layer the reader picks.
 """
 
 from __future__ import annotations
