@@ -9,9 +9,9 @@ adjacent for batching.
 A layer is a whole 2-D tensor, or one expert's slice of a fused 3-D expert tensor
 (`slice_index`), or a quantized weight paired with the scale that dequantizes it (`scale`), or,
 when asked (`split_qkv`), the q, k or v rows of a fused attention matrix (`rows`, see qkv.py).
-`Layer.read` returns its matrix either way; quantization formats with no rule here (GPTQ/AWQ
-packed integers, bitsandbytes, MXFP4 blocks) are listed with the status `unsupported_quantization`
-and a reason that names the format.
+`Layer.read` returns its matrix either way, and `Layer.matrix` the same matrix read lazily in row
+blocks; quantization formats with no rule here (GPTQ/AWQ packed integers, bitsandbytes, MXFP4
+blocks) are listed with the status `unsupported_quantization` and a reason that names the format.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from llm_audit.architectures import (
 from llm_audit.errors import ConfigError
 from llm_audit.qkv import Rows, split_rows
 from llm_audit.sources.base import Source, TensorInfo
+from llm_audit.spectral.esd import RowMatrix
 from llm_audit.vocabulary import (
     TIED,
     TOO_SMALL,
@@ -111,12 +112,63 @@ class Layer:
             W = W.index_select(self._out_axis, self.rows.index())
         return W
 
+    def matrix(self, source: Source) -> RowMatrix:
+        """The matrix as (out, in), read in blocks of stored rows when the spectra ask for them.
 
-def dequantize_scaled(W: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        Where the source reads parts of a tensor (`partial_reads`), each block is read alone and
+        `elements` is one `read` (a memory map for safetensors); otherwise the matrix is read
+        once, now, and sliced.
+        """
+        rows, cols = self.stored_shape[0], self.stored_shape[1]
+        if not source.partial_reads:
+            whole = self.read(source)
+            return RowMatrix(
+                lambda a, b: whole[a:b],
+                (rows, cols),
+                self.stored_in_out,
+                dtype=whole.dtype,
+                whole=lambda: whole,
+            )
+        dtype = torch.float32 if self.scale is not None else _DTYPES.get(self.tensor.dtype)
+        return RowMatrix(
+            lambda a, b: self.read_rows(source, a, b),
+            (rows, cols),
+            self.stored_in_out,
+            dtype=dtype or torch.float32,
+            whole=lambda: self.read(source),
+        )
+
+    def read_rows(self, source: Source, start: int, stop: int) -> torch.Tensor:
+        """Stored rows [start, stop) of what `read` returns, reading only those rows' bytes from
+        a source with `partial_reads` (for q, k or v, the span of fused rows that holds them)."""
+        if self.rows is None or self.stored_in_out:
+            W = self._fused_rows(source, start, stop)
+            return W if self.rows is None else W.index_select(1, self.rows.index())
+        index = self.rows.index()[start:stop]
+        first = int(index[0])
+        return self._fused_rows(source, first, int(index[-1]) + 1).index_select(0, index - first)
+
+    def _fused_rows(self, source: Source, start: int, stop: int) -> torch.Tensor:
+        """Rows [start, stop) of the whole stored tensor (or expert slice), dequantized."""
+        W = source.read_rows(self.tensor, start, stop, expert=self.slice_index)
+        if self.scale is None:
+            return W
+        return dequantize_scaled(
+            W, source.read(self.scale), first_row=start, rows=self.tensor.shape[-2]
+        )
+
+
+_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+
+
+def dequantize_scaled(
+    W: torch.Tensor, scale: torch.Tensor, *, first_row: int = 0, rows: int | None = None
+) -> torch.Tensor:
     """W * scale as float32, the scale per tensor, per row, or per block (DeepSeek-V3: 128×128).
 
     A (R, C) scale for an (out, in) weight covers 128×128 blocks when R = ceil(out/128) (the
     DeepSeek-V3 `weight_block_size`), else blocks of ceil(out/R) rows (likewise for columns).
+    W may be the rows [first_row, first_row + len(W)) of a weight of `rows` rows.
     """
     W32 = W.to(torch.float32)
     s = scale.to(torch.float32)
@@ -124,10 +176,11 @@ def dequantize_scaled(W: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         return W32 * s.reshape(())
     if s.dim() == 1:
         s = s.reshape(-1, 1)
-    rows, cols = W32.shape
-    br, bc = _block_size(rows, s.shape[0]), _block_size(cols, s.shape[1])
-    full = s.repeat_interleave(br, dim=0)[:rows].repeat_interleave(bc, dim=1)[:, :cols]
-    return W32 * full
+    cols = W32.shape[1]
+    br = _block_size(rows or W32.shape[0], s.shape[0])
+    bc = _block_size(cols, s.shape[1])
+    per_row = s[torch.arange(first_row, first_row + W32.shape[0]) // br]
+    return W32 * per_row.repeat_interleave(bc, dim=1)[:, :cols]
 
 
 def _block_size(n: int, blocks: int) -> int:

@@ -342,3 +342,33 @@ def test_summary_pools_the_experts_of_each_block() -> None:
         r.get("num_traps", 0) for r in result.records if r["block"] == 1 and r["expert"] is not None
     ]
     assert pooled["1"]["max_traps"] == max(traps)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "F16"])
+def test_gguf_row_blocks_equal_whole_tensor_dequantization(tmp_path: Path, qtype: str) -> None:
+    """Every quantization block lies in one row, so rows dequantized alone are the same values."""
+    gguf = pytest.importorskip("gguf")
+    rng = np.random.default_rng(5)
+    weights = {"token_embd.weight": rng.standard_normal((70, 96)), "blk.0.ffn_gate_exps.weight":
+               rng.standard_normal((3, 40, 64))}  # fmt: skip
+    writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    for name, values in weights.items():
+        stored = values.astype(np.float16 if qtype == "F16" else np.float32)
+        if qtype != "F16":
+            stored = gguf.quants.quantize(stored, kind)
+        writer.add_tensor(name, stored, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    with open_source(tmp_path / "m.gguf") as source:
+        assert source.partial_reads
+        layers, _ = plan_layers(source.tensors(), source.info.config)
+        assert [x.tensor.dtype for x in layers] == [qtype] * 4
+        for layer in layers:
+            whole = layer.read(source)
+            M = layer.matrix(source)
+            blocks = [M.rows(a, min(a + 7, len(whole)), M.dtype) for a in range(0, len(whole), 7)]
+            assert torch.equal(torch.cat(blocks), whole), layer.name
+            assert torch.equal(M.elements(), whole.reshape(-1)), layer.name

@@ -12,6 +12,9 @@ import torch
 from llm_audit.architectures import families, parse_family
 from llm_audit.layers import plan_layers
 from llm_audit.sources import open_source
+from llm_audit.sources.base import SourceInfo
+from llm_audit.sources.memory import StateDictSource
+from llm_audit.spectral import esd
 from tests.conftest import llama_tensors, write_shards
 
 transformers = pytest.importorskip("transformers")
@@ -155,3 +158,83 @@ def test_every_architecture_file_loads_and_typos_are_rejected() -> None:
     with pytest.raises(ValueError, match="unknown key"):
         parse_family({**good, "tensors": [{"name": "a", "role": "q", "tied": "b"}]}, "x.json")
     json.dumps(good)
+
+
+# --- Layer.matrix: the lazy row-block read equals the dense read --------------------------------
+
+
+def _assert_matrix_is_the_read(
+    folder: object, monkeypatch: pytest.MonkeyPatch, **plan: object
+) -> int:
+    """For every analyzed layer: row blocks (7 at a time), `elements`, the spectrum and the NaN
+    count of `Layer.matrix` equal those of the dense (out, in) read. Returns the layers checked."""
+    monkeypatch.setattr(esd, "CHUNK_BYTES", 8 * 7 * 64)  # 7 rows of a 64-column float64 block
+    checked = 0
+    with open_source(folder) as source:
+        layers, _ = plan_layers(source.tensors(), source.info.config, **plan)  # type: ignore[arg-type]
+        for layer in (x for x in layers if x.skip_status is None):
+            stored = layer.read(source)
+            dense = stored.T if layer.stored_in_out else stored
+            M = layer.matrix(source)
+            assert M.shape == tuple(dense.shape) and M.dtype == stored.dtype, layer.name
+            blocks = [block for _, block in esd.row_blocks(M, M.dtype, chunk_bytes=7 * 64 * 8)]
+            assert torch.equal(torch.cat(blocks), stored), layer.name
+            assert torch.equal(M.elements(), stored.reshape(-1)), layer.name
+            # Same spectrum (a square matrix may give WᵀW where the dense read gives WWᵀ).
+            torch.testing.assert_close(
+                esd.eigenvalues(M), esd.eigenvalues(dense), rtol=1e-10, atol=1e-10
+            )
+            assert esd.nonfinite_count(M) == 0
+            checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("split_qkv", [False, True])
+@pytest.mark.parametrize("config_class", ["GPT2Config", "Phi3Config", "GPTNeoXConfig"])
+def test_layer_matrix_equals_dense_read_fused_qkv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, config_class: str, split_qkv: bool
+) -> None:
+    """GPT-2 Conv1D (stored (in, out), q/k/v as columns), Phi-3 (contiguous q/k/v rows) and
+    GPT-NeoX (per-head interleaved rows)."""
+    extra = {"num_key_value_heads": 2, "pad_token_id": 0} if config_class == "Phi3Config" else {}
+    config = getattr(transformers, config_class)(
+        **SMALL, **extra, n_embd=32, n_layer=2, n_head=4, n_positions=16
+    )
+    folder = _saved(tmp_path, config)
+    assert _assert_matrix_is_the_read(folder, monkeypatch, split_qkv=split_qkv) >= 6
+
+
+def test_layer_matrix_equals_dense_read_experts_fp8_bf16(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fused 3-D expert tensor, FP8 with block and per-tensor scales, bf16, on disk and in
+    memory (where rows are views), and from a source that cannot read part of a tensor."""
+    g = torch.Generator().manual_seed(3)
+    tensors = {
+        "model.layers.0.mlp.experts.gate_up_proj": torch.randn(3, 80, 40, generator=g),
+        "model.layers.0.mlp.down_proj.weight": torch.randn(300, 200, generator=g).to(
+            torch.float8_e4m3fn
+        ),
+        "model.layers.0.mlp.down_proj.weight_scale_inv": torch.rand(3, 2, generator=g),
+        "model.layers.0.mlp.up_proj.weight": torch.randn(90, 40, generator=g).to(
+            torch.float8_e4m3fn
+        ),
+        "model.layers.0.mlp.up_proj.weight_scale": torch.tensor(0.01),
+        "model.layers.0.self_attn.q_proj.weight": torch.randn(50, 70, generator=g).bfloat16(),
+    }
+    folder = write_shards(tmp_path / "m", tensors, config={"model_type": "mixtral"})
+    assert _assert_matrix_is_the_read(folder, monkeypatch) == 6
+    assert _assert_matrix_is_the_read(tensors, monkeypatch) == 6
+    whole = StateDictSource(tensors, SourceInfo(id="x", kind="state-dict"))
+    whole.partial_reads = False
+    layers, _ = plan_layers(whole.tensors(), {"model_type": "mixtral"})
+    for layer in layers:
+        dense = layer.read(whole)
+        assert torch.equal(layer.matrix(whole).rows(0, dense.shape[0], dense.dtype), dense)
+
+
+def test_nonfinite_count_is_blockwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(esd, "CHUNK_BYTES", 4 * 16 * 5)
+    W = torch.randn(100, 16)
+    W[3, 4], W[97, 0], W[50, 15] = float("nan"), float("inf"), -float("inf")
+    assert esd.nonfinite_count(esd.as_lazy(W)) == esd.nonfinite_count(W.T) == 3

@@ -43,7 +43,8 @@ class Source(abc.ABC):
     info: SourceInfo
     # True when files are fetched and dropped as the scan goes: read them one file at a time.
     streamed: bool = False
-    # True when `read_slice` touches only the bytes of the part asked for (compare reads rows).
+    # True when `read_slice` and `read_rows` touch only the bytes of the part asked for, so a
+    # matrix is read block by block; otherwise it is read once and sliced.
     partial_reads: bool = False
 
     @abc.abstractmethod
@@ -60,6 +61,14 @@ class Source(abc.ABC):
         Sources that can read part of a tensor override this; the fallback reads it whole.
         """
         return self.read(tensor)[index].clone()
+
+    def read_rows(
+        self, tensor: TensorInfo, start: int, stop: int, *, expert: int | None = None
+    ) -> torch.Tensor:
+        """Rows [start, stop) of a 2-D tensor, or of expert `expert`'s matrix of a 3-D one."""
+        if expert is None:
+            return self.read_slice(tensor, slice(start, stop))
+        return self.read_slice(tensor, expert)[start:stop]
 
     def plan_reads(self, tensors: list[TensorInfo]) -> None:  # noqa: B027 - optional hook
         """Told once, before reading, which tensors will be read (a tensor once per read)."""

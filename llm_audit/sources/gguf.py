@@ -5,7 +5,8 @@ shapes here are reversed to the (experts, out, in) order of PyTorch checkpoints.
 (F32, F16, BF16) are read as they are; quantized ones (Q8_0, Q4_K, ...) are dequantized to float32
 by `gguf.quants.dequantize` (numpy, slow on large models), and types it cannot decode are left to
 the planner to report as `unsupported_dtype`. The file is memory-mapped, so a tensor's pages are
-read only when the tensor is.
+read only when the tensor is. Every quantization block (32 or 256 values) lies within one row, so
+a block of rows is dequantized alone: a matrix is read row block by row block, never whole.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def is_gguf(path: Path) -> bool:
 
 class GGUFSource(Source):
     """The tensors of one GGUF file, memory-mapped."""
+
+    partial_reads = True
 
     def __init__(self, path: Path, info: SourceInfo):
         try:
@@ -97,9 +100,16 @@ class GGUFSource(Source):
         return self._decode(raw.data, raw.tensor_type, tensor)
 
     def read_slice(self, tensor: TensorInfo, index: int | slice) -> torch.Tensor:
-        """One expert of a stacked `ffn_*_exps` tensor; only its rows are decoded."""
+        """One expert of a stacked `ffn_*_exps` tensor, or a block of rows; only those decoded."""
         raw = self._raw[tensor.name]
         return self._decode(raw.data[index], raw.tensor_type, tensor)
+
+    def read_rows(
+        self, tensor: TensorInfo, start: int, stop: int, *, expert: int | None = None
+    ) -> torch.Tensor:
+        raw = self._raw[tensor.name]
+        data = raw.data if expert is None else raw.data[expert]
+        return self._decode(data[start:stop], raw.tensor_type, tensor)
 
     def _decode(self, data: np.ndarray, qtype: Any, tensor: TensorInfo) -> torch.Tensor:
         name = qtype.name

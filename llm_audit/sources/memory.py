@@ -21,7 +21,12 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 
 class StateDictSource(Source):
-    """Tensors held in memory. Tensors that share storage (tied weights) are listed once."""
+    """Tensors held in memory. Tensors that share storage (tied weights) are listed once.
+
+    A part of a tensor is a view of it: reading rows costs nothing, so reads are "partial".
+    """
+
+    partial_reads = True
 
     def __init__(self, state: Mapping[str, torch.Tensor], info: SourceInfo):
         self.info = info
@@ -51,3 +56,12 @@ class StateDictSource(Source):
 
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         return self._state[tensor.name]
+
+    def read_slice(self, tensor: TensorInfo, index: int | slice) -> torch.Tensor:
+        return self._state[tensor.name][index]
+
+    def read_rows(
+        self, tensor: TensorInfo, start: int, stop: int, *, expert: int | None = None
+    ) -> torch.Tensor:
+        values = self._state[tensor.name]
+        return (values if expert is None else values[expert])[start:stop]

@@ -339,8 +339,17 @@ class SafetensorsSource(Source):
         """Only the bytes of `tensor[index]`, through `get_slice`."""
         return read_tensor(tensor, index)
 
+    def read_rows(
+        self, tensor: TensorInfo, start: int, stop: int, *, expert: int | None = None
+    ) -> torch.Tensor:
+        """Only the bytes of those rows, through `get_slice`."""
+        rows = slice(start, stop)
+        return read_tensor(tensor, rows if expert is None else (expert, rows))
 
-def read_tensor(tensor: TensorInfo, index: int | slice | None = None) -> torch.Tensor:
+
+def read_tensor(
+    tensor: TensorInfo, index: int | slice | tuple[int, slice] | None = None
+) -> torch.Tensor:
     """`tensor` (or `tensor[index]`) through a `safe_open` map that lives only as long as it."""
     assert tensor.file is not None
     try:
