@@ -75,3 +75,31 @@ def test_difference_gram_equals_the_dense_update(
     np.testing.assert_allclose(esd.gram(update).numpy(), expected.numpy(), rtol=1e-12)
     longest_read = max(b - a for a, b in reads)
     assert longest_read == (7 if stored[0] > small else stored[0])
+
+
+@pytest.mark.parametrize("stored", [(90, 16), (16, 90)])
+@pytest.mark.parametrize("stored_in_out", [False, True])
+def test_row_matrix_gram_equals_the_dense_gram(
+    monkeypatch: pytest.MonkeyPatch, stored: tuple[int, int], stored_in_out: bool
+) -> None:
+    """A lazy matrix's Gram from bf16 row blocks (7 at a time) is the dense float64 Gram; a tall
+    one is never read whole, and the NaN count is the dense count."""
+    monkeypatch.setattr(esd, "CHUNK_BYTES", 8 * 16 * 7)
+    W = torch.randn(*stored, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16)
+    W[2, 3] = float("nan")
+    reads: list[tuple[int, int]] = []
+
+    def rows(a: int, b: int) -> torch.Tensor:
+        reads.append((a, b))
+        return W[a:b]
+
+    M = esd.RowMatrix(rows, stored, stored_in_out, dtype=torch.bfloat16)
+    assert M.shape == (stored[::-1] if stored_in_out else stored)
+    assert esd.nonfinite_count(M) == 1
+    W[2, 3] = 0.0
+    reads.clear()
+    dense = W.double()
+    expected = dense.T @ dense if stored[0] >= stored[1] else dense @ dense.T
+    np.testing.assert_allclose(esd.gram(M).numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
+    assert max(b - a for a, b in reads) == (7 if stored[0] > stored[1] else stored[0])
+    np.testing.assert_allclose(esd.gram(M, torch.float32).numpy(), expected.numpy(), rtol=1e-5)

@@ -11,7 +11,7 @@ import torch
 
 import llm_audit
 from llm_audit.spectral import traps
-from llm_audit.spectral.esd import eigenvalues
+from llm_audit.spectral.esd import as_lazy, eigenvalues
 from llm_audit.spectral.shuffle import Permutation
 from tests.ww_reference import ww_details
 
@@ -160,3 +160,23 @@ def test_rand_num_spikes_matches_weightwatcher_randomize(
     for name in (n for n in ww if ww[n]["rand_num_spikes"] > 0):
         row = ours[name]
         assert "correlation_trap" in row["flags"] or row["rand_num_spikes"] > row["num_traps"], name
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "planted", "offset", "heavy"])
+def test_float32_tolerance_covers_the_measured_float32_error(kind: str) -> None:
+    """The bound that decides when a float32 shuffled Gram is recomputed in float64 is above the
+    error actually measured (float32 against float64 Gram, same shuffle, eigenvalues in float64)."""
+    g = torch.Generator().manual_seed(8)
+    W = torch.randn(4000, 300, generator=g)
+    if kind == "planted":
+        W[5, 6] = W[70, 80] = 60.0
+    if kind == "offset":
+        W += 2.0
+    if kind == "heavy":
+        W = W / torch.rand(4000, 300, generator=g).clamp_min(1e-3) ** 0.6  # power-law tails
+    lazy = as_lazy(W)
+    perm, mu = Permutation(W.numel(), 1), traps.mean(lazy)
+    G32, _ = traps.shuffled_gram(lazy, perm, mu, torch.float32)
+    G64, _ = traps.shuffled_gram(lazy, perm, mu, torch.float64)
+    error = (torch.linalg.eigvalsh(G32.double()) - torch.linalg.eigvalsh(G64)).abs().max()
+    assert float(error) < traps.float32_tolerance(4000, float(G64.diagonal().max())) / 4
