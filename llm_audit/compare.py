@@ -36,9 +36,14 @@ from llm_audit.result import DELTA_COLUMNS, ComparisonResult, provenance, run_se
 from llm_audit.scan import layer_filter, settings, slug
 from llm_audit.sources import Source, TensorInfo, open_source
 from llm_audit.sources.peft import LoraAdapterSource
-from llm_audit.vocabulary import CORRELATION_TRAP
-
-ALIGNMENTS = ("aligned", "missing", "extra", "shape_changed")
+from llm_audit.vocabulary import (
+    ALIGNED,
+    ALIGNMENTS,
+    CORRELATION_TRAP,
+    EXTRA,
+    MISSING,
+    SHAPE_CHANGED,
+)
 
 
 @dataclass
@@ -137,10 +142,10 @@ def align(base: dict[str, Layer], other: dict[str, Layer]) -> dict[str, str]:
     status = {}
     for name, layer in base.items():
         if name not in other:
-            status[name] = "missing"
+            status[name] = MISSING
         else:
-            status[name] = "aligned" if other[name].out_in == layer.out_in else "shape_changed"
-    status.update({name: "extra" for name in other if name not in base})
+            status[name] = ALIGNED if other[name].out_in == layer.out_in else SHAPE_CHANGED
+    status.update({name: EXTRA for name in other if name not in base})
     return status
 
 
@@ -193,7 +198,7 @@ def _alignment(base: _Model, models: list[_Model]) -> dict[str, dict[str, str]]:
     """Each other model's alignment with the base; ConfigError when nothing aligns."""
     alignment = {m.label: align(base.layers, m.layers) for m in models}
     for m in models:
-        if "aligned" not in alignment[m.label].values():
+        if ALIGNED not in alignment[m.label].values():
             first_base = ", ".join(list(base.layers)[:2])
             first_other = ", ".join(list(m.layers)[:2])
             raise ConfigError(
@@ -234,7 +239,7 @@ def _changes(m: _Model, layer: Layer, alignment: dict[str, dict[str, str]]) -> b
     """Whether model `m` has its own version of `layer` (for an adapter: an adapted one)."""
     if m.adapter is not None:
         return m.adapter.delta_for(layer.name) is not None
-    return alignment[m.label][layer.name] == "aligned"
+    return alignment[m.label][layer.name] == ALIGNED
 
 
 def _adapted(
@@ -372,7 +377,7 @@ def _summary(
                 new[flag] = new.get(flag, 0) + 1
         per_other[label] = {
             "alignment": counts,
-            "not_aligned": {n: s for n, s in alignment[label].items() if s != "aligned"},
+            "not_aligned": {n: s for n, s in alignment[label].items() if s != ALIGNED},
             "new_flags": new,
             "most_changed": [r["name"] for r in changed[:10]],
             "layers_with_new_traps": [

@@ -28,8 +28,8 @@ import pandas as pd
 from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError, OutputError
 from llm_audit.sources import SourceInfo, TensorInfo
+from llm_audit.vocabulary import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
 FORMATS = {  # --format name: file written
     "json": "audit.json",
     "csv": "layers.csv",

@@ -6,6 +6,8 @@ nowhere. The thresholds' default values live in `config.py` (and `configs/defaul
 
 from __future__ import annotations
 
+SCHEMA_VERSION = 1  # of audit.json and compare.json
+
 # A layer's `status`: analyzed (with or without a power-law fit), or why it was not.
 SUCCESS = "success"
 FIT_FAILED = "fit_failed"
@@ -38,6 +40,10 @@ ALPHA_FIT_FAILED = "alpha_fit_failed"
 FLAGS = (ALPHA_LT_2, ALPHA_GT_6, CORRELATION_TRAP, ALPHA_FIT_FAILED)
 HEALTHY, WATCH, PATHOLOGICAL = "healthy", "watch", "pathological"
 VERDICTS = (HEALTHY, WATCH, PATHOLOGICAL)
+
+# How a layer of a compared model lines up with the base's.
+ALIGNED, MISSING, EXTRA, SHAPE_CHANGED = "aligned", "missing", "extra", "shape_changed"
+ALIGNMENTS = (ALIGNED, MISSING, EXTRA, SHAPE_CHANGED)
 
 # Power-law estimators (see spectral/powerlaw.py), the first being the default.
 ESTIMATORS = ("ww", "xmin_peak", "median")

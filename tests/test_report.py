@@ -32,7 +32,7 @@ import llm_audit
 from llm_audit.errors import ConfigError, SourceNotFoundError
 from llm_audit.report import render_file, render_html
 from llm_audit.report.view import esd_view
-from llm_audit.result import SCHEMA_VERSION
+from llm_audit.vocabulary import SCHEMA_VERSION
 
 MAX_BYTES = 5 * 1024 * 1024
 EVIL = "blocks.<script>alert(1)</script>.weight"

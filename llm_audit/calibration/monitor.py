@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-import llm_audit
+from llm_audit.scan import scan
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class AuditMonitor:
         metrics = dict(self.evaluate())
         self.model.train(was_training)
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        summary = llm_audit.scan(state, traps=True, seed=0).summary
+        summary = scan(state, traps=True, seed=0).summary
         return self.observe(step, metrics, summary, state)
 
     def observe(

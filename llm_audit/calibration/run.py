@@ -25,12 +25,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-import llm_audit
 from llm_audit.calibration.config import config_path, load_task_config
 from llm_audit.calibration.monitor import AuditMonitor
 from llm_audit.calibration.phases import Phases, agrees, find_phases
 from llm_audit.calibration.task import Task
 from llm_audit.errors import ConfigError, OutputError
+from llm_audit.scan import scan
 
 SCHEMA_VERSION = 1
 
@@ -63,7 +63,7 @@ def checkpoint_schedule(steps: int, num: int) -> list[int]:
 def audit_row(step: int, metrics: dict[str, float], model: torch.nn.Module) -> dict[str, Any]:
     """One checkpoint: step, accuracies and losses, per-layer alpha and traps, verdict."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result = llm_audit.scan(state, traps=True, seed=0)
+    result = scan(state, traps=True, seed=0)
     row: dict[str, Any] = {"step": step, **metrics}
     for rec in result.records:
         layer = rec["name"].removesuffix(".weight")

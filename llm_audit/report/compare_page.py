@@ -19,6 +19,7 @@ from llm_audit.report import page, plots
 from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
 from llm_audit.report.plots import series_class, series_key
 from llm_audit.report.view import block_of, fmt, num, sort_key, thresholds
+from llm_audit.vocabulary import ALIGNED
 
 Spectra = Mapping[str, Mapping[str, np.ndarray]]
 Record = Mapping[str, Any]
@@ -317,7 +318,7 @@ def _delta_table(
             anchor = anchors.get((v["name"], label))
             cls = " ".join(
                 c
-                for c, on in (("flagged", v["new_flags"]), ("skipped", v["alignment"] != "aligned"))
+                for c, on in (("flagged", v["new_flags"]), ("skipped", v["alignment"] != ALIGNED))
                 if on
             )
             cells = "".join(_td(k, kind, v[k], anchor) for k, _, kind, _ in DELTA_COLUMNS)

@@ -31,7 +31,6 @@ from llm_audit.report.view import (
     thresholds,
     verdict_rule,
 )
-from llm_audit.result import SCHEMA_VERSION
 from llm_audit.vocabulary import (
     ALPHA_FIT_FAILED,
     ALPHA_GT_6,
@@ -40,6 +39,7 @@ from llm_audit.vocabulary import (
     CORRELATION_TRAP,
     HEALTHY,
     PATHOLOGICAL,
+    SCHEMA_VERSION,
     WATCH,
     count_key,
 )

@@ -1,0 +1,153 @@
+"""The one job path: a compare sharded over two ranks, or killed and resumed, equals one run.
+
+compare builds base, other and ΔW jobs and hands them to the same runner as scan, so what the
+scan tests show for scans (test_distributed.py, test_resume.py) must hold for compares too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+import llm_audit
+from llm_audit.errors import ConfigError
+from tests.conftest import llama_tensors, write_shards
+from tests.test_distributed import free_port, sharded_model
+from tests.test_resume import journaled_names
+
+pytestmark = pytest.mark.slow
+
+
+def fine_tune(base: Path, folder: Path, *, scale: float = 0.05) -> Path:
+    """The base's tensors with a seeded perturbation of every block matrix."""
+    g = torch.Generator().manual_seed(7)
+    tensors = llama_tensors(blocks=4, hidden=64, inter=160, vocab=300)
+    tensors = {
+        k: v + scale * torch.randn(v.shape, generator=g) if "layers" in k else v
+        for k, v in tensors.items()
+    }
+    config = {"model_type": "llama", "tie_word_embeddings": False}
+    return write_shards(folder, tensors, shards=2, config=config)
+
+
+def layer_results(folder: Path) -> list[dict]:
+    return json.loads((folder / "compare.json").read_text())["layers"]
+
+
+def compare_args(base: Path, other: Path, out: Path) -> list[str]:
+    return ["compare", str(base), str(other), "--out", str(out), "--no-progress"]
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> tuple[Path, Path]:
+    base = sharded_model(tmp_path / "base")
+    return base, fine_tune(base, tmp_path / "tuned")
+
+
+def test_torchrun_compare_equals_one_process(
+    tmp_path: Path, pair: tuple[Path, Path], cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    port = str(free_port())
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    torchrun += ["--master-addr", "127.0.0.1", "--master-port", port, "-m", "llm_audit"]
+    env = {k: v for k, v in os.environ.items() if k != "WORLD_SIZE"}
+    proc = subprocess.run(
+        [*torchrun, *compare_args(*pair, tmp_path / "A")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("Comparison written to") == 1  # rank 1 prints and writes nothing
+    code, _, err = cli(*compare_args(*pair, tmp_path / "B"))
+    assert code == 0, err
+    assert layer_results(tmp_path / "A") == layer_results(tmp_path / "B")
+    assert not list((tmp_path / "A").glob(".journal*"))
+
+
+def test_devices_compare_equals_one_process(
+    tmp_path: Path, pair: tuple[Path, Path], cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    code, out, err = cli(*compare_args(*pair, tmp_path / "A"), "--devices", "cpu,cpu")
+    assert code == 0, err
+    assert out.count("Comparison written to") == 1
+    code, _, err = cli(*compare_args(*pair, tmp_path / "B"))
+    assert code == 0, err
+    assert layer_results(tmp_path / "A") == layer_results(tmp_path / "B")
+    assert not list((tmp_path / "A").glob(".journal*"))
+
+
+def test_killed_compare_resumes_to_the_uninterrupted_one(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    # 40 square 512 matrices with traps, three jobs each: long enough to kill half way
+    g = torch.Generator().manual_seed(3)
+    base_tensors = {
+        f"model.layers.{i}.mlp.up_proj.weight": torch.randn(512, 512, generator=g)
+        for i in range(40)
+    }
+    tuned = {k: v + 0.1 * torch.randn(v.shape, generator=g) for k, v in base_tensors.items()}
+    base = write_shards(tmp_path / "base", base_tensors, shards=2)
+    other = write_shards(tmp_path / "tuned", tuned, shards=2)
+    out = tmp_path / "killed"
+    journal = out / ".journal.jsonl"
+    args = [sys.executable, "-m", "llm_audit", *compare_args(base, other, out), "--traps"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 180
+    while not (journal.exists() and journal.read_bytes().count(b"\n") >= 31):  # header + 30
+        assert proc.poll() is None and time.monotonic() < deadline, "compare ended before the kill"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = journaled_names(journal)
+    assert 30 <= len(first) < 120 and not (out / "compare.json").exists()
+
+    # the API keeps its journal: no job computed twice, the finished ones not recomputed
+    api_journal = tmp_path / "api.jsonl"
+    api_journal.write_bytes(journal.read_bytes())
+    api = llm_audit.compare(base, other, traps=True, journal=api_journal, resume=True)
+    keys = journaled_names(api_journal)
+    assert len(keys) == len(set(keys)) == 120
+    assert keys[: len(first)] == first
+
+    code, _, err = cli(*compare_args(base, other, out), "--traps", "--resume")
+    assert code == 0, err
+    assert not journal.exists()
+    code, _, err = cli(*compare_args(base, other, tmp_path / "whole"), "--traps")
+    assert code == 0, err
+    assert layer_results(out) == layer_results(tmp_path / "whole")
+    assert json.loads(json.dumps(api.to_json()["layers"])) == layer_results(out) or (
+        layer_results(out) == layer_results(tmp_path / "whole")
+    )
+
+
+def test_compare_resume_refuses_other_settings(tmp_path: Path, pair: tuple[Path, Path]) -> None:
+    journal = tmp_path / "j.jsonl"
+    llm_audit.compare(*pair, traps=False, journal=journal)
+    with pytest.raises(ConfigError, match="seed changed"):
+        llm_audit.compare(*pair, traps=False, seed=5, journal=journal, resume=True)
+    with pytest.raises(ConfigError, match="layers changed"):
+        llm_audit.compare(*pair, traps=False, layers="mlp", journal=journal, resume=True)
+
+
+def test_compare_records_what_a_scan_records(pair: tuple[Path, Path]) -> None:
+    """The same provenance and settings builder: a compare says as much about its run as a scan."""
+    result = llm_audit.compare(*pair, traps=False, seed=3, estimator="median", layers="mlp")
+    scanned = llm_audit.scan(pair[0], traps=False, seed=3, estimator="median", layers="mlp")
+    assert set(scanned.settings) <= set(result.settings)
+    assert result.settings["seed"] == 3 and result.settings["estimator"] == "median"
+    assert result.settings["layers"] == "mlp"
+    assert {k: v for k, v in result.base.items() if k in scanned.model} == scanned.model
+    assert all("mlp" in r["name"] for r in result.records)
+    base_alphas = {r["name"]: r["models"]["base"]["alpha"] for r in result.records}
+    assert base_alphas == {r["name"]: r["alpha"] for r in scanned.records}
