@@ -36,6 +36,7 @@ print(anon_mib() - before)
 @pytest.mark.skipif(
     platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc only"
 )
+@pytest.mark.slow
 def test_freed_chunks_are_returned_with_the_fixed_threshold() -> None:
     def retained(mode: str) -> int:
         out = subprocess.run(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from llm_audit.scan import versions
+from llm_audit.result import versions
 
 Cli = Callable[..., tuple[int, str, str]]
 TIMING = (("summary", "seconds"), ("settings", "started"))

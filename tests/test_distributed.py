@@ -22,9 +22,13 @@ from llm_audit.sources import open_source
 from tests.conftest import llama_tensors, write_shards
 from tests.test_resume import journaled_names, read_audit
 
-pytestmark = pytest.mark.skipif(
-    not (dist.is_available() and dist.is_gloo_available()), reason="needs torch.distributed gloo"
-)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (dist.is_available() and dist.is_gloo_available()),
+        reason="needs torch.distributed gloo",
+    ),
+]
 
 
 def free_port() -> int:

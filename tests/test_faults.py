@@ -53,6 +53,7 @@ def _break_second_shard_on_first_read(
         pytest.param(lambda p: p.unlink(), id="deleted"),
     ],
 )
+@pytest.mark.slow
 def test_shard_breaking_mid_scan_stops_cleanly(
     how: Callable[[Path], None],
     tiny_llama: Path,
@@ -112,6 +113,7 @@ def _scan_hub(hub: HubServer, tmp_path: Path, out: Path) -> tuple[int, str, str]
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_hub_500s_then_success(hub_model: Path, tmp_path: Path) -> None:
     with HubServer({REPO: hub_model}) as hub:
         hub.fail("/cdn/*model-00001-of-00002.safetensors", status=500, times=2)
@@ -124,6 +126,7 @@ def test_hub_500s_then_success(hub_model: Path, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_hub_dropping_the_connection_once_is_retried(hub_model: Path, tmp_path: Path) -> None:
     with HubServer({REPO: hub_model}) as hub:
         hub.fail("/cdn/*model-00002-of-00002.safetensors", drop_after=100, times=1)
@@ -133,6 +136,7 @@ def test_hub_dropping_the_connection_once_is_retried(hub_model: Path, tmp_path: 
     assert "model-00002-of-00002.safetensors" in files
 
 
+@pytest.mark.slow
 def test_hub_timing_out_once_is_retried_and_always_is_one_line(
     hub_model: Path, tmp_path: Path
 ) -> None:
@@ -156,6 +160,7 @@ def test_hub_timing_out_once_is_retried_and_always_is_one_line(
     assert not (tmp_path / "always").exists()
 
 
+@pytest.mark.slow
 def test_hub_always_dropping_the_connection_is_one_line(hub_model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     with HubServer({REPO: hub_model}) as hub:

@@ -175,6 +175,7 @@ def test_index_random_bytes(scratch: Path, data: bytes) -> None:
         files_from_index(_write(scratch, "random.index.json", data), suffix=".safetensors")
 
 
+@pytest.mark.slow
 def test_atheris_for_a_few_seconds() -> None:
     pytest.importorskip("atheris")
     harness = Path(__file__).parent / "corpus" / "atheris_fuzz.py"

@@ -97,6 +97,7 @@ def test_huge_header_is_refused_before_it_is_read(corpus: Path, cli: Cli) -> Non
 @pytest.mark.parametrize(
     ("name", "extra"), [("huge_header_claim", []), ("pickle_torch_zip", ["--allow-pickle"])]
 )
+@pytest.mark.slow
 def test_hostile_file_in_a_fresh_process(name: str, extra: list[str], corpus: Path) -> None:
     case, folder = CASES[name], corpus / "models" / name
     out = corpus / "reports" / f"{name}-process"

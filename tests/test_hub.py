@@ -16,6 +16,8 @@ import torch
 from tests.conftest import llama_tensors, run_cli_process, write_shards
 from tests.hub_server import HubServer
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 REPO = "acme/tiny-llama"
 
 

@@ -32,6 +32,8 @@ import json
 from pathlib import Path
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 def error(call, *args, **kwargs):
     try:
         call(*args, **kwargs)

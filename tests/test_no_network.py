@@ -13,8 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import llama_tensors, run_cli_process, write_shards
 from tests.hub_server import HubServer
+
+pytestmark = pytest.mark.slow  # spawns processes
 
 REPO = "acme/offline"
 
@@ -51,6 +55,7 @@ def getaddrinfo(host, *args, **kwargs):
 socket.getaddrinfo = getaddrinfo
 
 from llm_audit.cli import main
+
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -580,6 +580,7 @@ def browser(tmp_path: Path) -> Iterator[DevTools]:
             proc.kill()
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(
     browser: DevTools, minilm_result: llm_audit.AuditResult, minilm_html: str, tmp_path: Path
 ) -> None:

@@ -48,6 +48,7 @@ def journaled_names(journal: Path) -> list[str]:
     return [json.loads(line)["key"] for line in lines]
 
 
+@pytest.mark.slow
 def test_killed_scan_resumes_to_the_uninterrupted_report(
     tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
 ) -> None:

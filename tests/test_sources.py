@@ -154,6 +154,7 @@ def test_index_pointing_outside_the_folder(tiny_llama: Path) -> None:
         open_source(tiny_llama)
 
 
+@pytest.mark.slow
 def test_uncached_hub_id_offline(tmp_path: Path) -> None:
     # HF_HUB_OFFLINE is read when huggingface_hub is imported, so this runs the real CLI in a
     # fresh process with an empty cache: one line on stderr, exit code 2, nothing written.
