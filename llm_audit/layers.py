@@ -116,8 +116,8 @@ class Layer:
         """The matrix as (out, in), read in blocks of stored rows when the spectra ask for them.
 
         Where the source reads parts of a tensor (`partial_reads`), each block is read alone and
-        `elements` is one `read` (a memory map for safetensors); otherwise the matrix is read
-        once, now, and sliced.
+        `elements` is one `read` (a memory map for safetensors) or, for a dequantized matrix, its
+        blocks copied into one float32 tensor; otherwise the matrix is read once, now, and sliced.
         """
         rows, cols = self.stored_shape[0], self.stored_shape[1]
         if not source.partial_reads:
@@ -129,13 +129,15 @@ class Layer:
                 dtype=whole.dtype,
                 whole=lambda: whole,
             )
-        dtype = torch.float32 if self.scale is not None else _DTYPES.get(self.tensor.dtype)
+        dtype = None if self.scale is not None else _DTYPES.get(self.tensor.dtype)
         return RowMatrix(
             lambda a, b: self.read_rows(source, a, b),
             (rows, cols),
             self.stored_in_out,
             dtype=dtype or torch.float32,
-            whole=lambda: self.read(source),
+            # Float tensors are memory maps, read whole for free; dequantized ones are built
+            # from row blocks by `elements`.
+            whole=(lambda: self.read(source)) if dtype is not None else None,
         )
 
     def read_rows(self, source: Source, start: int, stop: int) -> torch.Tensor:

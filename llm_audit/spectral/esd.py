@@ -84,8 +84,15 @@ class RowMatrix(LazyMatrix):
         return self.read(start, stop).to(dtype)
 
     def elements(self) -> torch.Tensor:
-        stored = self.whole() if self.whole is not None else self.read(0, self.stored_shape[0])
-        return stored.reshape(-1)
+        """`whole()` flat, or else the row blocks copied one by one into one tensor (a
+        dequantized matrix: no temporaries of its full size)."""
+        if self.whole is not None:
+            return self.whole().reshape(-1)
+        rows, cols = self.stored_shape
+        out = torch.empty(rows, cols, dtype=self.dtype)
+        for start, block in row_blocks(self, self.dtype):
+            out[start : start + len(block)] = block
+        return out.reshape(-1)
 
 
 @dataclass(frozen=True)

@@ -50,10 +50,11 @@ class Permutation:
         """π(index) for indices in [0, size), same shape, in `self.dtype`, on index's device."""
         tables = self._tables_on(index.device)
         x = self._feistel(index.to(self.dtype), tables)
-        outside = x >= self.size
-        while bool(outside.any()):
-            x[outside] = self._feistel(x[outside], tables)
-            outside = x >= self.size
+        walking = (x >= self.size).nonzero().squeeze(1)  # only these are worked on again
+        while walking.numel():
+            again = self._feistel(x[walking], tables)
+            x[walking] = again
+            walking = walking[again >= self.size]
         return x
 
     def block(self, start: int, stop: int, device: torch.device | None = None) -> torch.Tensor:
