@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+import llm_audit
 from llm_audit.cli import main
 from llm_audit.sources import bundled_model_path
 
@@ -30,6 +31,13 @@ def _isolated_hub(
 @pytest.fixture(scope="session")
 def minilm() -> Path:
     return bundled_model_path()
+
+
+@pytest.fixture(scope="session")
+def minilm_scan() -> llm_audit.AuditResult:
+    """The bundled MiniLM scanned with traps (seed 0), once for every module that reads it (the
+    WeightWatcher parity, trap and report tests); treat it as read-only."""
+    return llm_audit.scan(traps=True, seed=0)
 
 
 def write_shards(

@@ -16,7 +16,7 @@ from llm_audit.calibration import run
 from llm_audit.calibration.mnist_mlp import MnistConfig, MnistTask
 from llm_audit.calibration.monitor import AuditMonitor
 from llm_audit.calibration.page import render_page
-from llm_audit.calibration.phases import find_phases
+from llm_audit.calibration.phases import EXPECTED_VERDICTS, find_phases
 from llm_audit.cli import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "calibration"
@@ -140,7 +140,8 @@ def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     data = json.loads((out / "calibration.json").read_text())
     assert data["task"] == "mnist" and len(data["checkpoints"]) == len(steps)
     assert [row["step"] for row in data["monitor"]["history"]] == [10, 20, 30]
-    assert all(row["agrees"] in (True, False) for row in data["checkpoints"])
+    for row in data["checkpoints"]:  # the phase from the curves, the verdict from the spectra
+        assert row["agrees"] == (row["verdict"] in EXPECTED_VERDICTS[row["phase"]]), row
     page = (out / "calibration.html").read_text()
     assert page.count('<svg class="chart"') == 3 and "://" not in page  # offline
 

@@ -43,8 +43,8 @@ ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 
 
 @pytest.fixture(scope="module")
-def minilm_result() -> llm_audit.AuditResult:
-    return llm_audit.scan(traps=True)
+def minilm_result(minilm_scan: llm_audit.AuditResult) -> llm_audit.AuditResult:
+    return minilm_scan
 
 
 @pytest.fixture(scope="module")

@@ -32,9 +32,8 @@ RELATIVE = (
 
 
 @pytest.fixture(scope="module")
-def ours() -> dict[str, dict[str, Any]]:
-    result = llm_audit.scan(traps=True, seed=0)
-    return {r["name"]: r for r in result.records}
+def ours(minilm_scan: llm_audit.AuditResult) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in minilm_scan.records}
 
 
 @pytest.fixture(scope="module")

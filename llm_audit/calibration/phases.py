@@ -20,11 +20,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from llm_audit.vocabulary import HEALTHY, PATHOLOGICAL, WATCH
+
 PHASES = ("pre-grokking", "grokked", "collapse")
 EXPECTED_VERDICTS = {
-    "pre-grokking": ("healthy", "watch"),
-    "grokked": ("healthy", "watch"),
-    "collapse": ("pathological",),
+    "pre-grokking": (HEALTHY, WATCH),
+    "grokked": (HEALTHY, WATCH),
+    "collapse": (PATHOLOGICAL,),
 }
 
 
