@@ -71,14 +71,20 @@ def assert_launch_equals_one_process(
     assert not list((tmp_path / "A").glob(".journal*"))  # each rank removed its journal
 
 
-def test_torchrun_two_ranks_equals_one_process(
-    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
-) -> None:
+def torchrun_two_ranks() -> tuple[list[str], dict[str, str]]:
+    """`torch.distributed.run` arguments for two local ranks on a free port, and their env."""
     port = str(free_port())
     torchrun = ["torch.distributed.run", "--nproc-per-node", "2"]
     torchrun += ["--master-addr", "127.0.0.1", "--master-port", port]
     env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
-    assert_launch_equals_one_process(tmp_path, cli, torchrun, env)
+    env.pop("WORLD_SIZE", None)
+    return torchrun, env
+
+
+def test_torchrun_two_ranks_equals_one_process(
+    tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
+) -> None:
+    assert_launch_equals_one_process(tmp_path, cli, *torchrun_two_ranks())
 
 
 def test_accelerate_launch_two_processes_equals_one_process(

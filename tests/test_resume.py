@@ -43,6 +43,20 @@ def read_audit(folder: Path) -> dict:
     return without_timing(json.loads((folder / "audit.json").read_text()))
 
 
+def kill_after(args: list[str], journal: Path, jobs: int) -> list[str]:
+    """Start `llm-audit ARGS`, SIGKILL it once `jobs` jobs are journaled; the journaled keys."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_audit", *args, "--no-progress"], stdout=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 180
+    while not (journal.exists() and journal.read_bytes().count(b"\n") > jobs):  # + the header
+        assert proc.poll() is None and time.monotonic() < deadline, "the run ended before the kill"
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return journaled_names(journal)
+
+
 def journaled_names(journal: Path) -> list[str]:
     lines = journal.read_bytes().split(b"\n")[1:-1]  # header first; last piece has no newline
     return [json.loads(line)["key"] for line in lines]
@@ -56,15 +70,7 @@ def test_killed_scan_resumes_to_the_uninterrupted_report(
     model = stack_model(tmp_path / "m", layers=40, size=768)
     out = tmp_path / "killed"
     journal = out / ".journal.jsonl"
-    args = [sys.executable, "-m", "llm_audit", "scan", str(model), "--out", str(out)]
-    proc = subprocess.Popen([*args, "--traps", "--no-progress"], stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while not (journal.exists() and journal.read_bytes().count(b"\n") >= 11):  # header + 10
-        assert proc.poll() is None and time.monotonic() < deadline, "scan ended before the kill"
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = journaled_names(journal)
+    first = kill_after(["scan", str(model), "--out", str(out), "--traps"], journal, jobs=10)
     assert 10 <= len(first) < 40 and not (out / "audit.json").exists()
 
     # the Python API keeps its journal: it shows no layer computed twice
