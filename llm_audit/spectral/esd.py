@@ -162,8 +162,7 @@ def gram(W: Matrix, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         rows, cols = W.stored_shape
         if rows >= cols:
             return _accumulate(rows, cols, (), dtype, W.rows)
-        wide = W.rows(0, rows, W.dtype).mT
-        return _accumulate(cols, rows, (), dtype, lambda a, b, t: wide[a:b].to(t))
+        return _accumulate(cols, rows, (), dtype, _column_reader(W))
     tall = W.mT if W.shape[-2] < W.shape[-1] else W
     return _accumulate(
         tall.shape[-2],
@@ -172,6 +171,17 @@ def gram(W: Matrix, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         dtype,
         lambda a, b, t: tall[..., a:b, :].to(t),
     )
+
+
+def _column_reader(W: LazyMatrix) -> Callable[[int, int, torch.dtype], torch.Tensor]:
+    """Columns [a, b) of a wide matrix read whole as stored, as rows of its transpose; a
+    difference is subtracted chunk by chunk in the Gram's dtype, like its row blocks."""
+    rows = W.stored_shape[0]
+    if isinstance(W, Difference):
+        other, base = W.other(0, rows).mT, W.base(0, rows).mT
+        return lambda a, b, t: other[a:b].to(t, copy=True).sub_(base[a:b])
+    wide = W.rows(0, rows, W.dtype).mT
+    return lambda a, b, t: wide[a:b].to(t)
 
 
 def _accumulate(
