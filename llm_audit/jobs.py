@@ -44,9 +44,7 @@ def cost(layer: Layer) -> int:
 
 def layer_job(key: str, layer: Layer, source: Source) -> Job:
     """The job reading `layer` from `source`."""
-    return Job(
-        key, layer, lambda: oriented(layer.read(source), layer), stored_bytes(layer), cost(layer)
-    )
+    return Job(key, layer, lambda: layer.matrix(source), stored_bytes(layer), cost(layer))
 
 
 def oriented(W: torch.Tensor, layer: Layer) -> torch.Tensor:
@@ -78,13 +76,10 @@ def difference_job(
 
 def _row_readable(layer: Layer, source: Source) -> bool:
     """Whether a block of the layer's stored rows can be read without reading it all."""
-    plain = layer.slice_index is None and layer.scale is None and layer.rows is None
-    return source.partial_reads and plain
+    return source.partial_reads
 
 
 def _row_reader(layer: Layer, source: Source) -> RowReader:
     """Stored rows [a, b) of the layer: read alone where the source can, else from one full read."""
-    if _row_readable(layer, source):
-        return lambda a, b: source.read_slice(layer.tensor, slice(a, b))
-    whole = layer.read(source)
-    return lambda a, b: whole[a:b]
+    matrix = layer.matrix(source)  # reads it whole now where the source cannot read rows
+    return lambda a, b: matrix.rows(a, b, matrix.dtype)
