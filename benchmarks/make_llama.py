@@ -189,6 +189,46 @@ def write_checkpoint(
     }
 
 
+def write_large_vocabulary(folder: str | Path, *, vocab: int = 128_256, hidden: int = 4096) -> Path:
+    """One safetensors file: a Llama-3-shaped bf16 embedding (128256 x 4096, 1.05 GB) and one
+    hidden x hidden layer, the case where a vocabulary matrix sets the scan's memory."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = [
+        ("model.embed_tokens.weight", (vocab, hidden)),
+        ("model.layers.0.self_attn.o_proj.weight", (hidden, hidden)),
+    ]
+    with (folder / "model.safetensors").open("wb") as fh:
+        fh.write(safetensors_header(tensors, "BF16", 2))
+        for index, (name, tshape) in enumerate(tensors):
+            fh.write(make_tensor(name, tshape, index, 0, torch.bfloat16).view(torch.uint8).numpy())
+        fh.flush()
+        os.fsync(fh.fileno())
+    return folder
+
+
+def write_gguf_vocabulary(
+    path: str | Path, *, vocab: int = 262_144, hidden: int = 640, qtype: str = "Q8_0"
+) -> Path:
+    """A GGUF file with a Gemma-3-shaped token embedding (262144 x 640) quantized by the `gguf`
+    package (it writes Q8_0 and Q4_0, not k-quants) and one hidden x hidden F32 layer."""
+    import gguf
+
+    path = Path(path)
+    writer = gguf.GGUFWriter(str(path), "gemma3")
+    kind = getattr(gguf.GGMLQuantizationType, qtype)
+    embedding = make_tensor("token_embd.weight", (vocab, hidden), 0, 0, torch.float32).numpy()
+    writer.add_tensor("token_embd.weight", gguf.quants.quantize(embedding, kind), raw_dtype=kind)
+    del embedding
+    square = make_tensor("blk.0.attn_output.weight", (hidden, hidden), 1, 0, torch.float32)
+    writer.add_tensor("blk.0.attn_output.weight", square.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("out", type=Path, help="folder to write (created)")

@@ -51,6 +51,9 @@ def proc_status(pid: int | str = "self") -> dict[str, int]:
 
 
 def checkpoint_files(folder: Path) -> list[Path]:
+    """The weight files of a Hub-layout folder, or the file itself (a GGUF file)."""
+    if folder.is_file():
+        return [folder]
     return sorted(p for p in folder.iterdir() if p.suffix == ".safetensors")
 
 
