@@ -210,8 +210,13 @@ def test_no_calibration_layer_is_an_embedding() -> None:
 # `llm-audit calibrate mnist --config quick` (28x28 inputs, init x8, lr 5e-3, 1e5 steps, seed 0).
 
 
-def _audit(name: str) -> dict[str, dict]:
-    result = llm_audit.scan(load_file(str(FIXTURES / f"{name}.safetensors")), traps=True, seed=0)
+FIRST = "layers.0.weight"
+SEEDS = range(12)  # trap shuffles: what a verdict does over seeds, not at one lucky seed
+
+
+def _audit(name: str, seed: int = 0) -> dict[str, dict]:
+    state = load_file(str(FIXTURES / f"{name}.safetensors"))
+    result = llm_audit.scan(state, traps=True, seed=seed)
     return {r["name"]: r for r in result.records}
 
 
@@ -220,12 +225,20 @@ def _csv(name: str) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def test_no_traps_and_alpha_at_least_2_at_the_test_accuracy_peak() -> None:
+def test_alpha_at_least_2_and_no_hidden_traps_at_the_test_accuracy_peak() -> None:
     """Step 41,246 (the highest test accuracy of the log-spaced checkpoints): train 1.000, test
-    0.851. Measured: alpha 2.055, 3.126, 3.010; num_traps 0, 0, 0; verdict healthy."""
-    layers = _audit("peak")
-    assert all(layers[n]["num_traps"] == 0 for n in HIDDEN)
-    assert all(r["alpha"] >= 2.0 for r in layers.values())
+    0.851; alpha 2.055, 3.126, 3.010. The other layers have no trap at any seed. The first layer
+    is borderline: its entries are already heavy-tailed (excess kurtosis 13, largest |z| 25), and
+    the top eigenvalue of its centred shuffle sits at the trap threshold (median 0.99 of it over
+    40 shuffles, 0.93 to 1.09), so one shuffle in three or so crosses it: 4 of these 12 seeds with
+    the keyed shuffle (6 of 12 with the randperm shuffle it replaced, whose seed 0 happened to
+    give none). Each such seed makes the verdict "pathological" by the 25% trap-layer rule (one
+    layer of three); the collapse below crosses at every seed, by up to 40%."""
+    runs = [_audit("peak", seed) for seed in SEEDS]
+    assert all(r["alpha"] >= 2.0 for layers in runs for r in layers.values())
+    assert all(layers[n]["num_traps"] == 0 for layers in runs for n in layers if n != FIRST)
+    fired = sum(layers[FIRST]["num_traps"] > 0 for layers in runs)
+    assert fired == 4
 
 
 def test_traps_and_alpha_below_2_after_the_collapse() -> None:
@@ -233,11 +246,12 @@ def test_traps_and_alpha_below_2_after_the_collapse() -> None:
     0, 0 (WeightWatcher's count, with the mean spike: 3, 1, 2); alpha 1.73, 3.21, 2.61: the first
     layer is below 2 (it fell 2.06 -> 1.90 -> 1.81 -> 1.73 from the peak on); verdict
     pathological (a trap layer and alpha < 2: the anti-grokking signature)."""
-    layers = _audit("collapsed")
-    assert layers["layers.0.weight"]["num_traps"] >= 1
-    assert layers["layers.0.weight"]["alpha"] < 2.0
-    summary = llm_audit.scan(load_file(str(FIXTURES / "collapsed.safetensors"))).summary
-    assert summary["verdict"] == "pathological"
+    state = load_file(str(FIXTURES / "collapsed.safetensors"))
+    for seed in SEEDS:  # at every seed, unlike the peak's borderline first layer
+        result = llm_audit.scan(state, traps=True, seed=seed)
+        first = next(r for r in result.records if r["name"] == FIRST)
+        assert first["num_traps"] >= 1 and first["alpha"] < 2.0
+        assert result.summary["verdict"] == "pathological"
 
 
 def test_fixture_accuracies_match_the_record() -> None:
@@ -356,7 +370,9 @@ def test_monitor_stops_after_the_peak_and_keeps_the_best_checkpoint() -> None:
     assert stopped == 2 and monitor.stopped_at == 2 and monitor.best_step == 1
     assert monitor.best_state is not None
     assert torch.equal(monitor.best_state["layers.0.weight"], states[1]["layers.0.weight"])
-    assert [row["verdict"] for row in monitor.history] == ["healthy", "pathological"]
+    # The peak's verdict depends on the seed (its first layer is borderline, see the peak test);
+    # the monitor does not stop there, as test accuracy has not fallen.
+    assert monitor.history[-1]["verdict"] == "pathological"
 
 
 class _TinyClassifier(torch.nn.Module):
