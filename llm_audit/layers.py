@@ -136,8 +136,13 @@ class Layer:
             self.stored_in_out,
             dtype=dtype or torch.float32,
             # Float tensors are memory maps, read whole for free; dequantized ones are built
-            # from row blocks by `elements`.
+            # from row blocks by `elements`, or decoded element by element where they can be.
             whole=(lambda: self.read(source)) if dtype is not None else None,
+            gather=(
+                source.element_reader(self.tensor, expert=self.slice_index)
+                if dtype is None and self.scale is None and self.rows is None
+                else None
+            ),
         )
 
     def read_rows(self, source: Source, start: int, stop: int) -> torch.Tensor:

@@ -372,3 +372,11 @@ def test_gguf_row_blocks_equal_whole_tensor_dequantization(tmp_path: Path, qtype
             blocks = [M.rows(a, min(a + 7, len(whole)), M.dtype) for a in range(0, len(whole), 7)]
             assert torch.equal(torch.cat(blocks), whole), layer.name
             assert torch.equal(M.elements(), whole.reshape(-1)), layer.name
+            # The trap shuffle's reads: Q8_0 and Q4_0 decoded element by element, bit for bit
+            # what gguf.quants.dequantize gives, for int32 and int64 indices.
+            assert (M.gather is not None) == (qtype != "F16"), layer.name
+            index = torch.randperm(whole.numel(), generator=torch.Generator().manual_seed(1))
+            bits = torch.int16 if qtype == "F16" else torch.int32
+            expected = whole.reshape(-1)[index].view(bits)
+            for dtype in (torch.int32, torch.int64):
+                assert torch.equal(M.gatherer()(index.to(dtype)).view(bits), expected), layer.name

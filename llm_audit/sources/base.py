@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,13 @@ class Source(abc.ABC):
         if expert is None:
             return self.read_slice(tensor, slice(start, stop))
         return self.read_slice(tensor, expert)[start:stop]
+
+    def element_reader(
+        self, tensor: TensorInfo, *, expert: int | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """Elements of a quantized tensor (or of expert `expert`'s matrix) decoded one by one at
+        flat indices, for the trap shuffle; None where the type is only decoded in whole rows."""
+        return None
 
     def plan_reads(self, tensors: list[TensorInfo]) -> None:  # noqa: B027 - optional hook
         """Told once, before reading, which tensors will be read (a tensor once per read)."""

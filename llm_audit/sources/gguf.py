@@ -7,10 +7,17 @@ by `gguf.quants.dequantize` (numpy, slow on large models), and types it cannot d
 the planner to report as `unsupported_dtype`. The file is memory-mapped, so a tensor's pages are
 read only when the tensor is. Every quantization block (32 or 256 values) lies within one row, so
 a block of rows is dequantized alone: a matrix is read row block by row block, never whole.
+
+The trap shuffle reads elements from all over a matrix. For Q8_0 and Q4_0 (llama.cpp's usual types
+for large embeddings) `element_reader` decodes each element where it is stored, from its block's
+fp16 scale and its 8- or 4-bit integer: the same float32 as `gguf.quants.dequantize` (scale times
+an integer below 2^8 is exact in float32), without the float copy, 3.8x (Q8_0) or 7.1x (Q4_0) the
+stored size. Other types (k-quants, all small matrices in practice) fall back to that copy.
 """
 
 from __future__ import annotations
 
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ import torch
 
 from llm_audit.errors import CheckpointFormatError, ConfigError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
+from llm_audit.spectral.esd import Gather
 
 FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 
@@ -111,6 +119,25 @@ class GGUFSource(Source):
         data = raw.data if expert is None else raw.data[expert]
         return self._decode(data[start:stop], raw.tensor_type, tensor)
 
+    def element_reader(self, tensor: TensorInfo, *, expert: int | None = None) -> Gather | None:
+        raw = self._raw[tensor.name]
+        if raw.tensor_type.name not in _ELEMENT_TYPES:
+            return None
+        block_bytes, decode = _ELEMENT_TYPES[raw.tensor_type.name]
+        data = raw.data if expert is None else raw.data[expert]
+        with warnings.catch_warnings():  # the map is read-only, and only ever read
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            stored = torch.from_numpy(data).reshape(-1)
+        scales = stored.view(-1, block_bytes)[:, :2].contiguous().view(torch.float16).reshape(-1)
+        index_dtype = torch.int32 if stored.numel() < 2**31 else torch.int64
+
+        def gather(index: torch.Tensor) -> torch.Tensor:
+            block = index.to(index_dtype) >> BLOCK_BITS
+            values = decode(stored, block * block_bytes + 2, index & (2**BLOCK_BITS - 1))
+            return values.mul_(scales.index_select(0, block).float())
+
+        return gather
+
     def _decode(self, data: np.ndarray, qtype: Any, tensor: TensorInfo) -> torch.Tensor:
         name = qtype.name
         if name in FLOAT_TYPES:
@@ -129,3 +156,19 @@ class GGUFSource(Source):
                 tensor=tensor.name,
             ) from None
         return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def _q8_0(stored: torch.Tensor, first: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """Each element's int8 as float32; `first` is its block's first integer byte."""
+    return stored.index_select(0, first + within).view(torch.int8).float()
+
+
+def _q4_0(stored: torch.Tensor, first: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """Each element's nibble minus 8 as float32: elements 0-15 of a block are the low nibbles
+    of its 16 bytes, 16-31 the high ones."""
+    byte = stored.index_select(0, first + (within & 15)).to(within.dtype)
+    return ((byte >> ((within >> 4) << 2)) & 15).sub_(8).float()
+
+
+BLOCK_BITS = 5  # Q8_0 and Q4_0 blocks hold 32 = 2^5 elements, after a 2-byte fp16 scale
+_ELEMENT_TYPES = {"Q8_0": (34, _q8_0), "Q4_0": (18, _q4_0)}  # bytes per block, integer decoder

@@ -11,6 +11,7 @@ a GPU wants. A vocab×vocab Gram is never formed: the Gram is always on the smal
 from __future__ import annotations
 
 import abc
+import contextlib
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -27,6 +28,7 @@ CHUNK_BYTES = 16 * 2**20  # rows converted to float at a time: no whole-matrix f
 
 
 RowReader = Callable[[int, int], torch.Tensor]  # stored rows [start, stop) of a matrix, on the CPU
+Gather = Callable[[torch.Tensor], torch.Tensor]  # stored elements at flat indices, as floats
 
 
 class LazyMatrix(abc.ABC):
@@ -47,6 +49,12 @@ class LazyMatrix(abc.ABC):
     def elements(self) -> torch.Tensor:
         """Every stored element, flat, in stored order (a memory map where the source has one)."""
         return self.rows(0, self.stored_shape[0], self.dtype).reshape(-1)
+
+    def gatherer(self) -> Gather:
+        """Stored elements at flat indices (the trap shuffle's reads, from all over the matrix);
+        the function holds `elements()` while it lives."""
+        values = self.elements()
+        return lambda index: values.index_select(0, index)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -72,6 +80,8 @@ class RowMatrix(LazyMatrix):
 
     `whole` reads every stored row at once where that is cheaper than concatenating blocks (a
     memory map: the pages come and go, no copy); without it `elements` reads them through `read`.
+    `gather` decodes single elements where they are stored (quantized GGUF blocks), so that the
+    trap shuffle needs no float copy of a quantized matrix, which is 4-7x its stored size.
     """
 
     read: RowReader
@@ -79,6 +89,7 @@ class RowMatrix(LazyMatrix):
     stored_in_out: bool = False
     dtype: torch.dtype = torch.float32
     whole: Callable[[], torch.Tensor] | None = None
+    gather: Gather | None = None
 
     def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         return self.read(start, stop).to(dtype)
@@ -93,6 +104,9 @@ class RowMatrix(LazyMatrix):
         for start, block in row_blocks(self, self.dtype):
             out[start : start + len(block)] = block
         return out.reshape(-1)
+
+    def gatherer(self) -> Gather:
+        return self.gather or super().gatherer()
 
 
 @dataclass(frozen=True)
@@ -229,3 +243,14 @@ def gram_eigenvalues(G: torch.Tensor, *, long_side: int) -> torch.Tensor:
             stacklevel=2,
         )
     return torch.where(evals.abs() <= tol, torch.zeros_like(evals), evals).clamp_min(0)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Run torch with `n` intra-op threads on this thread, restoring its setting afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_audit.spectral.esd import EPS64, LazyMatrix, Matrix, as_lazy, row_blocks
+from llm_audit.spectral.esd import EPS64, LazyMatrix, Matrix, as_lazy, row_blocks, torch_threads
 from llm_audit.spectral.mp import MPFit, fit_mp, jensen_shannon_distance
 from llm_audit.spectral.shuffle import Permutation
 from llm_audit.vocabulary import FAILED, SUCCESS
@@ -41,6 +41,7 @@ SMALL_LAYER_REPLICAS = 5
 MAX_CULPRITS = 10  # largest |w - μ| entries reported per trap layer
 SHUFFLE_BLOCK_BYTES = 16 * 2**20  # float32 rows of the shuffled matrix gathered at a time
 EPS32 = torch.finfo(torch.float32).eps
+CPU = torch.device("cpu")
 
 
 def trap_threshold(mean_eval: float, Q: float, M: int) -> float:
@@ -62,24 +63,34 @@ def float32_tolerance(N: int, max_diagonal: float) -> float:
 
 
 def shuffled_gram(
-    W: LazyMatrix, permutation: Permutation, mu: float, dtype: torch.dtype
+    W: LazyMatrix,
+    permutation: Permutation,
+    mu: float,
+    dtype: torch.dtype,
+    *,
+    device: torch.device = CPU,
+    threads: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gram of the centred shuffle S − μ, with S tall (N×M) and S.flat[i] = W.flat[π(i)], and
     the column sums of S − μ (float64).
 
     Any arrangement of shuffled elements has the same spectrum, so S is always tall and its Gram
-    is M×M, whatever W's orientation.
+    is M×M, whatever W's orientation. π, the gather, the centring and the Gram product use
+    `threads` threads: their results are bitwise the same for any thread count (element-wise
+    work, and MKL's GEMM, tests/test_traps.py); the column sums, a reduction, run on the
+    caller's threads.
     """
-    values = W.elements()
+    take = W.gatherer()
     N, M = max(W.shape), min(W.shape)
     step = max(1, SHUFFLE_BLOCK_BYTES // (4 * M))
-    G = torch.zeros(M, M, dtype=dtype, device=values.device)
-    sums = torch.zeros(M, dtype=torch.float64, device=values.device)
+    G = torch.zeros(M, M, dtype=dtype, device=device)
+    sums = torch.zeros(M, dtype=torch.float64, device=device)
     for start in range(0, N, step):
         stop = min(N, start + step)
-        where = permutation.block(start * M, stop * M, values.device)
-        block = values.index_select(0, where).to(dtype).sub_(mu).reshape(stop - start, M)
-        G.addmm_(block.T, block)
+        with torch_threads(threads):
+            where = permutation.block(start * M, stop * M, device)
+            block = take(where).to(dtype).sub_(mu).reshape(stop - start, M)
+            G.addmm_(block.T, block)
         sums += block.sum(dim=0, dtype=torch.float64)
     return G, sums
 
@@ -104,9 +115,9 @@ class _Shuffle:
     near_threshold: bool  # an eigenvalue of the centred Gram within `tolerance` of the threshold
 
 
-def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype) -> _Shuffle:
+def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any) -> _Shuffle:
     N, M = max(W.shape), min(W.shape)
-    Gc, sums = shuffled_gram(W, Permutation(N * M, seed), mu, dtype)
+    Gc, sums = shuffled_gram(W, Permutation(N * M, seed), mu, dtype, **where)
     Gc = Gc.to(torch.float64)
     max_diagonal = float(Gc.diagonal().max())
     tol = float32_tolerance(N, max_diagonal) if dtype == torch.float32 else 0.0
@@ -122,13 +133,13 @@ def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype) -> _Sh
 
 
 def _shuffles(
-    W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype
+    W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any
 ) -> tuple[list[_Shuffle], MPFit] | None:
     """Every shuffle of the layer and the MP fit of their pooled spectra; None when a float32
     Gram put an eigenvalue too close to a threshold to count it."""
     replicas = SMALL_LAYER_REPLICAS if min(W.shape) < SMALL_LAYER_EVALS else 1
     keys = [(seed * SMALL_LAYER_REPLICAS + r) % 2**64 for r in range(replicas)]  # one per shuffle
-    shuffles = [_one_shuffle(W, key, mu, dtype) for key in keys]
+    shuffles = [_one_shuffle(W, key, mu, dtype, **where) for key in keys]
     pooled = np.sort(np.concatenate([s.rand_evals for s in shuffles]))
     mp = fit_mp(pooled, Q=max(W.shape) / min(W.shape), M=min(W.shape))
     tol = max(s.tolerance for s in shuffles)
@@ -141,13 +152,21 @@ def _shuffles(
 
 
 def trap_metrics(
-    W: Matrix, evals: np.ndarray, *, seed: int
+    W: Matrix, evals: np.ndarray, *, seed: int, threads: int = 1
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Randomized-spectrum columns of one layer and its spectra; W is (out, in), a tensor on its
-    device or a `LazyMatrix`. Float32 shuffled Grams, float64 where one is too close to call."""
+    device or a `LazyMatrix`. Float32 shuffled Grams, float64 where one is too close to call.
+
+    `threads` CPU threads shuffle and multiply (`shuffled_gram`); the rest runs on the caller's,
+    and the results are the same for any `threads`.
+    """
     lazy = as_lazy(W)
     mu = mean(lazy)
-    found = _shuffles(lazy, seed, mu, torch.float32) or _shuffles(lazy, seed, mu, torch.float64)
+    device = W.device if isinstance(W, torch.Tensor) else CPU
+    where = {"device": device, "threads": threads}
+    found = _shuffles(lazy, seed, mu, torch.float32, **where) or _shuffles(
+        lazy, seed, mu, torch.float64, **where
+    )
     assert found is not None  # a float64 Gram has no tolerance to fall within
     shuffles, mp = found
     trap_counts = [s.num_traps for s in shuffles]
