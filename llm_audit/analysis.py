@@ -3,17 +3,15 @@
 Pure computation: no scheduling, files or ranks. The scheduler calls `analyze` on its pool with
 matrices already on the compute device; same-shape matrices on a GPU come as one batch.
 
-On the CPU only the Gram products may use several threads: their results are bitwise the same for
-any thread count, while LAPACK's eigvalsh is not (1e-11 relative differences between one and two
-threads), so everything else runs single-threaded and a report never depends on how the
-scheduler happened to share the cores.
+On the CPU only the Gram products and the trap shuffle (`trap_metrics`' `threads`) may use several
+threads: their results are bitwise the same for any thread count, while LAPACK's eigvalsh is not
+(1e-11 relative differences between one and two threads), so everything else runs single-threaded
+and a report never depends on how the scheduler happened to share the cores.
 """
 
 from __future__ import annotations
 
-import contextlib
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +20,7 @@ import torch
 
 from llm_audit.config import AuditConfig
 from llm_audit.layers import Layer
-from llm_audit.spectral.esd import Matrix, gram, gram_eigenvalues, nonfinite_count
+from llm_audit.spectral.esd import Matrix, gram, gram_eigenvalues, nonfinite_count, torch_threads
 from llm_audit.spectral.metrics import mp_metrics, shape_columns, spectrum_metrics
 from llm_audit.spectral.powerlaw import fit_power_law
 from llm_audit.spectral.traps import trap_metrics
@@ -66,7 +64,8 @@ def analyze(
 ) -> list[Outcome]:
     """Outcomes of same-shape matrices (on the compute device, as (out, in)), one per layer.
 
-    On the CPU, the Grams of W use `gram_threads` threads and the rest one (see the docstring).
+    On the CPU, the Grams of W and the trap shuffles use `gram_threads` threads and the rest one
+    (see the docstring).
     """
     on_gpu = all(isinstance(W, torch.Tensor) and W.is_cuda for W in matrices)
     with torch_threads(gram_threads if not on_gpu else torch.get_num_threads()):
@@ -81,7 +80,7 @@ def analyze(
             outcomes.append(skipped(layer, *problem))
             continue
         evals = gram_eigenvalues(G, long_side=max(W.shape)).cpu().numpy()
-        outcomes.append(_outcome(layer, W, evals, cfg))
+        outcomes.append(_outcome(layer, W, evals, cfg, threads=gram_threads))
     return outcomes
 
 
@@ -95,7 +94,9 @@ def _matrix_problem(W: Matrix, G: torch.Tensor) -> tuple[str, str] | None:
     return None
 
 
-def _outcome(layer: Layer, W: Matrix, evals: np.ndarray, cfg: AuditConfig) -> Outcome:
+def _outcome(
+    layer: Layer, W: Matrix, evals: np.ndarray, cfg: AuditConfig, *, threads: int
+) -> Outcome:
     fit = fit_power_law(evals, estimator=cfg.estimator)
     record = {**base_record(layer), **spectrum_metrics(evals, fit)}
     record.update(mp_metrics(evals, Q=record["Q"], M=record["M"]))
@@ -103,18 +104,8 @@ def _outcome(layer: Layer, W: Matrix, evals: np.ndarray, cfg: AuditConfig) -> Ou
     record["reason"] = fit.reason
     spectra = {"evals": evals.astype(np.float64)}
     if cfg.traps:
-        traps, rand_spectra = trap_metrics(W, evals, seed=layer_seed(cfg.seed, layer.name))
+        seed = layer_seed(cfg.seed, layer.name)
+        traps, rand_spectra = trap_metrics(W, evals, seed=seed, threads=threads)
         record.update(traps)
         spectra.update(rand_spectra)
     return Outcome(record, spectra)
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Run torch with `n` intra-op threads on this thread, restoring its setting afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

@@ -11,7 +11,7 @@ import torch
 
 import llm_audit
 from llm_audit.spectral import traps
-from llm_audit.spectral.esd import as_lazy, eigenvalues
+from llm_audit.spectral.esd import as_lazy, eigenvalues, torch_threads
 from llm_audit.spectral.shuffle import Permutation
 from tests.ww_reference import ww_details
 
@@ -99,6 +99,23 @@ def test_shuffles_are_reproducible_and_seeded() -> None:
     # The shuffle keeps the Frobenius norm: the shuffled spectrum has the same sum (to the
     # rounding of its float32 Gram).
     assert sa["rand_evals"].sum() == pytest.approx(eigenvalues(W).sum().item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_trap_metrics_do_not_depend_on_the_thread_count(dtype: torch.dtype) -> None:
+    """The shuffle, gather and Gram product may run on several threads (a large matrix alone on
+    the machine): records and spectra are bitwise those of one thread. 20000×256 is large
+    enough for torch to split every element-wise step and the GEMM across threads."""
+    W = _gaussian(20000, 256, seed=9).add_(0.3)
+    W[5, 6] = W[700, 80] = 400.0  # traps: the count goes through eigvalsh, not only Cholesky
+    W = W.to(dtype)
+    evals = eigenvalues(W).numpy()
+    with torch_threads(1):  # the caller's threads, as in analysis.analyze
+        one = traps.trap_metrics(W, evals, seed=3, threads=1)
+        two = traps.trap_metrics(W, evals, seed=3, threads=2)
+    assert one[0]["num_traps"] == 2
+    assert one[0] == two[0]
+    np.testing.assert_array_equal(one[1]["rand_evals"], two[1]["rand_evals"])
 
 
 @pytest.mark.parametrize("t", [0.5, 50.0, 300.0, 800.0, 5000.0])
