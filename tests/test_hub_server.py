@@ -22,6 +22,8 @@ from safetensors.torch import save_file
 
 from tests.hub_server import HubServer
 
+pytestmark = pytest.mark.slow  # spawns processes
+
 REPO = "acme/tiny-llama"
 SHARDS = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
 ALLOWED = sorted([*SHARDS, "model.safetensors.index.json", "config.json"])
@@ -31,8 +33,6 @@ _PRELUDE = """
 import json
 from pathlib import Path
 from huggingface_hub import HfApi, hf_hub_download, snapshot_download
-
-pytestmark = pytest.mark.slow  # spawns processes
 
 def error(call, *args, **kwargs):
     try:
