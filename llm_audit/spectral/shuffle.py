@@ -19,6 +19,7 @@ import torch
 
 ROUNDS = 4
 INT32_BITS = 31  # indices below 2^31 are computed in int32 (about 1.5x faster than int64)
+CHUNK = 2**18  # indices whose rounds run in cache together (1.3x faster than 4M at a time)
 
 
 class Permutation:
@@ -48,8 +49,17 @@ class Permutation:
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         """π(index) for indices in [0, size), same shape, in `self.dtype`, on index's device."""
-        tables = self._tables_on(index.device)
-        x = self._feistel(index.to(self.dtype), tables)
+        return self._permute(index.to(self.dtype, copy=True))
+
+    def block(self, start: int, stop: int, device: torch.device | None = None) -> torch.Tensor:
+        """π(start), ..., π(stop - 1): where the elements of positions [start, stop) come from."""
+        return self._permute(torch.arange(start, stop, device=device, dtype=self.dtype))
+
+    def _permute(self, x: torch.Tensor) -> torch.Tensor:
+        """π(x), computed in x."""
+        tables = self._tables_on(x.device)
+        for part in x.reshape(-1).split(CHUNK):
+            self._feistel(part, tables)
         walking = (x >= self.size).nonzero().squeeze(1)  # only these are worked on again
         while walking.numel():
             again = self._feistel(x[walking], tables)
@@ -57,14 +67,14 @@ class Permutation:
             walking = walking[again >= self.size]
         return x
 
-    def block(self, start: int, stop: int, device: torch.device | None = None) -> torch.Tensor:
-        """π(start), ..., π(stop - 1): where the elements of positions [start, stop) come from."""
-        return self(torch.arange(start, stop, device=device, dtype=self.dtype))
-
     def _feistel(self, x: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
+        """The Feistel network applied to x in place, with two scratch tensors of x's size."""
+        low, looked_up = torch.empty_like(x), torch.empty_like(x)
         for (left, right), table in zip(self._widths, tables, strict=True):
-            high, low = x >> right, x & ((1 << right) - 1)
-            x = (low << left) | (high ^ table.index_select(0, low))
+            torch.bitwise_and(x, (1 << right) - 1, out=low)
+            x.bitwise_right_shift_(right)  # the high part
+            torch.index_select(table, 0, low, out=looked_up)
+            x.bitwise_xor_(looked_up).bitwise_or_(low.bitwise_left_shift_(left))
         return x
 
     def _tables_on(self, device: torch.device) -> list[torch.Tensor]:
