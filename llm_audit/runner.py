@@ -4,8 +4,8 @@
 ranks or journals. `launch` starts the run's processes (one per `--devices` entry, or the ones
 torchrun/accelerate launched, or just this one) and calls the command's work in each. `run` then
 takes this rank's share of the jobs (balanced by cost), drops those a resumed journal already
-holds, schedules the rest under a byte budget (the largest matrix runs alone), journals each
-outcome as it finishes, and gathers every rank's outcomes on every rank.
+holds, schedules the rest under a byte budget (no two of the largest matrices at once), journals
+each outcome as it finishes, and gathers every rank's outcomes on every rank.
 """
 
 from __future__ import annotations
@@ -102,12 +102,20 @@ def run(
             progress=options.progress and process.is_primary,
             desc=desc,
             on_done=log.append if log is not None else None,
-            budget=max((job.nbytes for job in fresh), default=0),
+            budget=budget(fresh),
         )
         results.update({job.key: done[job.key] for job in mine if job.key in done})
         if ranks is not None:
             results = _gather(results, log, ranks)
     return results
+
+
+def budget(jobs: list[Job]) -> int:
+    """Bytes the matrices in flight may occupy: the largest one and half as much beside it, so
+    no two of the largest matrices are paged in at once, but small ones keep the other cores
+    busy while the largest runs."""
+    largest = max((job.nbytes for job in jobs), default=0)
+    return largest + largest // 2
 
 
 @contextlib.contextmanager
