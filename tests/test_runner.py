@@ -17,11 +17,13 @@ import torch
 
 import llm_audit
 from llm_audit.errors import ConfigError
+from llm_audit.jobs import Job
+from llm_audit.layers import plan_layers
+from llm_audit.runner import budget
+from llm_audit.sources import TensorInfo
 from tests.conftest import llama_tensors, write_shards
 from tests.test_distributed import sharded_model, torchrun_two_ranks
 from tests.test_resume import journaled_names, kill_after
-
-pytestmark = pytest.mark.slow
 
 
 def fine_tune(base: Path, folder: Path, *, scale: float = 0.05) -> Path:
@@ -50,6 +52,7 @@ def pair(tmp_path: Path) -> tuple[Path, Path]:
     return base, fine_tune(base, tmp_path / "tuned")
 
 
+@pytest.mark.slow
 def test_torchrun_compare_equals_one_process(
     tmp_path: Path, pair: tuple[Path, Path], cli: Callable[..., tuple[int, str, str]]
 ) -> None:
@@ -69,6 +72,7 @@ def test_torchrun_compare_equals_one_process(
     assert not list((tmp_path / "A").glob(".journal*"))
 
 
+@pytest.mark.slow
 def test_devices_compare_equals_one_process(
     tmp_path: Path, pair: tuple[Path, Path], cli: Callable[..., tuple[int, str, str]]
 ) -> None:
@@ -81,6 +85,7 @@ def test_devices_compare_equals_one_process(
     assert not list((tmp_path / "A").glob(".journal*"))
 
 
+@pytest.mark.slow
 def test_killed_compare_resumes_to_the_uninterrupted_one(
     tmp_path: Path, cli: Callable[..., tuple[int, str, str]]
 ) -> None:
@@ -136,3 +141,12 @@ def test_compare_records_what_a_scan_records(pair: tuple[Path, Path]) -> None:
     assert all("mlp" in r["name"] for r in result.records)
     base_alphas = {r["name"]: r["models"]["base"]["alpha"] for r in result.records}
     assert base_alphas == {r["name"]: r["alpha"] for r in scanned.records}
+
+
+def test_budget_keeps_the_largest_matrices_apart_but_not_the_small_ones() -> None:
+    layer = plan_layers([TensorInfo("model.layers.0.mlp.up_proj.weight", (8, 8), "F32")], None)[0][
+        0
+    ]
+    jobs = [Job(str(n), layer, lambda: torch.zeros(8, 8), n, 1) for n in (100, 10, 40, 100)]
+    assert budget(jobs) == 150  # 100 + 40 fit together, 100 + 100 do not
+    assert budget([]) == 0
