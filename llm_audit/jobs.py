@@ -69,14 +69,9 @@ def difference_job(
             stored_in_out=base.stored_in_out,
         )
 
-    in_blocks = _row_readable(other, other_source) and _row_readable(base, base_source)
+    in_blocks = other_source.partial_reads and base_source.partial_reads
     nbytes = 0 if in_blocks else stored_bytes(base) + stored_bytes(other)
     return Job(key, base, read, nbytes, cost(base))
-
-
-def _row_readable(layer: Layer, source: Source) -> bool:
-    """Whether a block of the layer's stored rows can be read without reading it all."""
-    return source.partial_reads
 
 
 def _row_reader(layer: Layer, source: Source) -> RowReader:
