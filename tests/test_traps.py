@@ -103,9 +103,9 @@ def test_shuffles_are_reproducible_and_seeded() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_trap_metrics_do_not_depend_on_the_thread_count(dtype: torch.dtype) -> None:
-    """The shuffle, gather and Gram product may run on several threads (a large matrix alone on
+    """The gather, centring and Gram product may run on several threads (a large matrix alone on
     the machine): records and spectra are bitwise those of one thread. 20000×256 is large
-    enough for torch to split every element-wise step and the GEMM across threads."""
+    enough for torch to split the gather, the centring and the GEMM across threads."""
     W = _gaussian(20000, 256, seed=9).add_(0.3)
     W[5, 6] = W[700, 80] = 400.0  # traps: the count goes through eigvalsh, not only Cholesky
     W = W.to(dtype)

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from llm_audit.spectral.esd import torch_threads
+
 ROUNDS = 4
 INT32_BITS = 31  # indices below 2^31 are computed in int32 (about 1.5x faster than int64)
 CHUNK = 2**18  # indices whose rounds run in cache together (1.3x faster than 4M at a time)
@@ -56,15 +58,18 @@ class Permutation:
         return self._permute(torch.arange(start, stop, device=device, dtype=self.dtype))
 
     def _permute(self, x: torch.Tensor) -> torch.Tensor:
-        """π(x), computed in x."""
+        """π(x), computed in x, on one CPU thread: its steps are too short to share (each
+        waits for every thread, and with another process on the second core, two threads made
+        it 4-20x slower)."""
         tables = self._tables_on(x.device)
-        for part in x.reshape(-1).split(CHUNK):
-            self._feistel(part, tables)
-        walking = (x >= self.size).nonzero().squeeze(1)  # only these are worked on again
-        while walking.numel():
-            again = self._feistel(x[walking], tables)
-            x[walking] = again
-            walking = walking[again >= self.size]
+        with torch_threads(1):
+            for part in x.reshape(-1).split(CHUNK):
+                self._feistel(part, tables)
+            walking = (x >= self.size).nonzero().squeeze(1)  # only these are worked on again
+            while walking.numel():
+                again = self._feistel(x[walking], tables)
+                x[walking] = again
+                walking = walking[again >= self.size]
         return x
 
     def _feistel(self, x: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:

@@ -75,10 +75,10 @@ def shuffled_gram(
     the column sums of S − μ (float64).
 
     Any arrangement of shuffled elements has the same spectrum, so S is always tall and its Gram
-    is M×M, whatever W's orientation. π, the gather, the centring and the Gram product use
+    is M×M, whatever W's orientation. The gather, the centring and the Gram product use
     `threads` threads: their results are bitwise the same for any thread count (element-wise
-    work, and MKL's GEMM, tests/test_traps.py); the column sums, a reduction, run on the
-    caller's threads.
+    work, and MKL's GEMM, tests/test_traps.py). The column sums, a reduction, run on the
+    caller's threads, and π on one (see `Permutation`).
     """
     take = W.gatherer()
     N, M = max(W.shape), min(W.shape)
@@ -87,8 +87,8 @@ def shuffled_gram(
     sums = torch.zeros(M, dtype=torch.float64, device=device)
     for start in range(0, N, step):
         stop = min(N, start + step)
+        where = permutation.block(start * M, stop * M, device)
         with torch_threads(threads):
-            where = permutation.block(start * M, stop * M, device)
             block = take(where).to(dtype).sub_(mu).reshape(stop - start, M)
             G.addmm_(block.T, block)
         sums += block.sum(dim=0, dtype=torch.float64)
