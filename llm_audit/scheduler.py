@@ -4,11 +4,12 @@ At most `workers + prefetch` jobs are in flight (running, or read and waiting), 
 their matrices would exceed the byte budget together, so peak memory is set by the largest
 matrices in flight, never by the model. On the CPU each worker runs torch single-threaded: one
 layer per core is the better split (LAPACK's eigvalsh gets slower, not faster, with two threads on
-a two-core machine), and a worker whose OpenMP team had two threads keeps them spinning while the
-other worker computes (measured: MiniLM with traps 5.7 s with one thread per worker, 15.3 s when
-the largest matrix took both cores). The budget lets small matrices run beside the largest one,
-so the other core is busy while it runs. On a GPU, consecutive same-shape matrices go as one
-batch.
+a two-core machine). A matrix too large to share the budget with another of its size (an
+embedding or head) runs alone instead, with every core for its Gram products and trap shuffle,
+and nothing joins it: a worker whose OpenMP team has two threads keeps them spinning while
+another worker computes (measured: MiniLM with traps took 15.3 s against 5.7 s when the
+embedding's two threads ran beside the other layers). On a GPU, consecutive same-shape matrices
+go as one batch.
 """
 
 from __future__ import annotations
@@ -75,12 +76,16 @@ def schedule(
     with ThreadPoolExecutor(workers) as pool:
         for batch in _batches(jobs, GPU_BATCH if on_gpu else 1):
             incoming = sum(job.nbytes for job in batch)
-            collect(keep=workers + prefetch - 1, incoming=incoming)  # then this one joins
+            alone = not on_gpu and budget is not None and 2 * incoming > budget
+            collect(keep=0 if alone else workers + prefetch - 1, incoming=incoming)
             matrices = [job.read().to(device, non_blocking=True) for job in batch]
             read_bytes += incoming
             layers = [job.layer for job in batch]
-            pending.append((batch, pool.submit(_run, layers, matrices, cfg)))
+            threads = cores if alone else 1
+            pending.append((batch, pool.submit(_run, threads, layers, matrices, cfg)))
             del matrices
+            if alone:  # nothing joins it: its threads would spin while another job computes
+                collect(keep=0)
         collect(keep=0)
     bar.close()
     return results
@@ -90,10 +95,11 @@ def _bytes(pending: list[tuple[list[Job], Future[list[Outcome]]]]) -> int:
     return sum(job.nbytes for batch, _ in pending for job in batch)
 
 
-def _run(*args: Any) -> list[Outcome]:
-    """`analyze` on this worker thread, with one torch thread (a per-thread setting)."""
+def _run(threads: int, *args: Any) -> list[Outcome]:
+    """`analyze` on this worker thread: one torch thread (a per-thread setting), and `threads`
+    for the parts whose results do not depend on the thread count (see analysis.py)."""
     with torch_threads(1):
-        return analyze(*args)
+        return analyze(*args, gram_threads=threads)
 
 
 def _batches(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
