@@ -150,8 +150,8 @@ def test_scan_flags_the_trap_layer_only() -> None:
 
 
 @pytest.fixture(scope="module")
-def minilm_with_traps() -> dict[str, dict[str, Any]]:
-    return {r["name"]: r for r in llm_audit.scan(traps=True, seed=0).records}
+def minilm_with_traps(minilm_scan: llm_audit.AuditResult) -> dict[str, dict[str, Any]]:
+    return {r["name"]: r for r in minilm_scan.records}
 
 
 def test_rand_num_spikes_matches_weightwatcher_randomize(
