@@ -131,3 +131,16 @@ def test_other_settings_refuse_the_journal(
 
     llm_audit.scan(model, journal=journal, traps=True)  # no resume: the journal starts over
     assert len(journaled_names(journal)) == 3
+
+
+def test_a_damaged_journal_line_or_a_missing_journal_is_a_one_line_error(tmp_path: Path) -> None:
+    model = stack_model(tmp_path / "m", layers=4, size=16)
+    journal = tmp_path / "j.jsonl"
+    llm_audit.scan(model, journal=journal, traps=False)
+    lines = journal.read_bytes().split(b"\n")
+    lines[2] = b'{"key": "x", "record": 3}'  # a middle line with the wrong type
+    journal.write_bytes(b"\n".join(lines))
+    with pytest.raises(ConfigError, match="line 3 of the resume journal is not a finished job"):
+        llm_audit.scan(model, journal=journal, traps=False, resume=True)
+    with pytest.raises(ConfigError, match="resume needs a journal"):
+        llm_audit.scan(model, traps=False, resume=True)
