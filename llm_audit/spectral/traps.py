@@ -31,7 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_audit.spectral.esd import EPS64, LazyMatrix, Matrix, as_lazy, row_blocks, torch_threads
+from llm_audit.spectral.esd import (
+    EPS64,
+    GramSum,
+    LazyMatrix,
+    Matrix,
+    as_lazy,
+    row_blocks,
+    torch_threads,
+)
 from llm_audit.spectral.mp import MPFit, fit_mp, jensen_shannon_distance
 from llm_audit.spectral.shuffle import Permutation
 from llm_audit.vocabulary import FAILED, SUCCESS
@@ -83,16 +91,16 @@ def shuffled_gram(
     take = W.gatherer()
     N, M = max(W.shape), min(W.shape)
     step = max(1, SHUFFLE_BLOCK_BYTES // (4 * M))
-    G = torch.zeros(M, M, dtype=dtype, device=device)
+    total = GramSum(M, (), dtype, device)
     sums = torch.zeros(M, dtype=torch.float64, device=device)
     for start in range(0, N, step):
         stop = min(N, start + step)
         where = permutation.block(start * M, stop * M, device)
         with torch_threads(threads):
             block = take(where).to(dtype).sub_(mu).reshape(stop - start, M)
-            G.addmm_(block.T, block)
+            total.add(block)
         sums += block.sum(dim=0, dtype=torch.float64)
-    return G, sums
+    return total.result(), sums
 
 
 def _count_above(G: torch.Tensor, t: float) -> tuple[int, torch.Tensor | None]:
