@@ -40,12 +40,12 @@ class Permutation:
         self.dtype = torch.int32 if self.bits <= INT32_BITS else torch.int64
         generator = torch.Generator().manual_seed(seed)
         self._widths = []  # (left, right) bits of each round
-        self._tables = []  # T[R] in [0, 2^left), one per round
+        self._tables = []  # per round, R -> (R << left) | T[R], T[R] random in [0, 2^left)
         left, right = self.bits // 2, self.bits - self.bits // 2
         for _ in range(ROUNDS):
             self._widths.append((left, right))
             table = torch.randint(0, 2**left, (2**right,), generator=generator)
-            self._tables.append(table.to(self.dtype))
+            self._tables.append((torch.arange(2**right) << left | table).to(self.dtype))
             left, right = right, left
         self._on: dict[torch.device, list[torch.Tensor]] = {torch.device("cpu"): self._tables}
 
@@ -63,23 +63,27 @@ class Permutation:
         it 4-20x slower)."""
         tables = self._tables_on(x.device)
         with torch_threads(1):
-            for part in x.reshape(-1).split(CHUNK):
+            for part in x.reshape(-1).split(CHUNK):  # each chunk walked while in cache
                 self._feistel(part, tables)
-            walking = (x >= self.size).nonzero().squeeze(1)  # only these are worked on again
-            while walking.numel():
-                again = self._feistel(x[walking], tables)
-                x[walking] = again
-                walking = walking[again >= self.size]
+                walking = (part >= self.size).nonzero().squeeze(1)  # only these go again
+                while walking.numel():
+                    again = self._feistel(part[walking], tables)
+                    part[walking] = again
+                    walking = walking[again >= self.size]
         return x
 
     def _feistel(self, x: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
-        """The Feistel network applied to x in place, with two scratch tensors of x's size."""
+        """The Feistel network applied to x in place, with two scratch tensors of x's size.
+
+        A round maps (L, R) to (R, L xor T[R]), that is x to ((R << left) | T[R]) xor L: the
+        shift and the or are folded into the round's table, so a round is four passes over x.
+        """
         low, looked_up = torch.empty_like(x), torch.empty_like(x)
-        for (left, right), table in zip(self._widths, tables, strict=True):
+        for (_, right), table in zip(self._widths, tables, strict=True):
             torch.bitwise_and(x, (1 << right) - 1, out=low)
-            x.bitwise_right_shift_(right)  # the high part
+            x.bitwise_right_shift_(right)  # L, the high part
             torch.index_select(table, 0, low, out=looked_up)
-            x.bitwise_xor_(looked_up).bitwise_or_(low.bitwise_left_shift_(left))
+            x.bitwise_xor_(looked_up)
         return x
 
     def _tables_on(self, device: torch.device) -> list[torch.Tensor]:
