@@ -53,6 +53,16 @@ def test_any_split_into_blocks_gives_the_same_permutation() -> None:
     assert torch.equal(perm(index), whole[index])
 
 
+def test_threads_share_the_chunks_without_changing_the_permutation() -> None:
+    """Several CPU threads each take every n-th chunk of a block; positions stay where they were."""
+    size = 5 * shuffle.CHUNK + 123
+    perm = Permutation(size, 11)
+    one = perm.block(7, size, threads=1)
+    for threads in (2, 3, 8):
+        assert torch.equal(perm.block(7, size, threads=threads), one)
+    assert torch.equal(torch.sort(perm.block(0, size, threads=2)).values, torch.arange(size))
+
+
 def test_int64_path_equals_int32_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Matrices of 2^31 elements or more are indexed in int64: the same arithmetic."""
     narrow = Permutation(70_000, 9).block(0, 70_000)

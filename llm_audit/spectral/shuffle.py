@@ -15,6 +15,8 @@ the same on CPU and GPU, for any block size and any number of ranks.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 
 from llm_audit.spectral.esd import torch_threads
@@ -51,26 +53,49 @@ class Permutation:
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         """π(index) for indices in [0, size), same shape, in `self.dtype`, on index's device."""
-        return self._permute(index.to(self.dtype, copy=True))
-
-    def block(self, start: int, stop: int, device: torch.device | None = None) -> torch.Tensor:
-        """π(start), ..., π(stop - 1): where the elements of positions [start, stop) come from."""
-        return self._permute(torch.arange(start, stop, device=device, dtype=self.dtype))
-
-    def _permute(self, x: torch.Tensor) -> torch.Tensor:
-        """π(x), computed in x, on one CPU thread: its steps are too short to share (each
-        waits for every thread, and with another process on the second core, two threads made
-        it 4-20x slower)."""
-        tables = self._tables_on(x.device)
-        with torch_threads(1):
-            for part in x.reshape(-1).split(CHUNK):  # each chunk walked while in cache
-                self._feistel(part, tables)
-                walking = (part >= self.size).nonzero().squeeze(1)  # only these go again
-                while walking.numel():
-                    again = self._feistel(part[walking], tables)
-                    part[walking] = again
-                    walking = walking[again >= self.size]
+        x = index.to(self.dtype, copy=True)
+        self._permute_chunks(x.reshape(-1), threads=1)
         return x
+
+    def block(
+        self, start: int, stop: int, device: torch.device | None = None, *, threads: int = 1
+    ) -> torch.Tensor:
+        """π(start), ..., π(stop - 1): where the elements of positions [start, stop) come from.
+        `threads` CPU threads share the work; the result does not depend on it."""
+        x = torch.arange(start, stop, device=device, dtype=self.dtype)
+        self._permute_chunks(x, threads=threads)
+        return x
+
+    def _permute_chunks(self, x: torch.Tensor, *, threads: int) -> None:
+        """π of a flat x in place, CHUNK indices at a time. On the CPU, `threads` Python threads
+        take every `threads`-th chunk, each running torch on one thread: the steps are too short
+        for an OpenMP team (each waits for every thread, and with another process on the second
+        core two OpenMP threads made it 4-20x slower)."""
+        tables = self._tables_on(x.device)
+        chunks = x.split(CHUNK)
+        threads = min(threads, len(chunks)) if x.device.type == "cpu" else 1
+        shares = [chunks[i::threads] for i in range(max(threads, 1))]
+
+        def permute(share: tuple[torch.Tensor, ...]) -> None:
+            with torch_threads(1):
+                for chunk in share:
+                    self._permute(chunk, tables)
+
+        if len(shares) == 1:
+            permute(shares[0])
+            return
+        with ThreadPoolExecutor(len(shares)) as pool:
+            list(pool.map(permute, shares))
+
+    def _permute(self, x: torch.Tensor, tables: list[torch.Tensor]) -> None:
+        """π of one chunk in place (its rounds run in cache); cycle-walking goes again on the
+        indices that landed outside [0, size) until none is left."""
+        self._feistel(x, tables)
+        walking = (x >= self.size).nonzero().squeeze(1)
+        while walking.numel():
+            again = self._feistel(x[walking], tables)
+            x[walking] = again
+            walking = walking[again >= self.size]
 
     def _feistel(self, x: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
         """The Feistel network applied to x in place, with two scratch tensors of x's size.

@@ -86,7 +86,7 @@ def shuffled_gram(
     is M×M, whatever W's orientation. The gather, the centring and the Gram product use
     `threads` threads: their results are bitwise the same for any thread count (element-wise
     work, and MKL's GEMM, tests/test_traps.py). The column sums, a reduction, run on the
-    caller's threads, and π on one (see `Permutation`).
+    caller's threads.
     """
     take = W.gatherer()
     N, M = max(W.shape), min(W.shape)
@@ -95,7 +95,7 @@ def shuffled_gram(
     sums = torch.zeros(M, dtype=torch.float64, device=device)
     for start in range(0, N, step):
         stop = min(N, start + step)
-        where = permutation.block(start * M, stop * M, device)
+        where = permutation.block(start * M, stop * M, device, threads=threads)
         with torch_threads(threads):
             block = take(where).to(dtype).sub_(mu).reshape(stop - start, M)
             total.add(block)
