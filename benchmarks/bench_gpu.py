@@ -12,15 +12,15 @@ Stages (each a key of the JSON, with `ok`, `wall_s` and `error` when it failed):
   read         every weight matrix read and copied to the device the way a scan does (pinned
                buffer, side stream), no compute: once with the shards evicted, once warm
   warmup       a one-layer scan: CUDA context, cuBLAS/cuSOLVER handles, kernels loaded
+  equal        `--check-layers` scanned on the CPU and on the device, with traps: alpha within
+               1e-6, xmin and tail size, trap counts equal (the shuffle is device-independent)
   traps_streamsN, plain_streamsN
                the scan with traps for each `--streams` count of GPU workers, then without
-               traps with the last count: wall
-               seconds, GB/s, peak GPU memory, and the share of summed worker time spent reading
+               traps with the last count: wall seconds, GB/s, peak GPU memory, and the share
+               of the time summed over threads spent reading
                (reader thread: memory map -> pinned -> copy launch), in the W spectrum on the
                device (Gram + eigvalsh), in the trap test (shuffle, Grams, Cholesky/eigvalsh and
                its MP fit) and in CPU fits (power law, MP, metrics)
-  equal        `--check-layers` scanned on the CPU and on the device, with traps: alpha within
-               1e-6, xmin and tail size, trap counts equal (the shuffle is device-independent)
   weightwatcher  WeightWatcher 0.7.7 on one layer per shape, EXTRAPOLATED by the shape counts;
                optional (`--ww`; off by default on CUDA, where it is not installed)
 
@@ -343,7 +343,8 @@ def scan(folder: Path, device: str, traps: bool, streams: int, nbytes: int) -> d
 
 
 def equal(folder: Path, device: str, layers: str) -> dict[str, Any]:
-    """The same layers on the CPU and on `device`, with traps: what must agree, per layer."""
+    """The same layers on the CPU and on `device`, with traps: what must agree, per layer, and
+    whether all of it did (`passed`)."""
     t0 = time.perf_counter()
     cpu = llm_audit.scan(folder, device="cpu", traps=True, layers=layers)
     cpu_s = time.perf_counter() - t0
@@ -374,10 +375,7 @@ def equal(folder: Path, device: str, layers: str) -> dict[str, Any]:
             row["ok"] = c["status"] == d["status"]
         rows[c["name"]] = row
     passed = bool(rows) and all(r["ok"] for r in rows.values())
-    out = {"layers": rows, "passed": passed, "cpu_s": cpu_s, "device_s": dev_s}
-    if not passed:
-        raise AssertionError(f"CPU and {device} disagree: {json.dumps(out)[:1500]}")
-    return out
+    return {"layers": rows, "passed": passed, "cpu_s": cpu_s, "device_s": dev_s}
 
 
 def weightwatcher(folder: Path, randomize: bool) -> dict[str, Any]:
@@ -438,16 +436,19 @@ def main(argv: list[str] | None = None) -> int:
                         folder, device=device, traps=True, layers=r"layers\.0\.self_attn\.q_proj"
                     )
                     out["seconds"] = time.perf_counter() - t0
+            if "equal" not in skip and check != "none":
+                with report.stage("equal") as out:
+                    out["check_layers"] = check
+                    out.update(equal(folder, device, check))
+                    if not out["passed"]:  # the stage fails, its rows say where
+                        bad = [name for name, row in out["layers"].items() if not row["ok"]]
+                        raise AssertionError(f"CPU and {device} disagree on {bad}")
             # traps first (the 60 s target is with traps), for each worker count; plain once
             runs = [] if "traps" in skip else [(True, n) for n in streams]
             runs += [] if "plain" in skip else [(False, streams[-1])]
             for traps, n in runs:
                 with report.stage(f"{'traps' if traps else 'plain'}_streams{n}") as out:
                     out.update(scan(folder, device, traps, n, nbytes))
-            if "equal" not in skip and check != "none":
-                with report.stage("equal") as out:
-                    out["check_layers"] = check
-                    out.update(equal(folder, device, check))
             if run_ww:
                 with report.stage("weightwatcher") as out:
                     out["EXTRAPOLATED"] = True

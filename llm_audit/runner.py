@@ -137,7 +137,7 @@ def shard_costs(jobs: Sequence[Job], kinds: Sequence[str]) -> list[int]:
     """Each job's cost for splitting the jobs over ranks: its Gram product (`job.cost`, N * M**2)
     plus its eigensolver, `EIG_WEIGHT` * M**3 on the run's device kind (a GPU's where any rank
     has one; `kinds` is the same on every rank, so every rank computes the same split)."""
-    weight = max(EIG_WEIGHT.get(kind, EIG_WEIGHT["cuda"]) for kind in kinds)
+    weight = max(EIG_WEIGHT[kind] for kind in kinds)
     return [job.cost + weight * min(job.layer.out_in) ** 3 for job in jobs]
 
 

@@ -288,15 +288,15 @@ def test_bench_gpu_keeps_every_stage_when_some_fail(
     code = bench.main(["--device", "cpu", "--preset", "tiny", "--out", str(out)])
     report = json.loads((out / "bench_gpu_tiny.json").read_text())
     assert code == 1
-    assert seen_on_disk[0] == ["env", "checkpoint", "read", "warmup"]
+    assert seen_on_disk[0] == ["env", "checkpoint", "read", "warmup", "equal"]
     assert report["stages"] == [
         "env",
         "checkpoint",
         "read",
         "warmup",
+        "equal",
         "traps_streams1",
         "plain_streams1",
-        "equal",
         "weightwatcher",
     ]
     assert report["failed"] == ["traps_streams1", "weightwatcher"]
