@@ -416,7 +416,12 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.out or Path(os.environ.get("OUT") or ".")
     report = Report(
         args.json or out_dir / f"{name}.json",
-        {"preset": args.preset, "blocks": args.blocks, "device": device, "argv": sys.argv[1:]},
+        {
+            "preset": args.preset,
+            "blocks": args.blocks,
+            "device": device,
+            "argv": argv or sys.argv[1:],
+        },
     )
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         folder = args.folder or Path(tmp)
