@@ -31,7 +31,7 @@ from llm_audit.flags import flagged
 from llm_audit.jobs import Job, cost, difference_job, layer_job, oriented
 from llm_audit.journal import fingerprint
 from llm_audit.layers import Layer, plan_layers
-from llm_audit.options import ModelSpec, resolve_device, run_options
+from llm_audit.options import ModelSpec, run_options
 from llm_audit.result import DELTA_COLUMNS, ComparisonResult, provenance, run_settings
 from llm_audit.scan import layer_filter, settings, slug
 from llm_audit.sources import Source, TensorInfo, open_source
@@ -186,7 +186,7 @@ def _compare(
         base=_describe(base),
         others=[_describe(m) for m in models],
         settings=run_settings(
-            cfg, device=str(resolve_device(process.device)), started=started, layers=layers
+            cfg, device=runner.recorded_device(process), started=started, layers=layers
         ),
         summary=_summary(records, models, alignment, seconds),
         records=records,

@@ -44,8 +44,9 @@ def run_options(
 
     `devices` (`["cuda:0", "cuda:1"]`, `["cpu", "cpu"]`) runs one process per device, this one
     being rank 0; it excludes `device` and a launcher, and needs `models` that a spawned process
-    can open itself (paths or Hub ids). `journal` is a file each finished job is appended to;
-    `resume` skips the jobs it holds. Raises `ConfigError` with the fix.
+    can open itself (paths or Hub ids). `device` is checked against this machine here, before
+    any work (`resolve_device`). `journal` is a file each finished job is appended to; `resume`
+    skips the jobs it holds. Raises `ConfigError` with the fix.
     """
     if devices is not None:
         devices = check_devices(devices)
@@ -53,6 +54,8 @@ def run_options(
             raise ConfigError("give --device or --devices, not both")
         if len(devices) > 1 and not all(isinstance(m, (str, Path, type(None))) for m in models):
             raise ConfigError("--devices needs a model path or Hub id (workers open it themselves)")
+    if device is not None:
+        resolve_device(device)
     if resume and journal is None:
         raise ConfigError("resume needs a journal file to resume from; give journal=PATH")
     return RunOptions(
@@ -64,10 +67,18 @@ def run_options(
 
 
 def resolve_device(name: str) -> torch.device:
-    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`, checked against this machine."""
+    """`auto` (CUDA when available), `cpu`, `cuda` or `cuda:N`, checked against this machine.
+
+    Raises `ConfigError` (one line, with the fix) for a name torch does not know, CUDA asked for
+    where there is none, or a GPU number this machine does not have (`cuda:7` on one GPU), which
+    would otherwise be CUDA's "invalid device ordinal" at the first copy.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device {name!r} is unknown; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     if device.type == "cuda" and device.index is not None:

@@ -5,14 +5,17 @@ ranks or journals. `launch` starts the run's processes (one per `--devices` entr
 torchrun/accelerate launched, or just this one) and calls the command's work in each. `run` then
 takes this rank's share of the jobs (balanced by cost), drops those a resumed journal already
 holds, schedules the rest under a byte budget (no two of the largest matrices at once), journals
-each outcome as it finishes, and gathers every rank's outcomes on every rank.
+each outcome as it finishes (on a thread of its own: the fsync is off the reading thread), and
+gathers every rank's outcomes on every rank.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import Callable, Iterator
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -27,6 +30,12 @@ from llm_audit.options import RunOptions, resolve_device
 from llm_audit.scheduler import schedule
 
 T = TypeVar("T")
+
+# eigvalsh of an M x M Gram against its Gram product (N x M, M <= N), per M**3 and per N * M**2:
+# measured about 2 on one CPU core (LAPACK, float64, M = 256..1024); on a GPU the Gram product
+# is a GEMM at tens of TFLOP/s while a values-only syevd of 4096 takes 0.1-0.3 s, so there the
+# eigensolver is nearly all of a layer's time and the weight about 100.
+EIG_WEIGHT = {"cpu": 2, "cuda": 100}
 
 
 @dataclass(frozen=True)
@@ -79,12 +88,11 @@ def run(
     them in the order to read them (a streamed source plans its downloads there).
     """
     ranks, options = process.ranks, process.options
+    device = resolve_device(process.device)
     mine = jobs
     if ranks is not None:
-        mine = [
-            jobs[i] for i in distributed.assign([j.cost for j in jobs], ranks.world)[ranks.rank]
-        ]
-    device = resolve_device(process.device)
+        costs = shard_costs(jobs, device_kinds(process))
+        mine = [jobs[i] for i in distributed.assign(costs, ranks.world)[ranks.rank]]
     workers = options.workers
     if ranks is not None and device.type == "cpu":  # processes on one machine share its cores
         workers = workers or ranks.cpu_workers()
@@ -93,21 +101,44 @@ def run(
         fresh = [job for job in mine if job.key not in done]
         if prepare is not None:
             fresh = prepare(fresh)
-        results = schedule(
-            fresh,
-            cfg,
-            device=device,
-            total=len(fresh),
-            workers=workers,
-            progress=options.progress and process.is_primary,
-            desc=desc,
-            on_done=log.append if log is not None else None,
-            budget=budget(fresh),
-        )
+        with journal_writer(log) as append:
+            results = schedule(
+                fresh,
+                cfg,
+                device=device,
+                total=len(fresh),
+                workers=workers,
+                progress=options.progress and process.is_primary,
+                desc=desc,
+                on_done=append,
+                budget=budget(fresh),
+            )
         results.update({job.key: done[job.key] for job in mine if job.key in done})
         if ranks is not None:
             results = _gather(results, log, ranks)
     return results
+
+
+def device_kinds(process: Process) -> list[str]:
+    """The kinds of device (`cpu`, `cuda`) the run computes on, sorted: every `--devices` entry,
+    or this process's device (under a launcher every rank asks for the same one)."""
+    devices = process.options.devices or (process.device,)
+    return sorted({resolve_device(d).type for d in devices})
+
+
+def recorded_device(process: Process) -> str:
+    """The device a report records: the kind the numbers were computed on (`cpu`, `cuda`, or
+    `cpu+cuda` for a mixed `--devices` list), the same however the run was launched (one
+    process, `--devices cuda:0,cuda:1`, torchrun's rank 0 on `cuda:0`)."""
+    return "+".join(device_kinds(process))
+
+
+def shard_costs(jobs: Sequence[Job], kinds: Sequence[str]) -> list[int]:
+    """Each job's cost for splitting the jobs over ranks: its Gram product (`job.cost`, N * M**2)
+    plus its eigensolver, `EIG_WEIGHT` * M**3 on the run's device kind (a GPU's where any rank
+    has one; `kinds` is the same on every rank, so every rank computes the same split)."""
+    weight = max(EIG_WEIGHT[kind] for kind in kinds)
+    return [job.cost + weight * min(job.layer.out_in) ** 3 for job in jobs]
 
 
 def budget(jobs: list[Job]) -> int:
@@ -127,6 +158,44 @@ def _journal(process: Process, fingerprint: dict[str, Any]) -> Iterator[Journal 
     rank = None if process.ranks is None else process.ranks.rank
     with Journal(options.journal, fingerprint, resume=options.resume, rank=rank) as log:
         yield log
+
+
+@contextlib.contextmanager
+def journal_writer(
+    log: Journal | None,
+) -> Iterator[Callable[[str, Outcome], None] | None]:
+    """`append(key, outcome)` that journals on a thread of its own, in order, so the reading
+    thread never waits for an fsync. Every outcome handed over is written when the block ends
+    (also when it ends by an error); a failed write (a full disk) is raised at the next append
+    or at the end, as the journal raised it."""
+    if log is None:
+        yield None
+        return
+    todo: queue.SimpleQueue[tuple[str, Outcome] | None] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        while (item := todo.get()) is not None:
+            if not failed:
+                try:
+                    log.append(*item)
+                except BaseException as exc:  # raised on the caller's thread
+                    failed.append(exc)
+
+    def append(key: str, outcome: Outcome) -> None:
+        if failed:
+            raise failed[0]
+        todo.put((key, outcome))
+
+    writer = threading.Thread(target=write, name="llm-audit-journal", daemon=True)
+    writer.start()
+    try:
+        yield append
+    finally:
+        todo.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]
 
 
 def _gather(

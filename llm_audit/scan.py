@@ -21,7 +21,7 @@ from llm_audit.flags import flagged
 from llm_audit.jobs import Job, layer_job
 from llm_audit.journal import fingerprint
 from llm_audit.layers import Layer, plan_layers
-from llm_audit.options import ModelSpec, resolve_device, run_options
+from llm_audit.options import ModelSpec, run_options
 from llm_audit.result import AuditResult, provenance, run_settings
 from llm_audit.sources import Source, open_source
 from llm_audit.summary import summarize
@@ -132,7 +132,7 @@ def _scan(
     return AuditResult(
         model=provenance(source.info, tensors, family),
         settings=run_settings(
-            cfg, device=str(resolve_device(process.device)), started=started, layers=layers
+            cfg, device=runner.recorded_device(process), started=started, layers=layers
         ),
         summary=summarize(records, cfg, seconds),
         records=records,

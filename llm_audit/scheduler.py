@@ -8,14 +8,24 @@ a two-core machine). A matrix too large to share the budget with another of its 
 embedding or head) runs alone instead, with every core for its Gram products and trap shuffle,
 and nothing joins it: a worker whose OpenMP team has two threads keeps them spinning while
 another worker computes (measured: MiniLM with traps took 15.3 s against 5.7 s when the
-embedding's two threads ran beside the other layers). On a GPU, consecutive same-shape matrices
-go as one batch.
+embedding's two threads ran beside the other layers).
+
+On a GPU (`cuda`), this thread is the reader: it reads each matrix's stored rows into pinned
+(page-locked) host memory and starts its copy to the GPU on a side stream, recording an event;
+`GPU_WORKERS` workers, each on a CUDA stream of its own, wait for that event and analyze, so one
+matrix's copy, another's eigensolver and a third's CPU fits overlap. Each matrix is analyzed on
+its own, never in a batch with its same-shape neighbours: a batched Gram is chunked (and may be
+multiplied) differently, so its last bits would depend on which neighbours a layer has, and a
+single, sharded, resumed or `--layers` run could differ. The byte budget, which bounds host
+memory, does not apply there: a GPU job holds none once its copy is done. The CPU path is
+unchanged by all this.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+import threading
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -26,8 +36,13 @@ from llm_audit.allocator import return_freed_memory
 from llm_audit.analysis import Outcome, analyze, torch_threads
 from llm_audit.config import AuditConfig
 from llm_audit.jobs import Job
+from llm_audit.layers import Layer
+from llm_audit.spectral.esd import Matrix, as_lazy, row_blocks
 
-GPU_BATCH = 8  # same-shape matrices per batch on a GPU
+# Workers (threads, each with its own CUDA stream) per GPU: torch's CUDA eigvalsh batches only
+# tiny matrices, so a model's 4096x4096 eigensolvers run one call at a time per stream; two to
+# four streams let them, the copies and the CPU fits overlap.
+GPU_WORKERS = 3
 
 
 def schedule(
@@ -51,12 +66,16 @@ def schedule(
     """
     on_gpu = device.type == "cuda"
     cores = workers or max(1, min(os.cpu_count() or 1, 8))
-    workers = 1 if on_gpu else cores
+    workers = GPU_WORKERS if on_gpu else cores
+    upload = None
+    if on_gpu:  # the budget bounds host memory; a GPU job holds none once its copy is done
+        device, budget = gpu_device(device), None
+        upload = Uploader(device)
     return_freed_memory()
     results: dict[str, Outcome] = {}
     bar = tqdm(total=total, unit="matrix", disable=not progress, desc=desc, leave=False)
     read_bytes = 0
-    pending: list[tuple[list[Job], Future[list[Outcome]]]] = []
+    pending: list[tuple[Job, Future[list[Outcome]]]] = []
 
     def collect(keep: int, incoming: int = 0) -> None:
         """Store finished jobs, waiting until at most `keep` are in flight and `incoming` fits."""
@@ -65,25 +84,28 @@ def schedule(
             or (budget is not None and _bytes(pending) + incoming > budget)
             or pending[0][1].done()
         ):
-            batch, future = pending.pop(0)
-            for job, outcome in zip(batch, future.result(), strict=True):
-                results[job.key] = outcome
-                if on_done is not None:
-                    on_done(job.key, outcome)
-            bar.update(len(batch))
+            job, future = pending.pop(0)
+            (outcome,) = future.result()
+            results[job.key] = outcome
+            if on_done is not None:
+                on_done(job.key, outcome)
+            bar.update(1)
             bar.set_postfix_str(f"{read_bytes / 2**20:,.0f} MB read")
 
     with ThreadPoolExecutor(workers) as pool:
-        for batch in _batches(jobs, GPU_BATCH if on_gpu else 1):
-            incoming = sum(job.nbytes for job in batch)
-            alone = not on_gpu and budget is not None and 2 * incoming > budget
-            collect(keep=0 if alone else workers + prefetch - 1, incoming=incoming)
-            matrices = [job.read().to(device, non_blocking=True) for job in batch]
-            read_bytes += incoming
-            layers = [job.layer for job in batch]
-            threads = cores if alone else 1
-            pending.append((batch, pool.submit(_run, threads, layers, matrices, cfg)))
-            del matrices
+        for job in jobs:
+            alone = not on_gpu and budget is not None and 2 * job.nbytes > budget
+            collect(keep=0 if alone else workers + prefetch - 1, incoming=job.nbytes)
+            if upload is not None:
+                gpu, ready = upload(job.read())
+                future = pool.submit(_run_on_stream, device, ready, [job.layer], [gpu], cfg)
+                del gpu
+            else:
+                matrix = job.read().to(device, non_blocking=True)
+                future = pool.submit(_run, cores if alone else 1, [job.layer], [matrix], cfg)
+                del matrix
+            read_bytes += job.nbytes
+            pending.append((job, future))
             if alone:  # nothing joins it: its threads would spin while another job computes
                 collect(keep=0)
         collect(keep=0)
@@ -91,8 +113,8 @@ def schedule(
     return results
 
 
-def _bytes(pending: list[tuple[list[Job], Future[list[Outcome]]]]) -> int:
-    return sum(job.nbytes for batch, _ in pending for job in batch)
+def _bytes(pending: list[tuple[Job, Future[list[Outcome]]]]) -> int:
+    return sum(job.nbytes for job, _ in pending)
 
 
 def _run(threads: int, *args: Any) -> list[Outcome]:
@@ -102,13 +124,78 @@ def _run(threads: int, *args: Any) -> list[Outcome]:
         return analyze(*args, gram_threads=threads)
 
 
-def _batches(jobs: Iterable[Job], size: int) -> Iterator[list[Job]]:
-    """Consecutive jobs of same-shape matrices, `size` at most per batch."""
-    batch: list[Job] = []
-    for job in jobs:
-        if batch and (len(batch) == size or batch[0].layer.out_in != job.layer.out_in):
-            yield batch
-            batch = []
-        batch.append(job)
-    if batch:
-        yield batch
+# --- the GPU path ------------------------------------------------------------------------------
+
+_worker = threading.local()  # each GPU worker thread's own stream
+
+
+def gpu_device(device: torch.device) -> torch.device:
+    """`cuda` as `cuda:N`, N this thread's current GPU: worker threads start on GPU 0 whatever
+    this one was set to, so they are given the number."""
+    return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+
+
+def worker_stream(device: torch.device) -> torch.cuda.Stream:
+    """This thread's CUDA stream on `device`, made on first use and kept for the thread's life."""
+    streams: dict[torch.device, torch.cuda.Stream] = _worker.__dict__.setdefault("streams", {})
+    if device not in streams:
+        streams[device] = torch.cuda.Stream(device=device)
+    return streams[device]
+
+
+def _run_on_stream(
+    device: torch.device,
+    ready: torch.cuda.Event,
+    layers: list[Layer],
+    matrices: list[torch.Tensor],
+    cfg: AuditConfig,
+) -> list[Outcome]:
+    """`analyze` on this worker's own stream, once the matrices' copies (`ready`) are done."""
+    stream = worker_stream(device)
+    with torch.cuda.device(device), torch.cuda.stream(stream):
+        stream.wait_event(ready)
+        for W in matrices:  # allocated on the copy stream: not reused until this one is done
+            W.record_stream(stream)
+        return _run(1, layers, matrices, cfg)
+
+
+def stage(matrix: Matrix, *, pin: bool) -> tuple[torch.Tensor, bool]:
+    """The matrix's stored rows, copied row block by row block into one host tensor (page-locked
+    with `pin`), and whether the matrix is their transpose (a GPT-2 Conv1D weight).
+
+    The same values and dtype as `LazyMatrix.materialize`, without its whole-matrix temporary:
+    a checkpoint's rows go straight from the memory map into the pinned buffer.
+    """
+    lazy = as_lazy(matrix)
+    host = torch.empty(lazy.stored_shape, dtype=lazy.dtype, pin_memory=pin)
+    for start, block in row_blocks(lazy, lazy.dtype):
+        host[start : start + len(block)].copy_(block)
+    return host, lazy.stored_in_out
+
+
+class Uploader:
+    """Host-to-GPU copies on a side stream, each from pinned memory, with an event to wait for.
+
+    Called on the reader thread: `upload(matrix)` returns the matrix on the GPU (as (out, in),
+    like `LazyMatrix.to`) and the event that marks its copy done. The pinned buffer goes back to
+    torch's pinned-memory cache when the copy is done (the cache records the copy's stream), so
+    buffers are reused without any bookkeeping here.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.stream = torch.cuda.Stream(device=device)
+
+    def __call__(self, matrix: Matrix) -> tuple[torch.Tensor, torch.cuda.Event]:
+        # whatever the caller's stream did before (a module's weights) comes first
+        self.stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.device(self.device), torch.cuda.stream(self.stream):
+            if isinstance(matrix, torch.Tensor) and matrix.is_cuda:  # already there (a module)
+                gpu = matrix.to(self.device, non_blocking=True)
+            else:
+                host, transposed = stage(matrix, pin=True)
+                gpu = host.to(self.device, non_blocking=True)
+                gpu = gpu.T if transposed else gpu
+            ready = torch.cuda.Event()
+            ready.record(self.stream)
+        return gpu, ready

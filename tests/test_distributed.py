@@ -1,5 +1,9 @@
 """A scan sharded over 2 ranks (gloo on CPU) equals the single-process scan, however launched:
-torchrun, accelerate launch, or `--devices cpu,cpu` with no launcher."""
+torchrun, accelerate launch, or `--devices cpu,cpu` with no launcher.
+
+Every run here pins `--device cpu`: on a GPU machine `auto` means CUDA, and a report computed on
+the CPU by the sharded run would then be compared with one computed on the GPU.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,10 @@ import torch.distributed as dist
 
 import llm_audit
 from llm_audit.distributed import Ranks, assign, from_env
-from llm_audit.jobs import cost
+from llm_audit.jobs import cost, layer_job
 from llm_audit.journal import rank_path
 from llm_audit.layers import plan_layers
+from llm_audit.runner import shard_costs
 from llm_audit.sources import open_source
 from tests.conftest import llama_tensors, write_shards
 from tests.test_resume import journaled_names, read_audit
@@ -56,6 +61,7 @@ def assert_launch_equals_one_process(
     model = sharded_model(tmp_path / "m")
     env.pop("WORLD_SIZE", None)
     scan = ["-m", "llm_audit", "scan", str(model), "--out", str(tmp_path / "A"), "--no-progress"]
+    scan += ["--device", "cpu"]
     proc = subprocess.run(
         [sys.executable, "-m", *launcher, *scan],
         capture_output=True,
@@ -65,7 +71,7 @@ def assert_launch_equals_one_process(
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("Report written to") == 1  # rank 1 prints and writes nothing
-    code, _, err = cli("scan", model, "--out", tmp_path / "B", "--no-progress")
+    code, _, err = cli("scan", model, "--out", tmp_path / "B", "--no-progress", "--device", "cpu")
     assert code == 0, err
     assert read_audit(tmp_path / "A") == read_audit(tmp_path / "B")
     assert not list((tmp_path / "A").glob(".journal*"))  # each rank removed its journal
@@ -109,7 +115,7 @@ def test_devices_cpu_cpu_equals_one_process(
     )
     assert code == 0, err
     assert out.count("Report written to") == 1
-    code, _, err = cli("scan", model, "--out", tmp_path / "B", "--no-progress")
+    code, _, err = cli("scan", model, "--out", tmp_path / "B", "--no-progress", "--device", "cpu")
     assert code == 0, err
     assert read_audit(tmp_path / "A") == read_audit(tmp_path / "B")
     assert not list((tmp_path / "A").glob(".journal*"))
@@ -121,11 +127,13 @@ def test_devices_split_the_layers_between_processes(tmp_path: Path) -> None:
     model = sharded_model(tmp_path / "m")
     journal = tmp_path / "j.jsonl"
     result = llm_audit.scan(model, devices=["cpu", "cpu"], journal=journal)
-    single = llm_audit.scan(model)
+    single = llm_audit.scan(model, device="cpu")
     assert result.records == single.records
+    assert result.settings["device"] == single.settings["device"] == "cpu"
     with open_source(model) as source:
         layers, _ = plan_layers(source.tensors(), source.info.config)
-    rank0 = [layers[i].name for i in assign([cost(layer) for layer in layers], 2)[0]]
+        jobs = [layer_job(layer.name, layer, source) for layer in layers]
+    rank0 = [layers[i].name for i in assign(shard_costs(jobs, ["cpu"]), 2)[0]]
     assert 0 < len(rank0) < len(layers)
     names = journaled_names(rank_path(journal, 0))
     assert names[: len(rank0)] == rank0

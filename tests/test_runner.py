@@ -1,7 +1,9 @@
 """The one job path: a compare sharded over two ranks, or killed and resumed, equals one run.
 
 compare builds base, other and ΔW jobs and hands them to the same runner as scan, so what the
-scan tests show for scans (test_distributed.py, test_resume.py) must hold for compares too.
+scan tests show for scans (test_distributed.py, test_resume.py) must hold for compares too. Runs
+pin `--device cpu` (on a GPU machine `auto` is CUDA). Also: the journal is written off the
+reading thread, in order, and its errors still surface.
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,10 +20,11 @@ import pytest
 import torch
 
 import llm_audit
-from llm_audit.errors import ConfigError
+from llm_audit.analysis import Outcome
+from llm_audit.errors import ConfigError, OutputError
 from llm_audit.jobs import Job
 from llm_audit.layers import plan_layers
-from llm_audit.runner import budget
+from llm_audit.runner import budget, journal_writer
 from llm_audit.sources import TensorInfo
 from tests.conftest import llama_tensors, write_shards
 from tests.test_distributed import sharded_model, torchrun_two_ranks
@@ -42,8 +47,10 @@ def layer_results(folder: Path) -> list[dict]:
     return json.loads((folder / "compare.json").read_text())["layers"]
 
 
-def compare_args(base: Path, other: Path, out: Path) -> list[str]:
-    return ["compare", str(base), str(other), "--out", str(out), "--no-progress"]
+def compare_args(base: Path, other: Path, out: Path, *, device: str | None = "cpu") -> list[str]:
+    """`compare` on the CPU: on a GPU machine `auto` would compare a CPU run with a GPU one."""
+    pin = ["--device", device] if device else []
+    return ["compare", str(base), str(other), "--out", str(out), "--no-progress", *pin]
 
 
 @pytest.fixture
@@ -76,7 +83,7 @@ def test_torchrun_compare_equals_one_process(
 def test_devices_compare_equals_one_process(
     tmp_path: Path, pair: tuple[Path, Path], cli: Callable[..., tuple[int, str, str]]
 ) -> None:
-    code, out, err = cli(*compare_args(*pair, tmp_path / "A"), "--devices", "cpu,cpu")
+    code, out, err = cli(*compare_args(*pair, tmp_path / "A", device=None), "--devices", "cpu,cpu")
     assert code == 0, err
     assert out.count("Comparison written to") == 1
     code, _, err = cli(*compare_args(*pair, tmp_path / "B"))
@@ -106,7 +113,7 @@ def test_killed_compare_resumes_to_the_uninterrupted_one(
     # the API keeps its journal: no job computed twice, the finished ones not recomputed
     api_journal = tmp_path / "api.jsonl"
     api_journal.write_bytes(journal.read_bytes())
-    api = llm_audit.compare(base, other, traps=True, journal=api_journal, resume=True)
+    api = llm_audit.compare(base, other, traps=True, device="cpu", journal=api_journal, resume=True)
     keys = journaled_names(api_journal)
     assert len(keys) == len(set(keys)) == 120
     assert keys[: len(first)] == first
@@ -150,3 +157,53 @@ def test_budget_keeps_the_largest_matrices_apart_but_not_the_small_ones() -> Non
     jobs = [Job(str(n), layer, lambda: torch.zeros(8, 8), n, 1) for n in (100, 10, 40, 100)]
     assert budget(jobs) == 150  # 100 + 40 fit together, 100 + 100 do not
     assert budget([]) == 0
+
+
+class SlowJournal:
+    """A journal whose every append waits for `release` (a slow fsync), recording its thread."""
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.release = threading.Event()
+        self.written: list[tuple[str, str]] = []
+        self.fail_on = fail_on
+
+    def append(self, key: str, outcome: Outcome) -> None:
+        assert self.release.wait(10), "the writer was never released"
+        if key == self.fail_on:
+            raise OutputError("cannot write the resume journal (No space left on device)")
+        self.written.append((key, threading.current_thread().name))
+
+
+def test_journal_writes_in_order_off_the_calling_thread() -> None:
+    log = SlowJournal()
+    with journal_writer(log) as append:  # type: ignore[arg-type]
+        assert append is not None
+        for key in "abc":
+            append(key, Outcome({}))  # returns at once: the fsync waits on the writer
+        assert log.written == []
+        log.release.set()
+    assert [key for key, _ in log.written] == ["a", "b", "c"]  # all written when the block ends
+    assert {thread for _, thread in log.written} == {"llm-audit-journal"}
+    with journal_writer(None) as append:
+        assert append is None
+
+
+def test_journal_write_error_is_raised_as_the_journal_raised_it() -> None:
+    log = SlowJournal(fail_on="b")
+    log.release.set()
+    with pytest.raises(OutputError, match="No space left"), journal_writer(log) as append:  # type: ignore[arg-type]
+        assert append is not None
+        for key in "abcdefgh":
+            append(key, Outcome({}))
+            time.sleep(0.01)
+    assert [key for key, _ in log.written] == ["a"]  # nothing after the failed write
+
+
+def test_journal_keeps_what_finished_when_the_run_fails() -> None:
+    log = SlowJournal()
+    with pytest.raises(KeyError), journal_writer(log) as append:  # type: ignore[arg-type]
+        assert append is not None
+        append("a", Outcome({}))
+        log.release.set()
+        raise KeyError("a shard broke")
+    assert [key for key, _ in log.written] == ["a"]
