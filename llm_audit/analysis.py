@@ -1,7 +1,7 @@
 """One matrix in, one outcome out: spectrum, power-law fit, MP metrics and traps of a layer.
 
 Pure computation: no scheduling, files or ranks. The scheduler calls `analyze` on its pool with
-matrices already on the compute device; same-shape matrices on a GPU come as one batch.
+matrices already on the compute device, one at a time.
 
 On the CPU only the Gram products and the trap shuffle (`trap_metrics`' `threads`) may use several
 threads: their results are bitwise the same for any thread count, while LAPACK's eigvalsh is not
@@ -59,29 +59,20 @@ def skipped(layer: Layer, status: str, reason: str | None) -> Outcome:
     return Outcome({**base_record(layer), "status": status, "reason": reason})
 
 
-def analyze(
-    layers: list[Layer], matrices: list[Matrix], cfg: AuditConfig, *, gram_threads: int = 1
-) -> list[Outcome]:
-    """Outcomes of same-shape matrices (on the compute device, as (out, in)), one per layer.
+def analyze(layer: Layer, W: Matrix, cfg: AuditConfig, *, gram_threads: int = 1) -> Outcome:
+    """The outcome of one matrix (on the compute device, as (out, in)).
 
-    On the CPU, the Grams of W and the trap shuffles use `gram_threads` threads and the rest one
+    On the CPU, the Gram of W and the trap shuffles use `gram_threads` threads and the rest one
     (see the docstring).
     """
-    on_gpu = all(isinstance(W, torch.Tensor) and W.is_cuda for W in matrices)
+    on_gpu = isinstance(W, torch.Tensor) and W.is_cuda
     with torch_threads(gram_threads if not on_gpu else torch.get_num_threads()):
-        if len(matrices) > 1 and on_gpu:
-            grams = list(gram(torch.stack(matrices)))  # type: ignore[arg-type]  # one batched bmm
-        else:
-            grams = [gram(W) for W in matrices]
-    outcomes = []
-    for layer, W, G in zip(layers, matrices, grams, strict=True):
-        problem = _matrix_problem(W, G)
-        if problem:
-            outcomes.append(skipped(layer, *problem))
-            continue
-        evals = gram_eigenvalues(G, long_side=max(W.shape)).cpu().numpy()
-        outcomes.append(_outcome(layer, W, evals, cfg, threads=gram_threads))
-    return outcomes
+        G = gram(W)
+    problem = _matrix_problem(W, G)
+    if problem:
+        return skipped(layer, *problem)
+    evals = gram_eigenvalues(G, long_side=max(W.shape)).cpu().numpy()
+    return _outcome(layer, W, evals, cfg, threads=gram_threads)
 
 
 def _matrix_problem(W: Matrix, G: torch.Tensor) -> tuple[str, str] | None:

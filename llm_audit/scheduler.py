@@ -75,7 +75,7 @@ def schedule(
     results: dict[str, Outcome] = {}
     bar = tqdm(total=total, unit="matrix", disable=not progress, desc=desc, leave=False)
     read_bytes = 0
-    pending: list[tuple[Job, Future[list[Outcome]]]] = []
+    pending: list[tuple[Job, Future[Outcome]]] = []
 
     def collect(keep: int, incoming: int = 0) -> None:
         """Store finished jobs, waiting until at most `keep` are in flight and `incoming` fits."""
@@ -85,7 +85,7 @@ def schedule(
             or pending[0][1].done()
         ):
             job, future = pending.pop(0)
-            (outcome,) = future.result()
+            outcome = future.result()
             results[job.key] = outcome
             if on_done is not None:
                 on_done(job.key, outcome)
@@ -98,11 +98,11 @@ def schedule(
             collect(keep=0 if alone else workers + prefetch - 1, incoming=job.nbytes)
             if upload is not None:
                 gpu, ready = upload(job.read())
-                future = pool.submit(_run_on_stream, device, ready, [job.layer], [gpu], cfg)
+                future = pool.submit(_run_on_stream, device, ready, job.layer, gpu, cfg)
                 del gpu
             else:
                 matrix = job.read().to(device, non_blocking=True)
-                future = pool.submit(_run, cores if alone else 1, [job.layer], [matrix], cfg)
+                future = pool.submit(_run, cores if alone else 1, job.layer, matrix, cfg)
                 del matrix
             read_bytes += job.nbytes
             pending.append((job, future))
@@ -113,11 +113,11 @@ def schedule(
     return results
 
 
-def _bytes(pending: list[tuple[Job, Future[list[Outcome]]]]) -> int:
+def _bytes(pending: list[tuple[Job, Future[Outcome]]]) -> int:
     return sum(job.nbytes for job, _ in pending)
 
 
-def _run(threads: int, *args: Any) -> list[Outcome]:
+def _run(threads: int, *args: Any) -> Outcome:
     """`analyze` on this worker thread: one torch thread (a per-thread setting), and `threads`
     for the parts whose results do not depend on the thread count (see analysis.py)."""
     with torch_threads(1):
@@ -146,17 +146,16 @@ def worker_stream(device: torch.device) -> torch.cuda.Stream:
 def _run_on_stream(
     device: torch.device,
     ready: torch.cuda.Event,
-    layers: list[Layer],
-    matrices: list[torch.Tensor],
+    layer: Layer,
+    W: torch.Tensor,
     cfg: AuditConfig,
-) -> list[Outcome]:
-    """`analyze` on this worker's own stream, once the matrices' copies (`ready`) are done."""
+) -> Outcome:
+    """`analyze` on this worker's own stream, once the matrix's copy (`ready`) is done."""
     stream = worker_stream(device)
     with torch.cuda.device(device), torch.cuda.stream(stream):
         stream.wait_event(ready)
-        for W in matrices:  # allocated on the copy stream: not reused until this one is done
-            W.record_stream(stream)
-        return _run(1, layers, matrices, cfg)
+        W.record_stream(stream)  # allocated on the copy stream: not reused until this one is done
+        return _run(1, layer, W, cfg)
 
 
 def stage(matrix: Matrix, *, pin: bool) -> tuple[torch.Tensor, bool]:
