@@ -149,7 +149,12 @@ def planted_dimension(base, state, cfg, hidden, index: int, how: str) -> dict[st
     for n in changed:
         r = by_name[n]
         if r.get("trap_kind"):
-            print(n, r["trap_kind"], r["num_traps"], [(e["row"], e["col"], round(e["z"], 1)) for e in r["trap_entries"]])
+            print(
+                n,
+                r["trap_kind"],
+                r["num_traps"],
+                [(e["row"], e["col"], round(e["z"], 1)) for e in r["trap_entries"]],
+            )
     return {"how": how, "index": index, "trap_layers": len(kinds),
             "outlier_dimension_layers": kinds.count("outlier_dimension"),
             "dims": dims(out), "verdict": out["summary"]["verdict"]}  # fmt: skip

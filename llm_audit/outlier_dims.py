@@ -75,7 +75,9 @@ class TrapPlaces:
     dimensions: list[OutlierDimension]
 
 
-def hidden_size(config: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]]) -> int | None:
+def hidden_size(
+    config: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]]
+) -> int | None:
     """The residual stream's width: config.json's hidden size, else the embedding's width."""
     for where in (config or {}, (config or {}).get("text_config") or {}):
         for key in HIDDEN_SIZE_KEYS:

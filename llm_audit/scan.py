@@ -21,8 +21,8 @@ from llm_audit.flags import flagged
 from llm_audit.jobs import Job, layer_job
 from llm_audit.journal import fingerprint
 from llm_audit.layers import Layer, plan_layers
-from llm_audit.outlier_dims import hidden_size, place_traps
 from llm_audit.options import ModelSpec, resolve_device, run_options
+from llm_audit.outlier_dims import hidden_size, place_traps
 from llm_audit.result import AuditResult, provenance, run_settings
 from llm_audit.sources import Source, open_source
 from llm_audit.summary import summarize
