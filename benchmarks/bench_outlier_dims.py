@@ -145,16 +145,6 @@ def planted_dimension(base, state, cfg, hidden, index: int, how: str) -> dict[st
             changed.append(name)
     out = audit(rescan(base, s, changed, seed=0), cfg, hidden)
     kinds = [k for k in layer_kinds(out, changed) if k]
-    by_name = {r["name"]: r for r in out["records"]}
-    for n in changed:
-        r = by_name[n]
-        if r.get("trap_kind"):
-            print(
-                n,
-                r["trap_kind"],
-                r["num_traps"],
-                [(e["row"], e["col"], round(e["z"], 1)) for e in r["trap_entries"]],
-            )
     return {"how": how, "index": index, "trap_layers": len(kinds),
             "outlier_dimension_layers": kinds.count("outlier_dimension"),
             "dims": dims(out), "verdict": out["summary"]["verdict"]}  # fmt: skip
@@ -184,7 +174,20 @@ def mnist(cfg: AuditConfig) -> list[dict[str, Any]]:
             result = llm_audit.scan(state, traps=True, seed=seed)
             first = result.records[0]
             entries = first.get("trap_entries") or []
+            # As if the MLP had a residual stream: its 200 hidden units (rows) or 784 pixels.
+            as_stream = (
+                {
+                    axis: place_traps(
+                        [{**first, "role": role}], hidden, cfg.thresholds.outlier_dimension_chance
+                    )
+                    for axis, role, hidden in (("rows", "o", 200), ("cols", "q", 784))
+                }
+                if entries
+                else {}
+            )
             rows.append({
+                "as_stream": {a: (p.records[0]["trap_kind"], [d.index for d in p.dimensions])
+                              for a, p in as_stream.items()},
                 "checkpoint": name, "seed": seed, "verdict": result.summary["verdict"],
                 "hidden_size": result.summary["hidden_size"],
                 "trap_layers": [r["name"] for r in result.records if r.get("trap_kind")],

@@ -84,9 +84,7 @@ def test_chance_of_pile_known_values() -> None:
 
 
 def _trap(name: str, role: str, shape: list[int], cells: list[tuple[int, int]], traps: int = 1):
-    entries = [
-        {"row": r, "col": c, "value": 1.0, "z": 50.0 - i} for i, (r, c) in enumerate(cells)
-    ]
+    entries = [{"row": r, "col": c, "value": 1.0, "z": 50.0 - i} for i, (r, c) in enumerate(cells)]
     return {
         "name": name,
         "role": role,
@@ -266,3 +264,28 @@ def test_collapsed_mnist_first_layer_is_scattered_and_pathological() -> None:
     assert len({e["row"] for e in entries}) == 8 and len({e["col"] for e in entries}) == 10
     assert result.summary["hidden_size"] is None and result.summary["outlier_dimensions"] == []
     assert result.summary["verdict"] == "pathological"
+
+
+def test_compare_catches_a_new_scattered_trap_beside_the_outlier_dimensions(
+    tmp_path: Path,
+) -> None:
+    """A "fine-tune" of MiniLM that plants two huge entries at random places in block 2's MLP
+    output (a layer whose released traps lie on outlier dimensions): compare reports a new
+    correlation trap there, and the base's outlier dimensions for both models."""
+    state = load_file(str(bundled_model_path() / "model.safetensors"))
+    name = "encoder.layer.2.output.dense.weight"
+    other = dict(state)
+    other[name] = _plant(state[name], [(17, 400), (301, 1100)], 200.0)
+    keep = ["embeddings.position_embeddings.weight"]
+    keep += [f"encoder.layer.{b}.output.dense.weight" for b in range(5)]
+    pattern = "^(" + "|".join(re.escape(n) for n in keep) + ")$"
+    result = llm_audit.compare(state, other, traps=True, seed=0, layers=pattern)
+    (label,) = result.summary["others"]
+    per_other = result.summary["others"][label]
+    assert per_other["layers_with_new_traps"] == [name]
+    assert per_other["layers_with_new_outlier_dimension_traps"] == []
+    record = next(r for r in result.records if r["name"] == name)
+    assert record["models"]["base"]["flags"] == ["outlier_dimension"]
+    assert "correlation_trap" in record["models"][label]["flags"]
+    dims = result.summary["outlier_dimensions"]
+    assert 267 in dims["base"] and 267 in dims[label]

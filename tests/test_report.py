@@ -233,10 +233,15 @@ def test_summary_sections_and_provenance(
     roles = {r["role"] for r in minilm_result.records if r["block"] is not None}
     assert static(minilm_html).count('<svg class="depth"') == len(roles)
     assert static(minilm_html).count('class="threshold"') == 2 * len(roles)
+    # ringed: layers flagged against the verdict (traps on outlier dimensions are informational)
     flagged_in_blocks = sum(
-        bool(r["flags"]) for r in minilm_result.records if r["block"] is not None
+        bool(set(r["flags"]) - {"outlier_dimension"})
+        for r in minilm_result.records
+        if r["block"] is not None
     )
-    assert static(minilm_html).count('class="mkr sr0 flagged') == flagged_in_blocks
+    assert static(minilm_html).count('class="mkr sr0 flagged') == flagged_in_blocks == 3
+    # the outlier-dimension panel: MiniLM's four dimensions, 267 among them
+    assert 'id="outliers"' in minilm_html and "<td>267</td>" in minilm_html
 
 
 def test_names_are_escaped_and_data_is_safe(
