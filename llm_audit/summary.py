@@ -12,7 +12,7 @@ from llm_audit.architectures import EMBEDDING_ROLES
 from llm_audit.config import AuditConfig
 from llm_audit.flags import verdict, verdict_flags
 from llm_audit.outlier_dims import TrapPlaces
-from llm_audit.vocabulary import ANALYZED, CORRELATION_TRAP, FLAGS, count_key
+from llm_audit.vocabulary import ANALYZED, CORRELATION_TRAP, FLAGS, OUTLIER_DIMENSION, count_key
 
 WORST = 5
 
@@ -35,6 +35,9 @@ def summarize(
         if math.isfinite(r.get("alpha", math.nan)):
             by_role.setdefault(r["role"], []).append(r["alpha"])
     name, reason = verdict(counted, cfg)
+    # Traps on outlier dimensions are counted apart: `total_traps` stays the pathology's count.
+    on_dimensions = [r for r in counted if r.get("trap_kind") == OUTLIER_DIMENSION]
+    scattered = [r for r in counted if r.get("trap_kind") != OUTLIER_DIMENSION]
     return {
         "num_layers": len(records),
         "num_analyzed": len(analyzed),
@@ -53,7 +56,8 @@ def summarize(
             if flag != CORRELATION_TRAP  # counted as num_trap_layers below
         },
         "num_trap_layers": sum(CORRELATION_TRAP in r["flags"] for r in counted),
-        "total_traps": sum(int(r.get("num_traps", 0)) for r in counted),
+        "total_traps": sum(int(r.get("num_traps", 0)) for r in scattered),
+        "total_outlier_dimension_traps": sum(int(r.get("num_traps", 0)) for r in on_dimensions),
         "total_rand_num_spikes": sum(int(r.get("rand_num_spikes", 0)) for r in counted),
         "hidden_size": places.hidden_size if places else None,
         "outlier_dimensions": [d.as_dict() for d in places.dimensions] if places else [],

@@ -191,7 +191,10 @@ def test_minilm_traps_lie_on_its_outlier_dimensions(minilm_scan: llm_audit.Audit
     assert summary["hidden_size"] == 384 and set(dims) == {223, 267, 99, 127}
     assert dims[267]["layers"] == expected[:3]
     assert max(d["chance"] for d in dims.values()) < 1e-9
+    # counted layers (embeddings left out): none with scattered traps, five with 6 traps on the
+    # outlier dimensions, which the training monitor's `total_traps` does not count
     assert summary["num_trap_layers"] == 0 and summary["num_outlier_dimension"] == 5
+    assert summary["total_traps"] == 0 and summary["total_outlier_dimension_traps"] == 6
 
 
 def _minilm_with(changes: dict[str, torch.Tensor]) -> llm_audit.AuditResult:

@@ -197,8 +197,11 @@ def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
                     (f"alpha &gt; {t.alpha_high:g}", fmt(s.get(count_key(ALPHA_GT_6)))),
                     ("fit failed", fmt(s.get(count_key(ALPHA_FIT_FAILED)))),
                     ("trap layers", fmt(s.get("num_trap_layers"))),
-                    ("on outlier dimensions", fmt(s.get(count_key(OUTLIER_DIMENSION)))),
                     ("traps in total", fmt(s.get("total_traps"))),
+                    (
+                        "layers with traps on outlier dimensions",
+                        fmt(s.get(count_key(OUTLIER_DIMENSION))),
+                    ),
                 ]
             ),
         ),
