@@ -77,6 +77,7 @@ def test_chance_of_pile_known_values() -> None:
     assert chance_of_pile(2, 2, 2) == pytest.approx(0.5)
     # One entry always lands somewhere; n entries on H indices: H * P(Bin(n, 1/H) >= k).
     assert chance_of_pile(1, 10, 384) == 1.0
+    assert chance_of_pile(3, 3, 1) == 1.0 and chance_of_pile(4, 3, 384) == 0.0
     p = 1 / 384
     exact = 384 * sum(math.comb(60, j) * p**j * (1 - p) ** (60 - j) for j in range(4, 61))
     assert chance_of_pile(4, 60, 384) == pytest.approx(exact, rel=1e-9)
