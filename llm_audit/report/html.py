@@ -273,7 +273,8 @@ def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
             f" ({', '.join(flags)})" if flags else ""
         )
         counted = [f for f in flags if f != OUTLIER_DIMENSION or counts_outlier_dimensions(audit)]
-        marks = ("flagged trap" if CORRELATION_TRAP in flags else "flagged") if counted else ""
+        trap = CORRELATION_TRAP in counted or OUTLIER_DIMENSION in counted
+        marks = ("flagged trap" if trap else "flagged") if counted else ""
         points.setdefault(str(r.get("role")), []).append(
             plots.DepthPoint(block, alpha, title, href=f"#L{i}", pick=i, marks=marks)
         )
