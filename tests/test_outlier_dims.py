@@ -293,3 +293,38 @@ def test_compare_catches_a_new_scattered_trap_beside_the_outlier_dimensions(
     assert "correlation_trap" in record["models"][label]["flags"]
     dims = result.summary["outlier_dimensions"]
     assert 267 in dims["base"] and 267 in dims[label]
+
+
+# --- the report panel -----------------------------------------------------------------------------
+
+
+def _audit_with(records: list[dict[str, Any]], dims: list[dict[str, Any]]) -> dict[str, Any]:
+    from llm_audit.vocabulary import SCHEMA_VERSION
+
+    summary = {"verdict": "healthy", "hidden_size": 64, "outlier_dimensions": dims}
+    return {"schema_version": SCHEMA_VERSION, "summary": summary, "layers": records}
+
+
+def test_report_panel_lists_dimensions_and_scattered_layers() -> None:
+    from llm_audit.report import render_html
+
+    evil = "<b>l1.o</b>"
+    records = [
+        {"name": "l0.o", "role": "o", "status": "success", "flags": ["outlier_dimension"],
+         "num_traps": 1, "trap_kind": "outlier_dimension"},
+        {"name": evil, "role": "o", "status": "success", "flags": ["correlation_trap"],
+         "num_traps": 1, "trap_kind": "scattered"},
+    ]  # fmt: skip
+    dims = [{"index": 7, "entries": 11, "layers": ["l0.o"], "max_abs_z": 50.0, "chance": 2e-9}]
+    html = render_html(_audit_with(records, dims))
+    panel = html[html.index('<section id="outliers"') :]
+    panel = panel[: panel.index("</section>")]
+    assert "<td>7</td><td>11</td><td>50</td><td>2.0e-09</td>" in panel
+    assert 'href="#L0"' in panel and 'href="#L1"' in panel  # the layers link to their cards
+    assert evil not in html and "&lt;b&gt;" in panel
+    assert "1 trap layer(s) have every trap entry on these dimensions" in panel
+    assert "1 have scattered ones" in panel and 'href="#outliers"' in html
+    # no trap layer: no panel and no link to it
+    quiet = [{"name": "l0.o", "role": "o", "status": "success", "flags": [], "trap_kind": None}]
+    html = render_html(_audit_with(quiet, []))
+    assert 'id="outliers"' not in html and 'href="#outliers"' not in html
