@@ -621,8 +621,10 @@ def test_report_in_headless_chromium(
     choose("f-flag", "outlier_dimension")  # MiniLM's traps all lie on its outlier dimensions
     assert browser.js(visible) == 0  # no q layer has traps in MiniLM
     choose("f-role", "")
-    assert browser.js(visible) == 6 == sum(
-        "outlier_dimension" in r["flags"] for r in minilm_result.records
+    assert (
+        browser.js(visible)
+        == 6
+        == sum("outlier_dimension" in r["flags"] for r in minilm_result.records)
     )
     choose("f-flag", "")
     assert browser.js(visible) == len(minilm_result.records)
