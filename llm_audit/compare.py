@@ -32,6 +32,7 @@ from llm_audit.jobs import Job, cost, difference_job, layer_job, oriented
 from llm_audit.journal import fingerprint
 from llm_audit.layers import Layer, plan_layers
 from llm_audit.options import ModelSpec, run_options
+from llm_audit.outlier_dims import hidden_size, place_traps
 from llm_audit.result import DELTA_COLUMNS, ComparisonResult, provenance, run_settings
 from llm_audit.scan import layer_filter, settings, slug
 from llm_audit.sources import Source, TensorInfo, open_source
@@ -42,6 +43,7 @@ from llm_audit.vocabulary import (
     CORRELATION_TRAP,
     EXTRA,
     MISSING,
+    OUTLIER_DIMENSION,
     SHAPE_CHANGED,
 )
 
@@ -179,6 +181,7 @@ def _compare(
             desc="compare",
         )
         seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
+    dimensions = _place_traps(results, base, models, cfg)
     records = [
         _record(name, base, models, alignment, results, cfg) for name in _union_order(base, models)
     ]
@@ -188,7 +191,7 @@ def _compare(
         settings=run_settings(
             cfg, device=runner.recorded_device(process), started=started, layers=layers
         ),
-        summary=_summary(records, models, alignment, seconds),
+        summary={**_summary(records, models, alignment, seconds), "outlier_dimensions": dimensions},
         records=records,
         spectra={key: o.spectra for key, o in results.items() if o.spectra},
     )
@@ -263,6 +266,26 @@ def _union_order(base: _Model, models: list[_Model]) -> list[str]:
     for m in models:
         names += [n for n in m.layers if n not in base.layers and n not in names]
     return names
+
+
+def _place_traps(
+    results: dict[str, Outcome], base: _Model, models: list[_Model], cfg: AuditConfig
+) -> dict[str, list[int]]:
+    """Set `trap_kind` on each model's layers from that model's own outlier dimensions (the
+    updates ΔW keep theirs unset: their traps count as scattered), and return each model's
+    outlier dimensions: {label: [hidden index, ...]}."""
+    base_records = [o.record for key, o in results.items() if key.startswith("base|")]
+    hidden = hidden_size(base.source.info.config, base_records)
+    found = {}
+    for label in ["base", *(m.label for m in models)]:
+        keys = [k for k in results if k.startswith(f"{label}|") and "|dW|" not in k]
+        places = place_traps(
+            [results[k].record for k in keys], hidden, cfg.thresholds.outlier_dimension_chance
+        )
+        for key, record in zip(keys, places.records, strict=True):
+            results[key] = Outcome(record, results[key].spectra)
+        found[label] = [d.index for d in places.dimensions]
+    return found
 
 
 def _metrics(outcome: Outcome | None, cfg: AuditConfig) -> dict[str, Any]:
@@ -382,6 +405,9 @@ def _summary(
             "most_changed": [r["name"] for r in changed[:10]],
             "layers_with_new_traps": [
                 r["name"] for r in records if CORRELATION_TRAP in r["new_flags"].get(label, [])
+            ],
+            "layers_with_new_outlier_dimension_traps": [
+                r["name"] for r in records if OUTLIER_DIMENSION in r["new_flags"].get(label, [])
             ],
         }
     return {"others": per_other, "seconds": seconds}

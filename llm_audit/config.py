@@ -24,6 +24,7 @@ class Thresholds:
     alpha_low: float = 2.0
     alpha_high: float = 6.0
     min_traps: int = 1
+    outlier_dimension_chance: float = 1e-3
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ class VerdictRule:
     pathological_trap_layers: int = 1
     pathological_alpha_lt_2_fraction: float = 0.1
     pathological_trap_fraction: float = 0.25
+    count_outlier_dimensions: bool = False
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,11 @@ def _check_values(cfg: AuditConfig) -> None:
         )
     if t.min_traps < 1:
         raise ConfigError(f"thresholds.min_traps must be at least 1, got {t.min_traps}")
+    if not 0 < t.outlier_dimension_chance < 1:
+        raise ConfigError(
+            "thresholds.outlier_dimension_chance must lie strictly between 0 and 1, got "
+            f"{t.outlier_dimension_chance}"
+        )
     v = cfg.verdict
     for name in ("pathological_alpha_lt_2_fraction", "pathological_trap_fraction"):
         if not 0 <= getattr(v, name) <= 1:

@@ -1,11 +1,17 @@
-"""Thresholds to per-layer flags, and flags to a model verdict. The rules live in the config."""
+"""Thresholds to per-layer flags, and flags to a model verdict. The rules live in the config.
+
+A trap layer raises `correlation_trap` when its extreme entries are scattered (the pathology) and
+`outlier_dimension` when they lie on the model's outlier dimensions (its `trap_kind`, set by
+`outlier_dims.place_traps`); the second is informational and counts against the verdict only with
+`verdict.count_outlier_dimensions`.
+"""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from llm_audit.config import AuditConfig, Thresholds
+from llm_audit.config import AuditConfig, Thresholds, VerdictRule
 from llm_audit.vocabulary import (
     ALPHA_FIT_FAILED,
     ALPHA_GT_6,
@@ -15,6 +21,8 @@ from llm_audit.vocabulary import (
     FIT_FAILED,
     FLAGS,
     HEALTHY,
+    INFORMATIONAL,
+    OUTLIER_DIMENSION,
     PATHOLOGICAL,
     VERDICTS,
     WATCH,
@@ -35,8 +43,16 @@ def layer_flags(record: dict[str, Any], t: Thresholds) -> list[str]:
     elif alpha > t.alpha_high:
         flags.append(ALPHA_GT_6)
     if record.get("num_traps", 0) >= t.min_traps:
-        flags.append(CORRELATION_TRAP)
+        on_dimensions = record.get("trap_kind") == OUTLIER_DIMENSION
+        flags.append(OUTLIER_DIMENSION if on_dimensions else CORRELATION_TRAP)
     return flags
+
+
+def verdict_flags(record: dict[str, Any], rule: VerdictRule) -> list[str]:
+    """The flags of a layer that count against the verdict (informational ones only if asked)."""
+    if rule.count_outlier_dimensions:
+        return list(record["flags"])
+    return [f for f in record["flags"] if f not in INFORMATIONAL]
 
 
 def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
@@ -44,9 +60,10 @@ def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
     n = len(counted)
     if n == 0:
         return WATCH, "no layer could be analyzed"
-    trap_layers = sum(CORRELATION_TRAP in r["flags"] for r in counted)
-    low = sum(ALPHA_LT_2 in r["flags"] for r in counted)
     rule = cfg.verdict
+    counting = [verdict_flags(r, rule) for r in counted]
+    trap_layers = sum(CORRELATION_TRAP in f or OUTLIER_DIMENSION in f for f in counting)
+    low = sum(ALPHA_LT_2 in f for f in counting)
     if (
         trap_layers >= rule.pathological_trap_layers
         and low / n >= rule.pathological_alpha_lt_2_fraction
@@ -57,9 +74,15 @@ def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
         )
     if trap_layers / n >= rule.pathological_trap_fraction:
         return PATHOLOGICAL, f"{trap_layers} of {n} layers have correlation traps"
-    flagged = sum(bool(r["flags"]) for r in counted)
+    flagged = sum(bool(f) for f in counting)
     if flagged:
         return WATCH, f"{flagged} of {n} layers flagged; see the flags column"
+    informational = sum(bool(r["flags"]) for r in counted)
+    if informational:
+        return HEALTHY, (
+            f"none of {n} layers flagged; {informational} have traps on outlier dimensions, "
+            "which are informational"
+        )
     return HEALTHY, f"none of {n} layers flagged"
 
 

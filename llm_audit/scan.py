@@ -22,6 +22,7 @@ from llm_audit.jobs import Job, layer_job
 from llm_audit.journal import fingerprint
 from llm_audit.layers import Layer, plan_layers
 from llm_audit.options import ModelSpec, run_options
+from llm_audit.outlier_dims import hidden_size, place_traps
 from llm_audit.result import AuditResult, provenance, run_settings
 from llm_audit.sources import Source, open_source
 from llm_audit.summary import summarize
@@ -128,13 +129,17 @@ def _scan(
             prepare=functools.partial(_read_order, source),
         )
         seconds = (dt.datetime.now(dt.timezone.utc) - started).total_seconds()
-    records = [flagged(_outcome(layer, outcomes).record, cfg.thresholds) for layer in planned]
+    raw = [_outcome(layer, outcomes).record for layer in planned]
+    places = place_traps(
+        raw, hidden_size(source.info.config, raw), cfg.thresholds.outlier_dimension_chance
+    )
+    records = [flagged(record, cfg.thresholds) for record in places.records]
     return AuditResult(
         model=provenance(source.info, tensors, family),
         settings=run_settings(
             cfg, device=runner.recorded_device(process), started=started, layers=layers
         ),
-        summary=summarize(records, cfg, seconds),
+        summary=summarize(records, cfg, seconds, places),
         records=records,
         spectra={
             layer.name: o.spectra

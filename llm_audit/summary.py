@@ -10,14 +10,21 @@ import numpy as np
 
 from llm_audit.architectures import EMBEDDING_ROLES
 from llm_audit.config import AuditConfig
-from llm_audit.flags import verdict
-from llm_audit.vocabulary import ANALYZED, CORRELATION_TRAP, FLAGS, count_key
+from llm_audit.flags import verdict, verdict_flags
+from llm_audit.outlier_dims import TrapPlaces
+from llm_audit.vocabulary import ANALYZED, CORRELATION_TRAP, FLAGS, OUTLIER_DIMENSION, count_key
 
 WORST = 5
 
 
-def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -> dict[str, Any]:
-    """Summary over the analyzed layers; embeddings and lm_head are left out unless configured."""
+def summarize(
+    records: list[dict[str, Any]],
+    cfg: AuditConfig,
+    seconds: float,
+    places: TrapPlaces | None = None,
+) -> dict[str, Any]:
+    """Summary over the analyzed layers; embeddings and lm_head are left out unless configured.
+    `places` (from `outlier_dims.place_traps`) gives the hidden size and outlier dimensions."""
     analyzed = [r for r in records if r["status"] in ANALYZED]
     counted = [
         r for r in analyzed if cfg.include_embeddings_in_summary or r["role"] not in EMBEDDING_ROLES
@@ -28,6 +35,9 @@ def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -
         if math.isfinite(r.get("alpha", math.nan)):
             by_role.setdefault(r["role"], []).append(r["alpha"])
     name, reason = verdict(counted, cfg)
+    # Traps on outlier dimensions are counted apart: `total_traps` stays the pathology's count.
+    on_dimensions = [r for r in counted if r.get("trap_kind") == OUTLIER_DIMENSION]
+    scattered = [r for r in counted if r.get("trap_kind") != OUTLIER_DIMENSION]
     return {
         "num_layers": len(records),
         "num_analyzed": len(analyzed),
@@ -46,9 +56,12 @@ def summarize(records: list[dict[str, Any]], cfg: AuditConfig, seconds: float) -
             if flag != CORRELATION_TRAP  # counted as num_trap_layers below
         },
         "num_trap_layers": sum(CORRELATION_TRAP in r["flags"] for r in counted),
-        "total_traps": sum(int(r.get("num_traps", 0)) for r in counted),
+        "total_traps": sum(int(r.get("num_traps", 0)) for r in scattered),
+        "total_outlier_dimension_traps": sum(int(r.get("num_traps", 0)) for r in on_dimensions),
         "total_rand_num_spikes": sum(int(r.get("rand_num_spikes", 0)) for r in counted),
-        "worst_layers": _worst(analyzed),
+        "hidden_size": places.hidden_size if places else None,
+        "outlier_dimensions": [d.as_dict() for d in places.dimensions] if places else [],
+        "worst_layers": _worst(analyzed, cfg),
         "experts": expert_summary(analyzed),
         "verdict": name,
         "verdict_reason": reason,
@@ -76,9 +89,9 @@ def expert_summary(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return pooled
 
 
-def _worst(analyzed: list[dict[str, Any]]) -> list[str]:
-    """Flagged layers first (most traps, then lowest alpha), at most WORST names."""
-    flagged = [r for r in analyzed if r["flags"]]
+def _worst(analyzed: list[dict[str, Any]], cfg: AuditConfig) -> list[str]:
+    """Layers flagged against the verdict, most traps then lowest alpha first: at most WORST."""
+    flagged = [r for r in analyzed if verdict_flags(r, cfg.verdict)]
 
     def severity(r: dict[str, Any]) -> tuple[int, float]:
         alpha = r.get("alpha", math.nan)

@@ -233,10 +233,15 @@ def test_summary_sections_and_provenance(
     roles = {r["role"] for r in minilm_result.records if r["block"] is not None}
     assert static(minilm_html).count('<svg class="depth"') == len(roles)
     assert static(minilm_html).count('class="threshold"') == 2 * len(roles)
+    # ringed: layers flagged against the verdict (traps on outlier dimensions are informational)
     flagged_in_blocks = sum(
-        bool(r["flags"]) for r in minilm_result.records if r["block"] is not None
+        bool(set(r["flags"]) - {"outlier_dimension"})
+        for r in minilm_result.records
+        if r["block"] is not None
     )
-    assert static(minilm_html).count('class="mkr sr0 flagged') == flagged_in_blocks
+    assert static(minilm_html).count('class="mkr sr0 flagged') == flagged_in_blocks == 3
+    # the outlier-dimension panel: MiniLM's four dimensions, 267 among them
+    assert 'id="outliers"' in minilm_html and "<td>267</td>" in minilm_html
 
 
 def test_names_are_escaped_and_data_is_safe(
@@ -613,11 +618,13 @@ def test_report_in_headless_chromium(
     )
     choose("f-role", "q")
     assert browser.js(visible) == sum(r["role"] == "q" for r in minilm_result.records)
-    choose("f-flag", "correlation_trap")
+    choose("f-flag", "outlier_dimension")  # MiniLM's traps all lie on its outlier dimensions
     assert browser.js(visible) == 0  # no q layer has traps in MiniLM
     choose("f-role", "")
-    assert browser.js(visible) == sum(
-        "correlation_trap" in r["flags"] for r in minilm_result.records
+    assert (
+        browser.js(visible)
+        == 6
+        == sum("outlier_dimension" in r["flags"] for r in minilm_result.records)
     )
     choose("f-flag", "")
     assert browser.js(visible) == len(minilm_result.records)

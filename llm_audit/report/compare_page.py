@@ -164,8 +164,9 @@ def _summary(
         missing += f"<li class='muted'>and {more} more (see the table)</li>" if more > 0 else ""
         new = s.get("new_flags") or {}
         new_text = " ".join(f"{page.flag_badges([f])} × {fmt(n)}" for f, n in new.items()) or "none"
-        traps = ", ".join(
-            f"<code>{page.tensor_name(str(n))}</code>" for n in s.get("layers_with_new_traps") or []
+        traps, on_dimensions = (
+            ", ".join(f"<code>{page.tensor_name(str(n))}</code>" for n in s.get(key) or [])
+            for key in ("layers_with_new_traps", "layers_with_new_outlier_dimension_traps")
         )
         top = [by_name[n] for n in s.get("most_changed") or [] if n in by_name][:TOP_CHANGED]
         cards.append(
@@ -175,6 +176,7 @@ def _summary(
                     ("alignment", aligned or "—"),
                     ("new flags", new_text),
                     ("new correlation traps in", traps or "none"),
+                    ("new traps on outlier dimensions in", on_dimensions or "none"),
                 ]
             )
             + (f"<p>Not aligned (not compared):</p><ul>{missing}</ul>" if missing else "")
@@ -479,7 +481,10 @@ def _how_to_read(result_json: Mapping[str, Any]) -> str:
         "far larger than the rest: a handful of weights were changed a lot (a rewritten token, a "
         "bad optimizer step, or an edit made on purpose). A new <span class='flag "
         "f-correlation_trap'>correlation_trap</span> on the other model's layer is the strongest "
-        "change signal.",
+        "change signal. A trap whose entries all lie on the model's outlier dimensions (hidden "
+        "indices that carry huge weights in layer after layer, normal in trained transformers) is "
+        "flagged <span class='flag f-outlier_dimension'>outlier_dimension</span> instead, and "
+        "listed apart.",
         "<b>Change score</b> = 100 × (new correlation trap) + 10 × (number of new flags) + "
         "|Δalpha| + relative norm of ΔW: a ranking, not a measure.",
         "<b>Alignment</b>: layers are paired by tensor name and shape only. <i>missing</i> (only "

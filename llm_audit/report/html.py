@@ -18,6 +18,11 @@ import numpy as np
 
 from llm_audit.errors import ConfigError
 from llm_audit.report import page, plots
+from llm_audit.report.outlier_panel import (
+    counts_outlier_dimensions,
+    has_trap_kinds,
+    outlier_panel,
+)
 from llm_audit.report.view import (
     COLUMN_HELP,
     TEXT_COLUMNS,
@@ -38,6 +43,7 @@ from llm_audit.vocabulary import (
     ANALYZED,
     CORRELATION_TRAP,
     HEALTHY,
+    OUTLIER_DIMENSION,
     PATHOLOGICAL,
     SCHEMA_VERSION,
     WATCH,
@@ -74,6 +80,7 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
     body = [
         _header(audit),
         _verdict(audit, records),
+        outlier_panel(audit.get("summary") or {}, records),
         _depth(audit, records),
         _table(records),
         _details(records, views, spectra is not None),
@@ -134,7 +141,9 @@ def _header(audit: Mapping[str, Any]) -> str:
     return (
         '<header id="top"><h1>Weight-spectrum audit of '
         f"<code>{escape(str(model.get('id', 'model')))}</code></h1>"
-        '<nav><a href="#verdict">verdict</a><a href="#depth">alpha by depth</a>'
+        '<nav><a href="#verdict">verdict</a>'
+        + ('<a href="#outliers">outlier dimensions</a>' if has_trap_kinds(audit) else "")
+        + '<a href="#depth">alpha by depth</a>'
         '<a href="#layers">layers</a><a href="#details">layer details</a>'
         '<a href="#flags">what the flags mean</a></nav>'
         f'<div class="provenance">{page.dl(items, "pairs")}{more}</div></header>'
@@ -189,6 +198,10 @@ def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
                     ("fit failed", fmt(s.get(count_key(ALPHA_FIT_FAILED)))),
                     ("trap layers", fmt(s.get("num_trap_layers"))),
                     ("traps in total", fmt(s.get("total_traps"))),
+                    (
+                        "layers with traps on outlier dimensions",
+                        fmt(s.get(count_key(OUTLIER_DIMENSION))),
+                    ),
                 ]
             ),
         ),
@@ -259,7 +272,9 @@ def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
         title = f"{r.get('name')}: alpha {fmt(alpha, 'alpha')}" + (
             f" ({', '.join(flags)})" if flags else ""
         )
-        marks = ("flagged trap" if CORRELATION_TRAP in flags else "flagged") if flags else ""
+        counted = [f for f in flags if f != OUTLIER_DIMENSION or counts_outlier_dimensions(audit)]
+        trap = CORRELATION_TRAP in counted or OUTLIER_DIMENSION in counted
+        marks = ("flagged trap" if trap else "flagged") if counted else ""
         points.setdefault(str(r.get("role")), []).append(
             plots.DepthPoint(block, alpha, title, href=f"#L{i}", pick=i, marks=marks)
         )
@@ -456,13 +471,24 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
         (ALPHA_GT_6, f"alpha &gt; {high}",
          "The spectrum is close to that of a random matrix: the layer learned little structure. "
          "It may be under-trained, or matter little to the model."),
-        (CORRELATION_TRAP, f"num_traps ≥ {traps}",
+        (CORRELATION_TRAP, f"num_traps ≥ {traps}, scattered",
          "After shuffling the matrix's entries (which destroys learned correlations) "
          "eigenvalues still stand above the Marchenko–Pastur bulk edge. Such a spike comes from "
-         "a few unusually large entries, listed with their row, column, value and z-score. "
-         "Traps have been associated with training problems such as a learning rate that is too "
-         "large; check whether the listed entries are expected (e.g. a special token's "
+         "a few unusually large entries, listed with their row, column, value and z-score, here "
+         "scattered rather than on the model's outlier dimensions: the extreme-weight signature "
+         "of anti-grokking and other training problems (a learning rate that is too large, a bad "
+         "update); check whether the listed entries are expected (e.g. a special token's "
          "embedding)."),
+        (OUTLIER_DIMENSION, f"num_traps ≥ {traps}, on outlier dimensions",
+         "The traps' entries all lie on the model's outlier dimensions: hidden indices of the "
+         "residual stream (rows of the matrices that write to it, columns of those that read it) "
+         "on which the trap layers' largest entries pile up more than random positions would "
+         f"(chance at most {t.outlier_dimension_chance:g}; see 'Outlier dimensions'). Trained "
+         "transformers have a few such dimensions; they are healthy, and the reason int8 "
+         "quantization keeps some dimensions in higher precision (LLM.int8()): a hint for "
+         "quantizing, not a training problem. Informational: "
+         + ("counted as a trap by the verdict (count_outlier_dimensions)."
+            if counts_outlier_dimensions(audit) else "not counted against the verdict.")),
         (ALPHA_FIT_FAILED, "no fit",
          "The power-law fit could not be made (too few eigenvalues in the tail, a degenerate "
          "spectrum); alpha is left empty and the status reason says why."),
@@ -477,7 +503,13 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
         f"{rule.pathological_alpha_lt_2_fraction * 100:g}% of the counted layers have "
         f"alpha &lt; {low}, or when at least {rule.pathological_trap_fraction * 100:g}% "
         "of them have traps; <i>watch</i> when any counted layer is flagged; <i>healthy</i> "
-        "otherwise.</p>"
+        "otherwise. Traps on outlier dimensions "
+        + (
+            "count as traps and flags here."
+            if counts_outlier_dimensions(audit)
+            else "count neither as traps nor as flags here (setting count_outlier_dimensions)."
+        )
+        + "</p>"
     )
     caveats = [
         "The thresholds are heuristics from HTSR theory and experiments, not laws; a flag is a "

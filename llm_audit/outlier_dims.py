@@ -1,0 +1,167 @@
+"""Where a model's correlation traps live: on its outlier dimensions, or scattered.
+
+A trap is a spike that survives shuffling W's entries, so it is made of a few huge entries (the
+`trap_entries` of `spectral/traps.py`: a layer's largest |w − μ|, the first `num_traps` of them
+the ones that stand above the MP edge). Two different things put huge entries in a matrix:
+
+- Trained transformers have a few *outlier dimensions* of the residual stream (Kovaleva et al.
+  2021; Dettmers et al. 2022, LLM.int8(); Sun et al. 2024, massive activations): hidden indices
+  that carry huge values, so the matrices that write to the stream have huge entries on those rows
+  and the matrices that read it on those columns, the same indices in layer after layer. A healthy
+  feature, and the reason int8 quantization keeps those dimensions in high precision.
+- Anti-grokking (arXiv 2602.02859, App. G) grows extreme entries with no such order: the collapsed
+  MNIST MLP's ten largest first-layer entries lie in 8 rows and 10 columns.
+
+So each trap entry is placed on the hidden axis (`hidden_axis`: the row of a matrix whose output
+is the residual stream, the column of one that reads it or of an embedding), and a hidden index is
+one of the model's outlier dimensions when the trap layers' largest entries pile up on it more
+than entries at random positions could: the chance that any of the H hidden indices would get that
+many of the n placed entries (a binomial tail, times H) is at most `outlier_dimension_chance`
+(1e-3). Measured (README, "Outlier dimensions or scattered traps"): MiniLM's four dimensions have
+chances of 2e-11 or less, all-mpnet-base-v2's seven 2e-5 or less, while 90 huge entries planted at
+random positions in MiniLM made no dimension of their own. A trap layer is `outlier_dimension` when
+every one of its trap entries lies on an outlier dimension, otherwise `scattered`: a new huge entry
+at a random place in a layer that has outlier dimensions too makes the layer scattered again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llm_audit.vocabulary import OUTLIER_DIMENSION, SCATTERED
+
+# config.json keys of the residual stream's width, nested configs (`text_config`) searched too.
+HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model")
+# Roles whose output is the residual stream: as PyTorch (out, in), the hidden index is the row.
+WRITES = ("o", "down", "expert_down")
+# Roles that read the residual stream, and embeddings and heads, (vocabulary, hidden): the column.
+READS = (
+    "q", "k", "v", "qkv", "up", "gate", "gate_up", "router", "expert_gate", "expert_up",
+    "expert_gate_up", "embed", "lm_head",
+)  # fmt: skip
+ROW, COLUMN = 0, 1
+
+
+@dataclass(frozen=True)
+class OutlierDimension:
+    """A hidden index on which the trap layers' largest entries pile up."""
+
+    index: int
+    layers: tuple[str, ...]  # the layers whose largest entries include it, in model order
+    entries: int  # how many of the located entries lie on it
+    max_abs_z: float  # its most extreme entry, in standard deviations of its matrix
+    chance: float  # that random positions would put this many entries on any one index
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "layers": list(self.layers),
+            "entries": self.entries,
+            "max_abs_z": self.max_abs_z,
+            "chance": self.chance,
+        }
+
+
+@dataclass(frozen=True)
+class TrapPlaces:
+    """The model's records with `trap_kind` set, and the outlier dimensions behind it."""
+
+    records: list[dict[str, Any]]
+    hidden_size: int | None
+    dimensions: list[OutlierDimension]
+
+
+def hidden_size(
+    config: Mapping[str, Any] | None, records: Sequence[Mapping[str, Any]]
+) -> int | None:
+    """The residual stream's width: config.json's hidden size, else the embedding's width."""
+    for where in (config or {}, (config or {}).get("text_config") or {}):
+        for key in HIDDEN_SIZE_KEYS:
+            value = where.get(key) if isinstance(where, Mapping) else None
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    widths = [r["shape"][1] for r in records if r.get("role") == "embed" and r.get("shape")]
+    return int(widths[0]) if widths else None
+
+
+def hidden_axis(role: str, shape: Sequence[int], hidden: int | None) -> int | None:
+    """ROW or COLUMN of an (out, in) matrix that indexes the residual stream, None if neither.
+
+    The role decides where its side has the hidden size; a matrix of another role (or one whose
+    role side does not fit) is placed by shape, if exactly one of its sides has the hidden size.
+    """
+    if hidden is None or len(shape) != 2:
+        return None
+    by_role = ROW if role in WRITES else COLUMN if role in READS else None
+    if by_role is not None and shape[by_role] == hidden:
+        return by_role
+    fits = [axis for axis in (ROW, COLUMN) if shape[axis] == hidden]
+    return fits[0] if len(fits) == 1 else None
+
+
+def chance_of_pile(count: int, n: int, hidden: int) -> float:
+    """Chance that n entries at uniformly random hidden indices put `count` or more on any one of
+    the `hidden` indices: the union bound hidden · P(Binomial(n, 1/hidden) ≥ count), at most 1."""
+    if count <= 0 or count > n or hidden <= 1:
+        return 1.0 if count <= n else 0.0
+    p = 1.0 / hidden
+    log_terms = [
+        math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1)
+        + j * math.log(p) + (n - j) * math.log1p(-p)
+        for j in range(count, n + 1)
+    ]  # fmt: skip
+    top = max(log_terms)
+    tail = math.exp(top) * sum(math.exp(t - top) for t in log_terms)
+    return min(1.0, hidden * tail)
+
+
+def place_traps(
+    records: Sequence[Mapping[str, Any]], hidden: int | None, max_chance: float
+) -> TrapPlaces:
+    """Every record with `trap_kind` (None without trap entries) and its trap entries with their
+    `hidden_index` (None off the hidden axis), and the model's outlier dimensions."""
+    located: list[tuple[str, int, float]] = []  # (layer, hidden index, z) of every placed entry
+    placed = []
+    for record in records:
+        entries = record.get("trap_entries")
+        if not entries:
+            placed.append({**record, "trap_kind": None})
+            continue
+        axis = hidden_axis(str(record.get("role")), record.get("shape") or (), hidden)
+        key = ("row", "col")[axis] if axis is not None else None
+        entries = [{**e, "hidden_index": e[key] if key else None} for e in entries]
+        located += [(record["name"], e["hidden_index"], e["z"]) for e in entries if key]
+        placed.append({**record, "trap_entries": entries})
+    dimensions = _dimensions(located, hidden, max_chance) if hidden else []
+    indices = {d.index for d in dimensions}
+    for record in placed:
+        entries = record.get("trap_entries")
+        if entries:
+            causes = entries[: max(1, int(record.get("num_traps", 0)))]
+            on_dimension = all(e["hidden_index"] in indices for e in causes)
+            record["trap_kind"] = OUTLIER_DIMENSION if on_dimension else SCATTERED
+    return TrapPlaces(placed, hidden, dimensions)
+
+
+def _dimensions(
+    located: list[tuple[str, int, float]], hidden: int, max_chance: float
+) -> list[OutlierDimension]:
+    """Indices tested from the most crowded down; each one found leaves the others' entries to
+    fall on the remaining indices, so a very crowded dimension does not hide the next one."""
+    counts = Counter(index for _, index, _ in located)
+    found = []
+    n, indices = len(located), hidden
+    for index, count in counts.most_common():
+        chance = chance_of_pile(count, n, indices)
+        if chance > max_chance:
+            break  # counts fall, so chances rise from here on
+        on = [(layer, z) for layer, i, z in located if i == index]
+        layers = tuple(dict.fromkeys(layer for layer, _ in on))
+        max_z = max(abs(z) for _, z in on)
+        found.append(OutlierDimension(index, layers, count, max_z, chance))
+        n, indices = n - count, indices - 1
+    return found
