@@ -27,7 +27,7 @@ import re
 import stat
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import yaml
@@ -71,12 +71,24 @@ def read_bounded(
         if not stat.S_ISREG(mode):
             raise error(f"{what} is {_kind(mode)}, not a regular file; {fix}", path=where)
         try:
-            data = fh.read(limit + 1)
+            data = _read_at_most(fh, limit + 1)
         except OSError as exc:
             raise error(f"cannot read {what} ({exc.strerror}); {fix}", path=where) from None
     if len(data) > limit:
         raise error(f"{what} is over the {limit} byte limit; {fix}", path=where)
     return data
+
+
+def _read_at_most(fh: BinaryIO, count: int) -> bytes:
+    """Up to `count` bytes, in chunks: `read(count)` would allocate `count` bytes for any file."""
+    parts, left = [], count
+    while left > 0:
+        part = fh.read(min(_CHUNK, left))
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _kind(mode: int) -> str:

@@ -156,7 +156,9 @@ _HELD: dict[Path, int] = {}  # lock path -> depth, so save() inside the CLI's lo
 @contextlib.contextmanager
 def report_lock(folder: Path) -> Iterator[None]:
     """Hold `.NAME.lock` beside `folder` for the block; `OutputError` naming the other run's pid
-    when another process holds it. The kernel releases it if this process dies."""
+    when another process holds it. The kernel releases it if this process dies. Folders made to
+    hold the lock are removed with it when the run leaves them empty (a failed scan writes nothing).
+    """
     folder = folder.absolute()
     lock = folder.parent / f".{folder.name}.lock"
     if lock in _HELD:
@@ -166,6 +168,7 @@ def report_lock(folder: Path) -> Iterator[None]:
         finally:
             _HELD[lock] -= 1
         return
+    made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
     fd = _acquire(lock, folder)
     _HELD[lock] = 1
     try:
@@ -175,6 +178,9 @@ def report_lock(folder: Path) -> Iterator[None]:
         with contextlib.suppress(OSError):
             lock.unlink()
         os.close(fd)
+        for empty in made:  # deepest first
+            with contextlib.suppress(OSError):
+                empty.rmdir()
 
 
 def _acquire(lock: Path, folder: Path) -> int:
