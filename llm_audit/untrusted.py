@@ -66,10 +66,11 @@ def read_bounded(
         raise (missing or error)(f"{what} does not exist; {fix}", path=where) from None
     except OSError as exc:
         raise error(f"cannot read {what} ({exc.strerror}); {fix}", path=where) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise error(f"{what} is {_kind(mode)}, not a regular file; {fix}", path=where)
     with os.fdopen(fd, "rb") as fh:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise error(f"{what} is {_kind(mode)}, not a regular file; {fix}", path=where)
         try:
             data = _read_at_most(fh, limit + 1)
         except OSError as exc:
