@@ -199,8 +199,9 @@ def _read(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Outcome], int
         )
         if problem:
             raise ConfigError(
-                f"line {number} of the resume journal is not a finished job: it {problem} (the "
-                "file was edited or damaged), so none of it is trusted; drop --resume to start over",
+                f"line {number} of the resume journal is not a finished job: it {problem} "
+                "(the file was edited or damaged), so none of it is trusted; drop --resume to "
+                "start over",
                 path=str(path),
             )
         spectra = {k: _decode(v) for k, v in entry["spectra"].items()}

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from llm_audit.errors import ConfigError, OutputError, SourceNotFoundError
+from llm_audit.errors import ConfigError, LlmAuditError, OutputError, SourceNotFoundError
 from llm_audit.journal import is_journal_name
 from llm_audit.report.html import check_audit, render_html
 from llm_audit.untrusted import read_json, show
@@ -40,12 +40,16 @@ _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """`table` as CSV, each text cell that a spreadsheet would run as a formula made inert."""
+    """`table` as CSV, each text cell that a spreadsheet would run as a formula made inert.
+
+    Lines end with CRLF (RFC 4180), so the writer quotes any cell holding a carriage return or a
+    newline, which a name from a hostile header may, instead of letting it split the row.
+    """
     escaped = table.copy()
     for column in escaped.columns:
-        if escaped[column].dtype == object:
+        if not pd.api.types.is_numeric_dtype(escaped[column]):  # object or str dtype
             escaped[column] = escaped[column].map(_inert)
-    escaped.to_csv(path, index=False)
+    escaped.to_csv(path, index=False, lineterminator="\r\n")
 
 
 def _inert(cell: Any) -> Any:
@@ -108,6 +112,8 @@ def replace_folder(folder: Path, write: Callable[[Path], None], names: frozenset
             os.chmod(staging, _folder_mode(folder))
             write(staging)
             _swap_in(staging, folder)
+        except LlmAuditError:
+            raise
         except OSError as exc:
             raise OutputError(
                 f"cannot write the report ({exc.strerror})", path=str(folder)
@@ -191,10 +197,11 @@ def _acquire(lock: Path, folder: Path) -> int:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                other = os.read(fd, 32).decode(errors="replace").strip() or "unknown"
+                other = os.read(fd, 32).decode(errors="replace").strip()
                 os.close(fd)
                 raise OutputError(
-                    f"another llm-audit run (pid {show(other, 20)}) is writing this report; "
+                    f"another llm-audit run (pid {other if other.isdigit() else '?'}) is "
+                    "writing this report; "
                     "wait for it to finish or choose another --out",
                     path=str(folder),
                 ) from None
@@ -204,6 +211,8 @@ def _acquire(lock: Path, folder: Path) -> int:
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         return fd
+    except OutputError:  # an OSError too: not to be wrapped again
+        raise
     except OSError as exc:
         raise OutputError(
             f"cannot lock the report folder ({exc.strerror})", path=str(folder)

@@ -4,12 +4,11 @@
 
 Every case is a folder holding the file(s) named in `CASES` and is scanned as `llm-audit scan
 DIR/CASE` (or `DIR/CASE/FILE` where the case names a file to scan). `tests/corpus/README.md` lists
-the classes of failure and the cases of each. Tiny cases are committed under `tests/corpus/files/` (regenerate them with
-`python tests/corpus/make_corpus.py tests/corpus/files --committed`; `tests/test_hostile.py` checks
-they match). The rest are written at test time: the header claiming 100 MiB (a sparse file), the
-200 kB nestings, the symbolic links and FIFOs, the oversized config, the GGUF files (they need the
-`gguf` reader to be meaningful), and the pickles (they hold the absolute path of the marker file
-they would create).
+the classes of failure and the cases of each. Tiny cases are committed under `tests/corpus/files/`
+(regenerate them with `python tests/corpus/make_corpus.py tests/corpus/files --committed`;
+`tests/test_hostile.py` checks they match). The rest are written at test time: the header claiming
+100 MiB (a sparse file), the 200 kB nestings, the symbolic links and FIFOs, the oversized config,
+the GGUF files, and the pickles (they hold the absolute path of the marker file they would create).
 """
 
 from __future__ import annotations
