@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
@@ -122,6 +123,17 @@ def test_broken_input_is_exit_2_and_one_line(
     assert "Traceback" not in err and err.count("\n") == 1, err
     assert err.startswith("llm-audit: error: ") and says in err, err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("text", [b"root:x:0:0:root:/root:/bin/bash\n" * 9, b"ABCDEFG\x00{}"])
+def test_no_message_echoes_the_bytes_of_a_file(text: bytes, tmp_path: Path, cli: Cli) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(text)  # not safetensors: a secret, say
+    code, _, err = cli("scan", folder, "--out", tmp_path / "out", "--no-progress")
+    (length,) = struct.unpack("<Q", text[:8])
+    assert code == 2 and "Traceback" not in err and str(length) not in err, err
+    assert "root:" not in err and "ABCDEFG" not in err
 
 
 def test_a_damaged_journal_is_exit_2(inputs: Path, tmp_path: Path, cli: Cli) -> None:

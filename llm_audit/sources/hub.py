@@ -81,6 +81,7 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     """Turn huggingface_hub's exceptions into one-line `SourceNotFoundError`s naming the repo."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -88,6 +89,11 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
 
     try:
         yield
+    except HFValidationError:
+        raise SourceNotFoundError(
+            "not a valid Hub id or revision (org/name, at most 96 characters each); check it",
+            path=repo_id[:300],
+        ) from None
     except RevisionNotFoundError:
         raise SourceNotFoundError(
             f"revision {revision!r} does not exist; check the branch, tag or commit", path=repo_id

@@ -49,14 +49,14 @@ def read_header(path: Path) -> list[TensorInfo]:
                 raise CheckpointFormatError("file is too short to be safetensors", path=str(path))
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise CheckpointFormatError(
-                    f"header claims {length} bytes, over the {MAX_HEADER_BYTES} byte limit; "
-                    "the file is corrupt or not safetensors",
+                raise CheckpointFormatError(  # the length is not shown: never echo file bytes
+                    f"the header length in its first 8 bytes is over the {MAX_HEADER_BYTES} "
+                    "byte limit; the file is corrupt or not safetensors",
                     path=str(path),
                 )
             if 8 + length > size:
                 raise CheckpointFormatError(
-                    f"header claims {length} bytes but the file has {size}; it is truncated",
+                    f"the header runs past the end of the file ({size} bytes); it is truncated",
                     path=str(path),
                 )
             raw = fh.read(length)
