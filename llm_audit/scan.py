@@ -105,8 +105,8 @@ def layer_filter(pattern: str | None) -> re.Pattern[str] | None:
         reason = exc.args[0] if exc.args else "invalid"
         reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
         raise ConfigError(
-            f"--layers: {pattern!r} is not a regular expression RE2 accepts ({reason}); "
-            "backreferences and lookaround are not supported, so no pattern can backtrack"
+            f"--layers: invalid regular expression {pattern!r} for RE2 ({reason}); "
+            "backreferences and lookaround are not supported, so that no pattern can backtrack"
         ) from None
 
 

@@ -79,7 +79,7 @@ BROKEN = {
     ),
     "scan-layers-lookahead": (
         ["scan", "{root}/good", "--layers", "(?=w)", "--out", "{out}"],
-        "not a regular expression RE2 accepts",
+        "invalid regular expression '(?=w)' for RE2",
     ),
     "scan-layers-backreference": (
         ["scan", "{root}/good", "--layers", r"(w)\1", "--out", "{out}"],
