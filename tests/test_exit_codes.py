@@ -11,7 +11,11 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import struct
+import subprocess
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -243,3 +247,28 @@ def test_a_backtracking_layers_pattern_cannot_hang_the_scan(tmp_path: Path) -> N
 def test_render_of_deep_json_in_a_fresh_process(inputs: Path) -> None:
     code, _, err = run_cli_process("render", str(inputs / "nested.json"))
     assert code == 2 and err.count("\n") == 1 and "nested too deeply" in err, err
+
+
+@pytest.mark.slow
+def test_a_real_ctrl_c_says_how_to_resume_and_the_resume_works(tmp_path: Path) -> None:
+    folder = tmp_path / "m"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(192, 192, generator=g)
+               for i in range(40)}  # fmt: skip
+    save_file(tensors, str(folder / "model.safetensors"))
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "llm_audit", "scan", str(folder), "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal, deadline = out / JOURNAL_NAME, time.monotonic() + 180
+    while not (journal.exists() and journal.read_bytes().count(b"\n") > 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the scan ended first"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    ours = [line for line in err.split("\n") if "llm-audit:" in line]
+    assert ours == [f"llm-audit: interrupted; the finished layers are journaled in {out}/; rerun "
+                    "the same command with --resume to continue from them"], repr(err)  # fmt: skip
+    code, _, err = run_cli_process(*args[3:], "--resume", "--no-progress", timeout=300)
+    assert code == 0 and (out / "audit.json").exists(), err
