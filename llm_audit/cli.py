@@ -189,11 +189,13 @@ def main(argv: list[str] | None = None) -> int:
 def _say(message: str, *, own_line: bool) -> None:
     """One line on stderr, flushed at once (a launcher may kill the process next); `own_line`
     ends a half-drawn progress bar's line first."""
-    print(f"{chr(10) if own_line else ''}llm-audit: {message}", file=sys.stderr, flush=True)
+    start = "\n" if own_line else ""
+    print(f"{start}llm-audit: {message}", file=sys.stderr, flush=True)
 
 
 def _rank() -> str:
-    """ " (rank R of N)" inside a torchrun group, so each rank's line says whose it is."""
+    """The tag ` (rank R of N)` inside a torchrun group, so that each rank's line says whose
+    it is; empty for a process on its own."""
     world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
     return f" (rank {rank} of {world})" if world.isdigit() and int(world) > 1 else ""
 
