@@ -93,6 +93,7 @@ BROKEN = {
     "scan-fail-on-unknown": (["scan", "{root}/good", "--fail-on", "x", "--out", "{out}"], "x"),
     "scan-out-is-a-file": (["scan", "{root}/good", "--out", "{root}/bomb.yaml"], "not a folder"),
     "scan-out-holds-other-files": (["scan", "{root}/good", "--out", "{root}"], "did not write"),
+    "scan-out-is-dot-dot": (["scan", "{root}/good", "--out", "{root}/x/.."], "a named folder"),
     "describe-fifo-weights": (["describe", "{root}/fifo_model"], "is a FIFO"),
     "describe-adapter-r-text": (["describe", "{root}/adapter_r_text"], "'four'"),
     "describe-hub-id-5000-chars": (["describe", "b" * 5000], "not a Hub id"),

@@ -63,8 +63,9 @@ def check_report_folder(folder: Path, names: frozenset[str]) -> None:
     """Fail before a long scan, not after it: `folder` must be creatable and replaceable, which
     needs a writable parent (the staging folder goes there), and may hold only report files
     (`names`) and resume journals. Raises `OutputError`."""
-    parent = folder.parent
-    existing = parent
+    if folder.name in ("", ".", ".."):  # the folder is renamed as a whole: it needs a name
+        raise OutputError("is not a folder name; give --out a named folder", path=str(folder))
+    existing = folder.parent
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
