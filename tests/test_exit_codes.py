@@ -150,38 +150,45 @@ def test_a_damaged_journal_is_exit_2(inputs: Path, tmp_path: Path, cli: Cli) -> 
     assert code == 2 and err.count("\n") == 1 and "resume journal" in err, err
 
 
-@pytest.fixture
-def crashing_scan(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A bug: the scan itself raises an exception nobody anticipated."""
+@pytest.fixture(params=[ZeroDivisionError("division by zero"), KeyError("x"), OSError(5, "I/O")])
+def crashing_scan(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A bug: the scan itself raises an exception nobody anticipated; its class name."""
+    error = request.param
 
     def scan(*args: object, **kwargs: object) -> None:
-        raise ZeroDivisionError("division by zero")
+        raise error
 
     monkeypatch.setattr(SCAN_MODULE, "scan", scan)
+    return type(error).__name__
 
 
-@pytest.mark.usefixtures("crashing_scan")
-def test_a_bug_is_exit_3_with_one_line(inputs: Path, tmp_path: Path, cli: Cli) -> None:
+def test_a_bug_is_exit_3_with_one_line(
+    crashing_scan: str, inputs: Path, tmp_path: Path, cli: Cli
+) -> None:
     code, _, err = cli("scan", inputs / "good", "--out", tmp_path / "out", "--no-progress")
     assert code == 3
     assert err == (
-        "llm-audit: internal error (ZeroDivisionError): this is a bug in llm-audit; rerun with "
+        f"llm-audit: internal error ({crashing_scan}): this is a bug in llm-audit; rerun with "
         "--debug or LLM_AUDIT_DEBUG=1 for the traceback, and report it\n"
     )
 
 
-@pytest.mark.usefixtures("crashing_scan")
 @pytest.mark.parametrize("how", ["--debug", "LLM_AUDIT_DEBUG=1"])
 def test_the_traceback_of_a_bug_on_request(
-    how: str, inputs: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+    how: str,
+    crashing_scan: str,
+    inputs: Path,
+    tmp_path: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     extra = [how] if how.startswith("--") else []
     if not extra:
         monkeypatch.setenv("LLM_AUDIT_DEBUG", "1")
     code, _, err = cli("scan", inputs / "good", "--out", tmp_path / "out", "--no-progress", *extra)
     assert code == 3
-    assert "Traceback" in err and "ZeroDivisionError: division by zero" in err
-    assert err.splitlines()[-1].startswith("llm-audit: internal error (ZeroDivisionError)")
+    assert "Traceback" in err and f"\n{crashing_scan}" in err
+    assert err.splitlines()[-1].startswith(f"llm-audit: internal error ({crashing_scan})")
 
 
 def test_each_rank_names_itself(inputs: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -200,38 +200,45 @@ def test_a_stale_lock_file_does_not_block(tmp_path: Path) -> None:
 
 
 @contextlib.contextmanager
-def _read_only_parent(parent: Path) -> Iterator[Path]:
-    """`parent` read-only with a writable `parent/out` inside (bind mounts; needs root)."""
+def _read_only_parent(parent: Path, *, out_exists: bool) -> Iterator[Path]:
+    """`parent` read-only (a bind mount; needs root) and `parent/out`, which if it exists is a
+    writable mount of its own."""
     out = parent / "out"
-    out.mkdir(parents=True)
-    steps = [
-        ["mount", "--bind", str(out), str(out)],
+    (out if out_exists else parent).mkdir(parents=True)
+    steps = [["mount", "--bind", str(out), str(out)]] if out_exists else []
+    steps += [
         ["mount", "--rbind", str(parent), str(parent)],
         ["mount", "-o", "remount,bind,ro", str(parent)],
     ]
-    done = 0
+    done = []
     try:
         for step in steps:
             ran = subprocess.run(step, capture_output=True)
             if ran.returncode != 0:
                 pytest.skip(f"cannot make a read-only bind mount: {ran.stderr.decode().strip()}")
-            done += 1
+            done.append(step[-1])
         yield out
     finally:
-        if done >= 2:
+        if parent.as_posix() in done:
             subprocess.run(["umount", "-R", str(parent)], check=True)
-        if done >= 1:
+        if out_exists and done:
             subprocess.run(["umount", str(out)], capture_output=True)
 
 
-def test_a_writable_folder_in_a_read_only_parent_is_refused_before_the_scan(
-    tmp_path: Path, hostile_model: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("out_exists", [True, False])
+def test_a_read_only_parent_is_refused_before_the_scan(
+    out_exists: bool,
+    tmp_path: Path,
+    hostile_model: Path,
+    cli: Cli,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     scanned = []
     monkeypatch.setattr(SCAN_MODULE, "scan", lambda *a, **k: scanned.append(a))
-    with _read_only_parent(tmp_path / "ro") as out:
-        (out / "probe").touch()  # the folder itself is writable
-        (out / "probe").unlink()
+    with _read_only_parent(tmp_path / "ro", out_exists=out_exists) as out:
+        if out_exists:
+            (out / "probe").touch()  # the folder itself is writable
+            (out / "probe").unlink()
         code, _, err = cli("scan", hostile_model, "--out", out, "--no-progress")
     assert code == 2 and err.count("\n") == 1, err
     assert f"{tmp_path / 'ro'} is not writable" in err and "swapped in" in err
