@@ -215,6 +215,8 @@ def read_yaml(
         raise error(
             f"{what} is not valid YAML ({type(exc).__name__}{at}); {fix}", path=where
         ) from None
+    except (ValueError, TypeError, OverflowError) as exc:  # a date such as 2001-02-30
+        raise error(f"{what} holds a value YAML cannot build ({exc}); {fix}", path=where) from None
     except RecursionError:
         raise error(f"{what} is nested too deeply; {fix}", path=where) from None
     except _TooDeep:

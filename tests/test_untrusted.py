@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from llm_audit.config import load_config
 from llm_audit.errors import CheckpointFormatError, ConfigError
@@ -133,6 +135,7 @@ def test_a_yaml_alias_bomb_is_refused(tmp_path: Path) -> None:
         ("a: " + "[" * 200 + "]" * 200, "nested too deeply"),
         ("a: [1, 2\n", "is not valid YAML"),
         ("a: !!python/object:os.system {}", "is not valid YAML"),  # the safe subset only
+        ("a: 2001-02-30", "holds a value YAML cannot build .day is out of range for month"),
     ],
 )
 def test_yaml_problems(tmp_path: Path, text: str, says: str) -> None:
@@ -206,3 +209,31 @@ def test_a_loop_of_links_is_refused(tmp_path: Path) -> None:
     (tmp_path / "b.safetensors").symlink_to("a.safetensors")
     with pytest.raises(CheckpointFormatError, match="looping symbolic link"):
         check_model_file(tmp_path / "a.safetensors", tmp_path)
+
+
+# ---- fuzzing: only our one-line errors ever come out ------------------------------------------
+
+FUZZ = settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+
+
+@FUZZ
+@given(st.binary(max_size=200) | st.text(alphabet='[]{}",:\\0123 aeu', max_size=200))
+def test_any_json_bytes_parse_or_raise_our_error(data: bytes | str) -> None:
+    try:
+        parse_json(data, what="x", path="p", error=ConfigError)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
+
+
+@FUZZ
+@given(st.text(alphabet="&*ab: -[]{},\n!'\"0123.e+", max_size=120))
+def test_any_yaml_text_loads_or_raises_our_error(tmp_path_factory: pytest.TempPathFactory,
+                                                 text: str) -> None:  # fmt: skip
+    path = tmp_path_factory.mktemp("yaml") / "c.yaml"
+    path.write_text(text)
+    try:
+        read_yaml(path, **FIX)
+    except ConfigError as exc:
+        assert "\n" not in str(exc)
