@@ -1,22 +1,30 @@
 """The `llm-audit` command line. Data goes to stdout, progress and errors to stderr.
 
-Exit codes: 0 success, 1 a `--fail-on` flag fired, 2 bad input or usage (one line on stderr).
+Exit codes, which CI can believe: 0 success; 1 a `--fail-on` flag fired, and nothing else; 2 bad
+input or usage (one line on stderr naming the file or argument and the fix); 3 an unexpected
+exception, that is a bug in llm-audit (one line; the traceback with `--debug` or
+`LLM_AUDIT_DEBUG=1`); 130 interrupted (Ctrl-C), with how to resume.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
+import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
-from llm_audit.result import FORMATS, check_formats, check_output_folder
+from llm_audit.report.files import check_report_folder, report_lock
+from llm_audit.result import FORMATS, REPORT_FILES, check_formats, check_output_folder
 from llm_audit.vocabulary import ESTIMATORS
 
-EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+DEBUG_ENV = "LLM_AUDIT_DEBUG"  # "1": print the traceback of an unexpected exception
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output folder (default reports/calibration/TASK)"
     )
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    for command in (scan, describe, render, compare, calibrate):
+        command.add_argument(
+            "--debug",
+            action="store_true",
+            help=f"print the traceback of an unexpected error (a bug; also {DEBUG_ENV}=1)",
+        )
     return parser
 
 
@@ -145,35 +159,94 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # The command line owns stderr: one line per error, so the Hub client's retry chatter is muted.
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+    commands = {
+        "scan": _scan,
+        "describe": _describe,
+        "compare": _compare,
+        "render": _render,
+        "calibrate": _calibrate,
+    }
+    drawing = not getattr(args, "no_progress", True)  # a progress bar may be half-drawn
     try:
-        commands = {
-            "scan": _scan,
-            "describe": _describe,
-            "compare": _compare,
-            "render": _render,
-            "calibrate": _calibrate,
-        }
         return commands[args.command](args)
     except LlmAuditError as exc:
-        print(f"llm-audit: error: {exc}", file=sys.stderr)
+        _say(f"error{_rank()}: {exc}", own_line=False)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("llm-audit: interrupted; nothing was written", file=sys.stderr)
-        return 130
+        _say(f"interrupted{_rank()}; {_resume_hint(args)}", own_line=drawing)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # a bug: never exit 1, which CI reads as "a --fail-on flag fired"
+        if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+        _say(
+            f"internal error{_rank()} ({type(exc).__name__}): this is a bug in llm-audit; rerun "
+            f"with --debug or {DEBUG_ENV}=1 for the traceback, and report it",
+            own_line=drawing,
+        )
+        return EXIT_BUG
+
+
+def _say(message: str, *, own_line: bool) -> None:
+    """One line on stderr, flushed at once (a launcher may kill the process next); `own_line`
+    ends a half-drawn progress bar's line first."""
+    start = "\n" if own_line else ""
+    print(f"{start}llm-audit: {message}", file=sys.stderr, flush=True)
+
+
+def _rank() -> str:
+    """The tag ` (rank R of N)` inside a torchrun group, so that each rank's line says whose
+    it is; empty for a process on its own."""
+    world, rank = os.environ.get("WORLD_SIZE", "1"), os.environ.get("RANK", "0")
+    return f" (rank {rank} of {world})" if world.isdigit() and int(world) > 1 else ""
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """What an interrupted command left, and how to go on."""
+    if args.command not in ("scan", "compare"):
+        return "nothing was written"
+    from llm_audit import journal
+
+    out = _out_folder(args)
+    if journal.run_journals(out / journal.JOURNAL_NAME):
+        return (
+            f"the finished layers are journaled in {out}/; rerun the same command with "
+            "--resume to continue from them"
+        )
+    return "no layer had finished, nothing was written; rerun the same command to start over"
+
+
+def _out_folder(args: argparse.Namespace) -> Path:
+    from llm_audit.scan import slug
+    from llm_audit.sources import BUNDLED_ID
+
+    if args.out is not None:
+        return Path(args.out)
+    if args.command == "scan":
+        return Path("reports") / slug(args.model or BUNDLED_ID)
+    return Path("reports") / f"compare-{slug(str(args.base))}"
 
 
 def _scan(args: argparse.Namespace) -> int:
-    from llm_audit import journal
     from llm_audit.distributed import is_primary
-    from llm_audit.flags import failing, parse_fail_on
-    from llm_audit.scan import scan, slug
-    from llm_audit.sources import BUNDLED_ID
+    from llm_audit.flags import parse_fail_on
 
     fail_on = parse_fail_on(args.fail_on)
     formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
     check_formats(formats)
-    out = args.out or Path("reports") / slug(args.model or BUNDLED_ID)
-    check_output_folder(out)
+    out = _out_folder(args)
+    check_report_folder(out, REPORT_FILES)
+    with report_lock(out) if is_primary() else contextlib.nullcontext():
+        return _scan_into(args, out, formats, fail_on)
+
+
+def _scan_into(
+    args: argparse.Namespace, out: Path, formats: tuple[str, ...], fail_on: tuple[str, ...]
+) -> int:
+    from llm_audit import journal
+    from llm_audit.distributed import is_primary
+    from llm_audit.flags import failing
+    from llm_audit.scan import scan
+
     if args.model is None and is_primary():
         print(
             "No model given: scanning the bundled sentence-transformers/all-MiniLM-L6-v2 "
@@ -277,18 +350,24 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from llm_audit import journal
-    from llm_audit.compare import compare
     from llm_audit.distributed import is_primary
     from llm_audit.flags import parse_fail_on
-    from llm_audit.scan import slug
     from llm_audit.vocabulary import FLAGS
 
     fail_on = parse_fail_on(args.fail_on)
     if any(item not in FLAGS for item in fail_on):
         raise ConfigError("compare --fail-on takes layer flags only: " + ", ".join(FLAGS))
-    out = args.out or Path("reports") / f"compare-{slug(str(args.base))}"
-    check_output_folder(out)
+    out = _out_folder(args)
+    check_report_folder(out, REPORT_FILES)
+    with report_lock(out) if is_primary() else contextlib.nullcontext():
+        return _compare_into(args, out, fail_on)
+
+
+def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...]) -> int:
+    from llm_audit import journal
+    from llm_audit.compare import compare
+    from llm_audit.distributed import is_primary
+
     result = compare(
         args.base,
         *args.others,

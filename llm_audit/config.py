@@ -13,9 +13,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from llm_audit.errors import ConfigError
+from llm_audit.untrusted import read_yaml, show
 from llm_audit.vocabulary import ESTIMATORS
 
 
@@ -106,7 +105,7 @@ def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:
             value, (type(default), int) if isinstance(default, float) else type(default)
         ):
             raise ConfigError(
-                f"{name} must be of type {type(default).__name__}, got {value!r}", path=where
+                f"{name} must be of type {type(default).__name__}, got {show(value)}", path=where
             )
         else:
             values[name] = value
@@ -131,14 +130,7 @@ def load_config(path: str | Path | None = None) -> AuditConfig:
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            "config file does not exist; check the --config path", path=str(path)
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML ({exc.__class__.__name__})", path=str(path)) from None
+    data = read_yaml(path, what="config file", fix="check the --config path and its YAML")
     if data is None:
         return {}
     if not isinstance(data, dict):

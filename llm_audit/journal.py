@@ -12,15 +12,22 @@ every journal of the run, whatever the number of ranks that wrote them. After th
 appends the other ranks' outcomes to its own file before they delete theirs, so the run's work
 survives in one file until the report is written.
 
-Each job line is `{"key": ..., "record": {...}, "spectra": {"evals": "<base64 float64>", ...}}`;
-JSON floats round-trip exactly (Python writes the shortest repr), and NaN/Inf are written as JSON's
-extensions.
+Each job line is `{"key": ..., "record": {...}, "spectra": {"evals": "<base64 float64>", ...},
+"sha256": ...}`; JSON floats round-trip exactly (Python writes the shortest repr), and NaN/Inf are
+written as JSON's extensions. `sha256` is the digest of the line's other fields written with sorted
+keys, so a resumed run recomputes it from what it parsed: a line damaged on disk or edited by hand
+(an alpha or a trap count changed) fails it. Each line is also checked against the schema (the
+types of the key, the identity columns and the numbers flags are drawn from, the spectra) and read
+through the strict loader (`untrusted.py`, with a byte limit per line); a line that fails refuses
+the whole journal with one line: nothing from it is trusted. The checksum guards against damage
+and edits, not against someone who recomputes it: the journal is as trusted as `--out` itself.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -33,9 +40,18 @@ from llm_audit.analysis import Outcome
 from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError, OutputError
 from llm_audit.sources import SourceInfo
+from llm_audit.untrusted import parse_json
 
 JOURNAL_NAME = ".journal.jsonl"
-JOURNAL_VERSION = 2
+JOURNAL_VERSION = 3
+MAX_LINE_BYTES = 256_000_000  # a line holds a layer's spectra: 2 x 8 bytes x N eigenvalues, base64
+# Record columns that flags, the verdict and the summary are computed from: numbers or null.
+_NUMBER_COLUMNS = (
+    "alpha", "alpha_weighted", "D", "xmin", "xmax", "lambda_max", "log_norm",
+    "log_spectral_norm", "stable_rank", "entropy", "num_evals", "num_pl_spikes",
+    "rand_num_spikes", "num_traps", "N", "M", "Q",
+)  # fmt: skip
+_ENTRY_KEYS = {"key", "record", "spectra", "sha256"}
 
 
 def fingerprint(
@@ -81,6 +97,15 @@ def run_journals(path: str | os.PathLike[str]) -> list[Path]:
     return [p for p in (path, *ranked) if p.is_file()]
 
 
+def is_journal_name(name: str) -> bool:
+    """Whether `name` is the file name of a run's journal or of one of its ranks'."""
+    stem, suffix = Path(JOURNAL_NAME).stem, Path(JOURNAL_NAME).suffix
+    rank = name.removeprefix(stem + ".rank").removesuffix(suffix)
+    return name == JOURNAL_NAME or (
+        name.startswith(stem + ".rank") and rank.isdigit() and name.endswith(suffix)
+    )
+
+
 def discard(path: str | os.PathLike[str]) -> None:
     """Remove every journal file of the run (once its report holds all it recorded)."""
     for file in run_journals(path):
@@ -117,7 +142,8 @@ class Journal:
     def append(self, key: str, outcome: Outcome) -> None:
         """Journal one finished job (its record before flags, and its spectra)."""
         spectra = {k: _encode(v) for k, v in outcome.spectra.items()}
-        self._write({"key": key, "record": outcome.record, "spectra": spectra})
+        entry = {"key": key, "record": outcome.record, "spectra": spectra}
+        self._write({**entry, "sha256": _digest(entry)})
         self.held.add(key)
 
     def remove(self) -> None:
@@ -154,11 +180,10 @@ class Journal:
 
 def _read(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Outcome], int]:
     """Finished jobs by key, and the byte length of the journal's complete lines."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")[:-1]  # the part after the last newline is incomplete or empty
+    lines = _lines(path)
     if not lines:
         raise ConfigError("the resume journal has no header; drop --resume", path=str(path))
-    header = _parse(lines[0])
+    header = _parse(lines[0], 1, path)
     if header.get("journal") != JOURNAL_VERSION or header.get("fingerprint") != expected:
         changed = _first_change(header.get("fingerprint") or {}, expected)
         raise ConfigError(
@@ -168,25 +193,83 @@ def _read(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Outcome], int
         )
     done: dict[str, Outcome] = {}
     for number, line in enumerate(lines[1:], start=2):
-        entry = _parse(line)
-        try:
-            spectra = {k: _decode(v) for k, v in entry["spectra"].items()}
-            done[str(entry["key"])] = Outcome(dict(entry["record"]), spectra)
-        except (KeyError, TypeError, ValueError, AttributeError):
+        entry = _parse(line, number, path)
+        problem = _schema_problem(entry) or (
+            "fails its checksum" if entry["sha256"] != _digest(entry) else None
+        )
+        if problem:
             raise ConfigError(
-                f"line {number} of the resume journal is not a finished job (the file was "
-                "edited or damaged); drop --resume to start over",
+                f"line {number} of the resume journal is not a finished job: it {problem} "
+                "(the file was edited or damaged), so none of it is trusted; drop --resume to "
+                "start over",
                 path=str(path),
-            ) from None
+            )
+        spectra = {k: _decode(v) for k, v in entry["spectra"].items()}
+        done[entry["key"]] = Outcome(dict(entry["record"]), spectra)
     return done, sum(len(line) + 1 for line in lines)
 
 
-def _parse(line: bytes) -> dict[str, Any]:
-    try:
-        value = json.loads(line)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return {}
+def _lines(path: Path) -> list[bytes]:
+    """The journal's complete lines (a last one without its newline is left out), each bounded."""
+    with path.open("rb") as fh:
+        lines = list(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""))
+    if any(len(line) > MAX_LINE_BYTES for line in lines):
+        raise ConfigError(
+            f"a line of the resume journal is over {MAX_LINE_BYTES} bytes; drop --resume",
+            path=str(path),
+        )
+    return [line[:-1] for line in lines if line.endswith(b"\n")]
+
+
+def _parse(line: bytes, number: int, path: Path) -> dict[str, Any]:
+    what = f"line {number} of the resume journal"
+    value = parse_json(line, what=what, path=path, error=_Damaged)
     return value if isinstance(value, dict) else {}
+
+
+class _Damaged(ConfigError):
+    """A journal line that is not strict JSON, reported with the fix."""
+
+    def __init__(self, message: str, *, path: str | None = None, tensor: str | None = None):
+        super().__init__(
+            f"{message}; the file was edited or damaged: drop --resume to start over", path=path
+        )
+
+
+def _schema_problem(entry: dict[str, Any]) -> str | None:
+    """What is wrong with a job line's fields, or None: checked before anything is used."""
+    if set(entry) != _ENTRY_KEYS:
+        return f"does not hold exactly the fields {', '.join(sorted(_ENTRY_KEYS))}"
+    record, spectra = entry["record"], entry["spectra"]
+    if not isinstance(entry["key"], str) or not isinstance(entry["sha256"], str):
+        return "has a key or checksum that is not text"
+    if not isinstance(record, dict) or not isinstance(spectra, dict):
+        return "has a record or spectra that is not a mapping"
+    for column in ("name", "status", "role"):
+        if not isinstance(record.get(column), str):
+            return f"has a record whose {column} is not text"
+    for column in _NUMBER_COLUMNS:
+        value = record.get(column)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"has a record whose {column} is not a number"
+    for kind, text in spectra.items():
+        if not isinstance(text, str) or _decoded_size(text) % 8:
+            return f"has spectra {kind!r} that are not base64 float64 values"
+    return None
+
+
+def _decoded_size(text: str) -> int:
+    try:
+        return len(base64.b64decode(text, validate=True))
+    except ValueError:
+        return -1
+
+
+def _digest(entry: dict[str, Any]) -> str:
+    """The checksum of a job line: sha256 of its key, record and spectra with sorted keys."""
+    fields = {k: entry[k] for k in ("key", "record", "spectra")}
+    body = json.dumps(fields, sort_keys=True, default=_plain)
+    return hashlib.sha256(body.encode()).hexdigest()
 
 
 def _first_change(old: dict[str, Any], new: dict[str, Any]) -> str:

@@ -2,21 +2,18 @@
 
 `AuditResult` (one model) and `ComparisonResult` (a base and its fine-tunes) carry typed parts:
 the models' provenance (`provenance`) and the run's settings (`run_settings`), built here once for
-both. Files are written into a fresh temporary folder beside the target and moved into place only
-when all of them are complete, so a failure (full disk, no permission) leaves no half-written
-report.
+both. A report folder is written whole into a staging folder and swapped in (`report/files.py`), so
+a failure (full disk, no permission) leaves no half-written report and a rescan no stale file.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import math
 import os
 import platform
-import shutil
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +24,7 @@ import pandas as pd
 
 from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError, OutputError
+from llm_audit.report.files import replace_folder, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
 from llm_audit.vocabulary import SCHEMA_VERSION
 
@@ -37,6 +35,8 @@ FORMATS = {  # --format name: file written
     "npz": "spectra.npz",
     "html": "report.html",
 }
+COMPARE_FILES = ("compare.json", "compare.csv", "compare.html")
+REPORT_FILES = frozenset((*FORMATS.values(), *COMPARE_FILES))  # what a report folder may hold
 
 
 @dataclass
@@ -68,14 +68,15 @@ class AuditResult:
     def save(self, folder: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> Path:
         """Write the report files named by `formats` (keys of FORMATS) into `folder`."""
         check_formats(formats)
-        return write_all_or_nothing(Path(folder), lambda staging: self._write(staging, formats))
+        write = functools.partial(self._write, formats=formats)
+        return replace_folder(Path(folder), write, REPORT_FILES)
 
     def _write(self, folder: Path, formats: tuple[str, ...]) -> None:
         if "json" in formats:
             write_json(folder / "audit.json", self.to_json())
         table = self.layers
         if "csv" in formats:
-            table.to_csv(folder / "layers.csv", index=False)
+            write_csv(table, folder / "layers.csv")
         if "parquet" in formats:
             table.to_parquet(folder / "layers.parquet", index=False)
         if "npz" in formats:
@@ -118,11 +119,11 @@ class ComparisonResult:
 
         def write(staging: Path) -> None:
             write_json(staging / "compare.json", self.to_json())
-            pd.DataFrame(self.table()).to_csv(staging / "compare.csv", index=False)
+            write_csv(pd.DataFrame(self.table()), staging / "compare.csv")
             page = render_compare_html(self.to_json(), self.spectra)
             (staging / "compare.html").write_text(page, encoding="utf-8")
 
-        return write_all_or_nothing(Path(folder), write)
+        return replace_folder(Path(folder), write, REPORT_FILES)
 
     def table(self) -> list[dict[str, Any]]:
         """One flat row per (layer, other model), for compare.csv."""
@@ -227,28 +228,6 @@ def check_output_folder(folder: Path) -> None:
         raise OutputError(
             f"cannot create the folder ({existing} is not writable)", path=str(folder)
         )
-
-
-def write_all_or_nothing(folder: Path, write: Callable[[Path], None]) -> Path:
-    """Run `write` into a fresh staging folder beside `folder`, then move its files into `folder`.
-
-    A failure (disk full, no permission) raises `OutputError` and leaves `folder` as it was.
-    """
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot create the folder ({exc.strerror})", path=str(folder)) from None
-    try:
-        write(staging)
-        folder.mkdir(exist_ok=True)
-        for name in os.listdir(staging):
-            os.replace(staging / name, folder / name)
-    except OSError as exc:
-        raise OutputError(f"cannot write the report ({exc.strerror})", path=str(folder)) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return folder
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -88,13 +88,27 @@ def settings(config: AuditConfig | str | Path | None, **changes: object) -> Audi
 
 
 def layer_filter(pattern: str | None) -> re.Pattern[str] | None:
-    """The `--layers` regular expression, compiled (ConfigError when it is not one)."""
+    """The `--layers` regular expression, compiled by RE2 (ConfigError when it is not one).
+
+    RE2 matches in time linear in the name, so no pattern can hang the scan on a long tensor
+    name (Python's `re` backtracks: `(a+)+$` takes exponential time); it has no backreferences
+    or lookaround. Its pattern object has the `search` of `re`'s.
+    """
     if pattern is None:
         return None
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # the message below is the only line on stderr
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise ConfigError(f"--layers: invalid regular expression {pattern!r} ({exc})") from None
+        return re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else "invalid"
+        reason = reason.decode(errors="replace") if isinstance(reason, bytes) else str(reason)
+        raise ConfigError(
+            f"--layers: invalid regular expression {pattern!r} for RE2 ({reason}); "
+            "backreferences and lookaround are not supported, so that no pattern can backtrack"
+        ) from None
 
 
 def _scan(

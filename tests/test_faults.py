@@ -203,7 +203,7 @@ def test_full_output_disk_is_one_line_and_leaves_no_report(
     with _tiny_disk(tmp_path / "disk") as disk:
         out = disk / "report"
         code, _, err = cli("scan", tiny_llama, "--out", out, "--no-progress", "--no-traps")
-        staging = [p.name for p in disk.iterdir() if p.name.startswith(".report-")]
+        staging = [p.name for p in disk.iterdir() if p.name.startswith(".report")]  # or lock
         reports = [p.name for p in out.glob("*") if p.name in FORMATS.values()]
     _assert_one_line_error(code, err, str(out), "No space left on device")
     assert staging == [] and reports == []  # no half-written report (a resume journal may stay)

@@ -59,7 +59,7 @@ def test_hostile_file_is_one_line_and_writes_nothing(
     out = corpus / "reports" / name
     monkeypatch.chdir(corpus)  # a stray relative write would land in the watched tree
     before = _tree(corpus)
-    args = ["scan", folder, "--out", out, "--no-progress", "--no-traps"]
+    args = ["scan", folder / case.scan, "--out", out, "--no-progress", "--no-traps"]
     code, _, err = cli(*args, *(["--allow-pickle"] if case.allow_pickle else []))
     _assert_one_clean_line(code, err, names=folder / case.names, says=case.says)
     assert _tree(corpus) == before  # no report, no staging folder, no marker, nothing else

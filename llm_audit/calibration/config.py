@@ -11,9 +11,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
 from llm_audit.errors import ConfigError
+from llm_audit.untrusted import read_yaml, show
 
 C = TypeVar("C")
 PRESETS = ("quick", "paper")
@@ -30,16 +29,7 @@ def config_path(task: str, spec: str | Path) -> Path:
 
 def load_task_config(cls: type[C], path: Path) -> C:
     """Read `path` into the dataclass `cls`, checking keys, types and that rates are positive."""
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(
-            "config file does not exist; use quick, paper or a YAML path", path=str(path)
-        ) from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            f"cannot read config ({exc.__class__.__name__})", path=str(path)
-        ) from None
+    data = read_yaml(path, what="config file", fix="use quick, paper or a YAML path")
     if not isinstance(data, dict):
         raise ConfigError(
             "a calibration config must be a YAML mapping of keys to values", path=str(path)
@@ -57,7 +47,7 @@ def load_task_config(cls: type[C], path: Path) -> C:
             value = float(value)
         if type(value) is not type(default):
             raise ConfigError(
-                f"{name} must be a {type(default).__name__}, got {value!r}", path=str(path)
+                f"{name} must be a {type(default).__name__}, got {show(value)}", path=str(path)
             )
         values[name] = value
     _check_ranges(values, str(path))

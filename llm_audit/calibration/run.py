@@ -190,13 +190,14 @@ def write_outputs(cal: Calibration, out: Path) -> None:
     import pandas as pd
 
     from llm_audit.calibration.page import render_page
+    from llm_audit.report.files import write_csv
 
     try:
         (out / "calibration.json").write_text(json.dumps(cal.to_json(), indent=1) + "\n")
         table = pd.DataFrame(cal.rows)
         table.insert(1, "phase", list(cal.phases.labels))
         table.insert(2, "agrees", [s not in cal.disagreements() for s in cal.steps()])
-        table.to_csv(out / "checkpoints.csv", index=False)
+        write_csv(table, out / "checkpoints.csv")
         (out / "calibration.html").write_text(render_page(cal.to_json()))
     except OSError as exc:
         raise OutputError(f"cannot write results ({exc.strerror})", path=str(out)) from None

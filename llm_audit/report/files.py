@@ -1,18 +1,226 @@
-"""`render_file`: audit.json (and the spectra.npz beside it) to report.html, written atomically."""
+"""Writing and reading the report files: a report folder replaced whole, under a lock, with CSV
+cells that a spreadsheet cannot run; and `render_file`, which re-renders report.html from a
+checked audit.json.
+
+A report folder is written into a staging folder beside it and swapped in with one rename
+(`renameat2(RENAME_EXCHANGE)` where the kernel has it), so a reader sees the old report or the new
+one, never a mix of two runs, and no file of another run survives a rescan with fewer `--format`s.
+Because the swap replaces the folder, a folder holding anything llm-audit did not write is refused
+before the scan. A lock file beside the folder (`.NAME.lock`, holding the pid) keeps two runs from
+writing one folder at once; the kernel drops it if the run dies.
+"""
 
 from __future__ import annotations
 
-import json
+import contextlib
+import ctypes
+import fcntl
+import math
 import os
 import secrets
+import shutil
+import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
-from llm_audit.errors import ConfigError, OutputError, SourceNotFoundError
+from llm_audit.errors import ConfigError, LlmAuditError, OutputError, SourceNotFoundError
+from llm_audit.journal import is_journal_name
 from llm_audit.report.html import check_audit, render_html
+from llm_audit.untrusted import read_json, show
+from llm_audit.vocabulary import FLAGS
+
+MAX_AUDIT_BYTES = 1_000_000_000  # audit.json of a 10 000-layer model with trap entries: ~50 MB
+# OWASP's CSV-injection rule: a text cell starting with one of these is prefixed with "'".
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def write_csv(table: pd.DataFrame, path: Path) -> None:
+    """`table` as CSV, each text cell that a spreadsheet would run as a formula made inert.
+
+    Lines end with CRLF (RFC 4180), so the writer quotes any cell holding a carriage return or a
+    newline, which a name from a hostile header may, instead of letting it split the row.
+    """
+    escaped = table.copy()
+    for column in escaped.columns:
+        if not pd.api.types.is_numeric_dtype(escaped[column]):  # object or str dtype
+            escaped[column] = escaped[column].map(_inert)
+    escaped.to_csv(path, index=False, lineterminator="\r\n")
+
+
+def _inert(cell: Any) -> Any:
+    return "'" + cell if isinstance(cell, str) and cell.startswith(_FORMULA_STARTS) else cell
+
+
+# ---- the report folder ------------------------------------------------------------------------
+
+
+def check_report_folder(folder: Path, names: frozenset[str]) -> None:
+    """Fail before a long scan, not after it: `folder` must be creatable and replaceable, which
+    needs a writable parent (the staging folder goes there), and may hold only report files
+    (`names`) and resume journals. Raises `OutputError`."""
+    if folder.name in ("", ".", ".."):  # the folder is renamed as a whole: it needs a name
+        raise OutputError("is not a folder name; give --out a named folder", path=str(folder))
+    existing = folder.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputError(
+            f"cannot create the folder ({existing} is not a folder)", path=str(folder)
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise OutputError(
+            f"cannot write the report: {existing} is not writable, and the report is built "
+            "beside the folder and swapped in; choose another --out",
+            path=str(folder),
+        )
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise OutputError("is not a folder; choose another --out", path=str(folder))
+    foreign = sorted(_foreign(folder, names)) if folder.is_dir() else []
+    if foreign:
+        raise OutputError(
+            f"holds {show(foreign[0])}, which llm-audit did not write, and the report replaces "
+            "the whole folder; choose an empty or new --out",
+            path=str(folder),
+        )
+
+
+def _foreign(folder: Path, names: frozenset[str]) -> Iterator[str]:
+    for entry in os.scandir(folder):
+        ours = entry.name in names or is_journal_name(entry.name)
+        if not ours or not entry.is_file(follow_symlinks=False):
+            yield entry.name
+
+
+def replace_folder(folder: Path, write: Callable[[Path], None], names: frozenset[str]) -> Path:
+    """Run `write` into a staging folder beside `folder`, then swap it in for `folder` whole.
+
+    A failure (disk full, no permission) raises `OutputError` and leaves `folder` as it was.
+    """
+    with report_lock(folder):
+        check_report_folder(folder, names)
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.staging-", dir=folder.parent))
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create the folder ({exc.strerror})", path=str(folder)
+            ) from None
+        try:
+            os.chmod(staging, _folder_mode(folder))
+            write(staging)
+            _swap_in(staging, folder)
+        except LlmAuditError:
+            raise
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the report ({exc.strerror})", path=str(folder)
+            ) from None
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # after a swap: the previous report
+    return folder
+
+
+def _folder_mode(folder: Path) -> int:
+    """The existing folder's permissions, else the umask's default (mkdtemp makes it 0700)."""
+    if folder.is_dir():
+        return folder.stat().st_mode & 0o7777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o777 & ~umask
+
+
+def _swap_in(staging: Path, folder: Path) -> None:
+    """Make `staging` the folder `folder`; afterwards `staging` holds what `folder` held."""
+    if not folder.exists():
+        os.rename(staging, folder)
+        return
+    if _exchange(staging, folder):
+        return
+    old = folder.with_name(f".{folder.name}.old-{secrets.token_hex(4)}")
+    os.rename(folder, old)  # two renames: an instant with no folder, never a mix
+    os.rename(staging, folder)
+    os.rename(old, staging)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with Linux's renameat2(RENAME_EXCHANGE); False if unavailable."""
+    at_fdcwd, rename_exchange = -100, 2
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+    return done
+
+
+_HELD: dict[Path, int] = {}  # lock path -> depth, so save() inside the CLI's lock is re-entrant
+
+
+@contextlib.contextmanager
+def report_lock(folder: Path) -> Iterator[None]:
+    """Hold `.NAME.lock` beside `folder` for the block; `OutputError` naming the other run's pid
+    when another process holds it. The kernel releases it if this process dies. Folders made to
+    hold the lock are removed with it when the run leaves them empty (a failed scan writes nothing).
+    """
+    folder = folder.absolute()
+    lock = folder.parent / f".{folder.name}.lock"
+    if lock in _HELD:
+        _HELD[lock] += 1
+        try:
+            yield
+        finally:
+            _HELD[lock] -= 1
+        return
+    made = [p for p in (folder.parent, *folder.parent.parents) if not p.exists()]
+    fd = _acquire(lock, folder)
+    _HELD[lock] = 1
+    try:
+        yield
+    finally:
+        del _HELD[lock]
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
+        for empty in made:  # deepest first
+            with contextlib.suppress(OSError):
+                empty.rmdir()
+
+
+def _acquire(lock: Path, folder: Path) -> int:
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                other = os.read(fd, 32).decode(errors="replace").strip()
+                os.close(fd)
+                raise OutputError(
+                    f"another llm-audit run (pid {other if other.isdigit() else '?'}) is "
+                    "writing this report; "
+                    "wait for it to finish or choose another --out",
+                    path=str(folder),
+                ) from None
+            if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+                break
+            os.close(fd)  # the holder removed the file as we opened it: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+    except OutputError:  # an OSError too: not to be wrapped again
+        raise
+    except OSError as exc:
+        raise OutputError(
+            f"cannot lock the report folder ({exc.strerror})", path=str(folder)
+        ) from None
+
+
+# ---- render ----------------------------------------------------------------------------------
 
 
 def render_file(audit_json: str | Path, out: str | Path | None = None) -> Path:
@@ -37,27 +245,39 @@ def render_file(audit_json: str | Path, out: str | Path | None = None) -> Path:
 
 def _read_audit(path: Path) -> dict[str, Any]:
     fix = "pass the audit.json written by `llm-audit scan`"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SourceNotFoundError(
-            f"no such file; run `llm-audit scan` first or {fix}", path=str(path)
-        ) from None
-    except IsADirectoryError:
-        raise SourceNotFoundError(f"is a folder; {fix} inside it", path=str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read it ({exc}); {fix}", path=str(path)) from None
-    try:
-        audit = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(
-            f"not JSON ({exc.msg} at line {exc.lineno}); {fix}", path=str(path)
-        ) from None
+    audit = read_json(
+        path, what="audit.json", fix=fix, limit=MAX_AUDIT_BYTES, missing=SourceNotFoundError
+    )
     try:
         check_audit(audit)
+        _check_layers(audit["layers"])
     except ConfigError as exc:  # the same message, naming the file
         raise ConfigError(str(exc), path=str(path)) from None
     return audit
+
+
+def _check_layers(layers: list[Any]) -> None:
+    """The fields the page draws from, typed as scan writes them (`flags` a list of flag names:
+    a string would be drawn one flag per character). Raises `ConfigError` naming the field."""
+    fix = "scan the model again to write a new audit.json"
+    numbers = ("alpha", "D", "num_traps", "rand_num_spikes", "lambda_max", "stable_rank")
+    for i, layer in enumerate(layers):
+        where = f"layers[{i}]"
+        if not isinstance(layer, dict):
+            raise ConfigError(f"{where} is {show(layer)}, not a mapping; {fix}")
+        for key in ("name", "role", "status"):
+            if not isinstance(layer.get(key), str):
+                raise ConfigError(f"{where}.{key} is {show(layer.get(key))}, not text; {fix}")
+        flags = layer.get("flags", [])
+        if not isinstance(flags, list) or not all(f in FLAGS for f in flags):
+            raise ConfigError(
+                f"{where}.flags is {show(flags)}, not a list of flags ({', '.join(FLAGS)}); {fix}"
+            )
+        for key in numbers:
+            value = layer.get(key)
+            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if value is not None and not (is_number and math.isfinite(value)):
+                raise ConfigError(f"{where}.{key} is {show(value)}, not a number or null; {fix}")
 
 
 def _read_spectra(path: Path) -> dict[str, dict[str, np.ndarray]] | None:

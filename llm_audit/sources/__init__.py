@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,9 @@ from llm_audit.sources.hub import download, looks_like_hub_id
 from llm_audit.sources.hub_stream import StreamingHubSource
 from llm_audit.sources.memory import StateDictSource
 from llm_audit.sources.peft import LoraAdapterSource, is_adapter_folder
-from llm_audit.sources.safetensors_files import SafetensorsSource, load_json, shard_files
+from llm_audit.sources.safetensors_files import SafetensorsSource, shard_files
 from llm_audit.sources.torch_bin import TorchBinSource, bin_files
+from llm_audit.untrusted import MAX_CONFIG_BYTES, check_model_file, read_json
 
 __all__ = ["Source", "SourceInfo", "TensorInfo", "bundled_model_path", "open_source"]
 
@@ -58,9 +61,13 @@ def open_source(
     if isinstance(model, Mapping):
         return StateDictSource(model, SourceInfo(id="state_dict", kind="state-dict"))
     path = Path(model)
-    if path.is_file():
+    try:
+        mode = path.stat().st_mode
+    except OSError:  # no such path, or a name the file system refuses (too long, a loop)
+        mode = 0
+    if stat.S_ISREG(mode):
         return _open_file(path, allow_pickle=allow_pickle)
-    if path.is_dir():
+    if stat.S_ISDIR(mode):
         return _open_folder(path, allow_pickle=allow_pickle, kind="folder")
     spec = str(model)
     if stream and looks_like_hub_id(spec):
@@ -71,7 +78,7 @@ def open_source(
         source.info.id, source.info.revision = spec, commit
         return source
     raise SourceNotFoundError(
-        "no such file or folder, and not a Hub id (org/name); check the path", path=spec
+        "no such file or folder, and not a Hub id (org/name); check the path", path=spec[:300]
     )
 
 
@@ -97,10 +104,14 @@ def _open_folder(folder: Path, *, allow_pickle: bool, kind: str) -> Source:
         return LoraAdapterSource(folder)
     info = SourceInfo(id=str(folder), kind=kind, config=_read_config(folder))
     files = shard_files(folder)
+    for file in files:
+        check_model_file(file, folder)
     if files:
         info.files = [str(f) for f in files]
         return SafetensorsSource(files, info)
     pickles = bin_files(folder)
+    for file in pickles:
+        check_model_file(file, folder)
     if pickles:
         _require_pickle_opt_in(allow_pickle, folder)
         info.files = [str(f) for f in pickles]
@@ -121,16 +132,13 @@ def _require_pickle_opt_in(allow_pickle: bool, where: Path) -> None:
 
 def _read_config(folder: Path) -> dict[str, Any] | None:
     path = folder / "config.json"
-    if not path.exists():
+    if not os.path.lexists(path):
         return None
-    try:
-        config = load_json(path.read_bytes().decode("utf-8"), what="config.json", path=path)
-    except UnicodeDecodeError:
-        raise CheckpointFormatError("config.json is not valid UTF-8", path=str(path)) from None
-    except OSError as exc:
-        raise CheckpointFormatError(
-            f"cannot read config.json ({exc.strerror})", path=str(path)
-        ) from None
+    check_model_file(path, folder)
+    config = read_json(
+        path, what="config.json", fix="download the checkpoint again", limit=MAX_CONFIG_BYTES,
+        error=CheckpointFormatError,
+    )  # fmt: skip
     if not isinstance(config, dict):
         raise CheckpointFormatError("config.json is not a JSON object", path=str(path))
     return config

@@ -77,10 +77,14 @@ class GGUFSource(Source):
         self._raw = {t.name: t for t in reader.tensors}
         self._check_extent()
         arch = reader.get_field("general.architecture")
-        self.info.config = {
-            "model_type": "gguf",
-            "gguf_architecture": arch.contents() if arch is not None else None,
-        }
+        try:
+            arch_name = arch.contents() if arch is not None else None
+        except (UnicodeDecodeError, ValueError, IndexError):
+            raise CheckpointFormatError(
+                "general.architecture is not valid UTF-8 text; the file is corrupt",
+                path=str(path),
+            ) from None
+        self.info.config = {"model_type": "gguf", "gguf_architecture": arch_name}
 
     def _check_extent(self) -> None:
         """Refuse a file whose tensor data ends past the end of the file (a truncated download)."""

@@ -30,7 +30,22 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
 
 def looks_like_hub_id(spec: str) -> bool:
-    return bool(HUB_ID.match(spec)) and not spec.endswith((".safetensors", ".bin", ".json"))
+    """`org/name` as the Hub names repos: parts of at most 96 characters, no `..` or `--`, none
+    starting or ending with `.` or `-` (what huggingface_hub would otherwise refuse with a
+    traceback-shaped error)."""
+    parts = spec.split("/")
+    return (
+        bool(HUB_ID.match(spec))
+        and not spec.endswith((".safetensors", ".bin", ".json"))
+        and all(
+            len(p) <= 96
+            and ".." not in p
+            and "--" not in p
+            and not p.endswith((".", "-"))
+            and not p.startswith((".", "-"))
+            for p in parts
+        )
+    )
 
 
 def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple[Path, str]:
@@ -66,6 +81,7 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
     """Turn huggingface_hub's exceptions into one-line `SourceNotFoundError`s naming the repo."""
     from huggingface_hub.errors import (
         EntryNotFoundError,
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -73,6 +89,11 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
 
     try:
         yield
+    except HFValidationError:
+        raise SourceNotFoundError(
+            "not a valid Hub id or revision (org/name, at most 96 characters each); check it",
+            path=repo_id[:300],
+        ) from None
     except RevisionNotFoundError:
         raise SourceNotFoundError(
             f"revision {revision!r} does not exist; check the branch, tag or commit", path=repo_id

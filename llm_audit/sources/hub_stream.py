@@ -10,7 +10,6 @@ so at most the shard being read and the next one are on disk.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from collections import Counter
 from pathlib import Path
@@ -18,10 +17,11 @@ from typing import Any
 
 import torch
 
-from llm_audit.errors import SourceNotFoundError
+from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.hub import download_file, hub_errors
 from llm_audit.sources.safetensors_files import read_header, read_tensor
+from llm_audit.untrusted import read_json
 
 
 class StreamingHubSource(Source):
@@ -53,7 +53,9 @@ class StreamingHubSource(Source):
             path = download_file(self.repo_id, "config.json", revision=self.commit)
         except SourceNotFoundError:
             return None
-        config = json.loads(Path(path).read_text())
+        config = read_json(
+            path, what="config.json", fix="run again to fetch it anew", error=CheckpointFormatError
+        )
         return config if isinstance(config, dict) else None
 
     def tensors(self) -> list[TensorInfo]:

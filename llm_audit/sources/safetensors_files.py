@@ -10,7 +10,6 @@ Holding a handle per shard instead keeps every page read so far resident until t
 
 from __future__ import annotations
 
-import json
 import os
 import struct
 from pathlib import Path
@@ -21,6 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
+from llm_audit.untrusted import check_model_file, parse_json, read_json
 
 # Bytes per element of every dtype the safetensors format defines.
 DTYPE_SIZES = {
@@ -49,14 +49,14 @@ def read_header(path: Path) -> list[TensorInfo]:
                 raise CheckpointFormatError("file is too short to be safetensors", path=str(path))
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES:
-                raise CheckpointFormatError(
-                    f"header claims {length} bytes, over the {MAX_HEADER_BYTES} byte limit; "
-                    "the file is corrupt or not safetensors",
+                raise CheckpointFormatError(  # the length is not shown: never echo file bytes
+                    f"the header length in its first 8 bytes is over the {MAX_HEADER_BYTES} "
+                    "byte limit; the file is corrupt or not safetensors",
                     path=str(path),
                 )
             if 8 + length > size:
                 raise CheckpointFormatError(
-                    f"header claims {length} bytes but the file has {size}; it is truncated",
+                    f"the header runs past the end of the file ({size} bytes); it is truncated",
                     path=str(path),
                 )
             raw = fh.read(length)
@@ -68,60 +68,10 @@ def read_header(path: Path) -> list[TensorInfo]:
         raise CheckpointFormatError(
             f"header is not valid UTF-8 (byte {exc.start}); the file is corrupt", path=str(path)
         ) from None
-    header = load_json(text, what="header", path=path)
+    header = parse_json(text, what="header", path=path)
     if not isinstance(header, dict):
         raise CheckpointFormatError("header is not a JSON object", path=str(path))
     return _check_entries(header, data_size=size - 8 - length, path=path)
-
-
-def load_json(text: str, *, what: str, path: Path) -> Any:
-    """Parse untrusted JSON strictly: duplicated keys and lone surrogates are errors, not data.
-
-    `json.loads` alone keeps the last of two equal keys, so two tensors of one name would pass
-    as one. Raises `CheckpointFormatError` naming `path` for anything that is not clean JSON.
-    """
-    try:
-        return json.loads(text, object_pairs_hook=_strict_object)
-    except _JsonProblem as exc:
-        raise CheckpointFormatError(f"{what} {exc}", path=str(path)) from None
-    except json.JSONDecodeError as exc:
-        raise CheckpointFormatError(
-            f"{what} is not valid JSON ({exc.msg} at char {exc.pos}); the file is corrupt",
-            path=str(path),
-        ) from None
-    except ValueError:  # an integer of more than sys.get_int_max_str_digits() digits
-        raise CheckpointFormatError(
-            f"{what} holds a number with too many digits; the file is corrupt", path=str(path)
-        ) from None
-    except RecursionError:
-        raise CheckpointFormatError(
-            f"{what} is nested too deeply to be a checkpoint's", path=str(path)
-        ) from None
-
-
-class _JsonProblem(ValueError):
-    """Raised from inside `json.loads`; turned into a `CheckpointFormatError` by `load_json`."""
-
-
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _JsonProblem(f"names {_show(key)} twice; the file is corrupt or was altered")
-        texts = (key, value) if isinstance(value, str) else (key,)
-        for text in texts:
-            if not _is_unicode(text):
-                raise _JsonProblem(f"holds text that is not valid Unicode: {_show(text)}")
-        obj[key] = value
-    return obj
-
-
-def _is_unicode(text: str) -> bool:
-    try:
-        text.encode("utf-8")  # fails on a lone surrogate such as "\ud800"
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _show(value: object, limit: int = 60) -> str:
@@ -250,20 +200,11 @@ def files_from_index(index: Path, *, suffix: str) -> list[Path]:
     Raises `CheckpointFormatError` for a malformed index or a shard name that leaves the folder
     or is not a `suffix` file, and `SourceNotFoundError` for a shard that is missing.
     """
-    try:
-        size = index.stat().st_size
-        if size > MAX_HEADER_BYTES:
-            raise CheckpointFormatError(
-                f"index is {size} bytes, over the {MAX_HEADER_BYTES} byte limit", path=str(index)
-            )
-        raw = index.read_bytes()
-    except OSError as exc:
-        raise SourceNotFoundError(f"cannot read ({exc.strerror})", path=str(index)) from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise CheckpointFormatError("index is not valid UTF-8", path=str(index)) from None
-    data = load_json(text, what="index", path=index)
+    check_model_file(index, index.parent)
+    data = read_json(
+        index, what="index", fix="download the checkpoint again", limit=MAX_HEADER_BYTES,
+        error=CheckpointFormatError, missing=SourceNotFoundError,
+    )  # fmt: skip
     weight_map = data.get("weight_map") if isinstance(data, dict) else None
     if not isinstance(weight_map, dict):
         raise CheckpointFormatError(

@@ -3,11 +3,12 @@
     python tests/corpus/make_corpus.py DIR [--committed]
 
 Every case is a folder holding the file(s) named in `CASES` and is scanned as `llm-audit scan
-DIR/CASE`. Tiny cases are committed under `tests/corpus/files/` (regenerate them with
-`python tests/corpus/make_corpus.py tests/corpus/files --committed`; `tests/test_hostile.py` checks
-they match). The rest are written at test time: the header claiming 100 MiB (a sparse file), the
-200 kB nestings, the symlink loop, and the pickles (they hold the absolute path of the marker
-file they would create).
+DIR/CASE` (or `DIR/CASE/FILE` where the case names a file to scan). `tests/corpus/README.md` lists
+the classes of failure and the cases of each. Tiny cases are committed under `tests/corpus/files/`
+(regenerate them with `python tests/corpus/make_corpus.py tests/corpus/files --committed`;
+`tests/test_hostile.py` checks they match). The rest are written at test time: the header claiming
+100 MiB (a sparse file), the 200 kB nestings, the symbolic links and FIFOs, the oversized config,
+the GGUF files, and the pickles (they hold the absolute path of the marker file they would create).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Case:
     says: str  # a fragment of the message
     generated: bool = False  # written at test time only: large, a symlink, or path-dependent
     allow_pickle: bool = False
+    scan: str = ""  # what to scan, relative to the case folder (default: the folder itself)
 
 
 def _safetensors(header: bytes | dict[str, object], data: bytes = b"") -> bytes:
@@ -112,6 +114,60 @@ def _config(config: str) -> Callable[[Path], None]:
     def write(folder: Path) -> None:
         _model(GOOD, GOOD_DATA)(folder)
         (folder / "config.json").write_text(config)
+
+    return write
+
+
+def _link(name: str, target: str, *, weights: bool = True) -> Callable[[Path], None]:
+    """A good model whose `name` is a symbolic link to `target` (or a FIFO if target is "fifo")."""
+
+    def write(folder: Path) -> None:
+        if weights:
+            _model(GOOD, GOOD_DATA)(folder)
+        if target == "fifo":
+            os.mkfifo(folder / name)
+        else:
+            os.symlink(target, folder / name)
+
+    return write
+
+
+def _big_config(folder: Path) -> None:
+    _model(GOOD, GOOD_DATA)(folder)
+    padding = " " * 16_000_001  # over the 16 MB limit of a config
+    (folder / "config.json").write_text('{"model_type": "llama"' + padding + "}")
+
+
+def _adapter(config: dict[str, object], rank: int = 4) -> Callable[[Path], None]:
+    """A LoRA adapter folder: one module's lora_A (rank x 8) and lora_B (8 x rank), zeros."""
+
+    def write(folder: Path) -> None:
+        size = 8 * rank * 4
+        header = {
+            "base_model.model.w.lora_A.weight": _tensor("F32", [rank, 8], 0, size),
+            "base_model.model.w.lora_B.weight": _tensor("F32", [8, rank], size, 2 * size),
+        }
+        (folder / "adapter_model.safetensors").write_bytes(_safetensors(header, bytes(2 * size)))
+        (folder / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", **config}))
+
+    return write
+
+
+def _gguf_string(text: bytes) -> bytes:
+    return struct.pack("<Q", len(text)) + text
+
+
+def _gguf(arch: bytes, tensor_name: bytes = b"w.weight") -> Callable[[Path], None]:
+    """A GGUF v3 file (one F32 4x4 tensor) whose architecture and tensor name are raw bytes."""
+
+    def write(folder: Path) -> None:
+        string_type, f32_type = 8, 0
+        kv = _gguf_string(b"general.architecture") + struct.pack("<I", string_type)
+        kv += _gguf_string(arch)
+        info = _gguf_string(tensor_name) + struct.pack("<IQQIQ", 2, 4, 4, f32_type, 0)
+        head = b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + kv + info
+        head += bytes(-len(head) % 32)  # tensor data starts at the 32-byte alignment
+        (folder / "model.gguf").write_bytes(head + bytes(64))
 
     return write
 
@@ -219,6 +275,46 @@ CASES: dict[str, Case] = {
     # --- config.json (read only for model_type and tie_word_embeddings) -------------------
     "config_not_json": Case(_config("{hidden_size: 1e12"), "config.json", "not valid JSON"),
     "config_is_a_list": Case(_config("[1, 2, 3]"), "config.json", "not a JSON object"),
+    "config_nested_65_deep": Case(_config('{"a": ' * 65 + "1" + "}" * 65), "config.json",
+                                  "nested too deeply (over 64 levels)"),
+    "config_duplicate_key": Case(_config('{"model_type": "llama", "model_type": "gpt2"}'),
+                                 "config.json", "names 'model_type' twice"),
+    "config_over_16_mb": Case(_big_config, "config.json", "over the 16000000 byte limit",
+                              generated=True),
+    # --- not a regular file, or a link out of the model folder (read before anything else) --
+    "config_fifo": Case(_link("config.json", "fifo"), "config.json", "is a FIFO, not a regular",
+                        generated=True),
+    "weights_fifo": Case(_link("model.safetensors", "fifo", weights=False), "model.safetensors",
+                         "is a FIFO, not a regular", generated=True),
+    "config_link_to_dev_zero": Case(_link("config.json", "/dev/zero"), "config.json",
+                                    "symbolic link to a file outside the model folder",
+                                    generated=True),
+    "weights_link_to_etc_passwd": Case(
+        _link("model.safetensors", "/etc/passwd", weights=False), "model.safetensors",
+        "symbolic link to a file outside the model folder", generated=True),
+    "index_link_outside": Case(
+        _link(INDEX, "../index_parent_dir/" + INDEX), INDEX,
+        "symbolic link to a file outside the model folder", generated=True),
+    # --- LoRA adapters (adapter_config.json checked against the adapter's tensors) ---------
+    "adapter_r_zero": Case(_adapter({"r": 0, "lora_alpha": 8}), "adapter_config.json",
+                           "r must be a positive integer, got 0"),
+    "adapter_r_text": Case(_adapter({"r": "four", "lora_alpha": 8}), "adapter_config.json",
+                           "r: expected an integer, got 'four'"),
+    "adapter_r_not_the_rank": Case(_adapter({"r": 64, "lora_alpha": 8}), "adapter_config.json",
+                                   "r is 64 but the lora_A and lora_B of w have rank 4"),
+    "adapter_alpha_text": Case(_adapter({"r": 4, "lora_alpha": "16"}), "adapter_config.json",
+                               "lora_alpha: expected an integer or a number, got '16'"),
+    "adapter_rank_pattern_wrong": Case(_adapter({"r": 4, "rank_pattern": {"w": 8}}),
+                                       "adapter_config.json", "r is 8 but"),
+    "adapter_rslora_text": Case(_adapter({"r": 4, "use_rslora": "yes"}), "adapter_config.json",
+                                "use_rslora: expected true or false, got 'yes'"),
+    # --- GGUF (scanned as a file; needs the gguf package) -----------------------------------
+    "gguf_architecture_not_utf8": Case(_gguf(b"lla\xffma"), "model.gguf",
+                                       "general.architecture is not valid UTF-8",
+                                       generated=True, scan="model.gguf"),
+    "gguf_tensor_name_not_utf8": Case(_gguf(b"llama", b"w\xfe.weight"), "model.gguf",
+                                      "cannot be read as GGUF", generated=True,
+                                      scan="model.gguf"),
     # --- pickles ---------------------------------------------------------------------------
     # (written at test time: the marker's absolute path is inside the pickle)
     "pickle_without_opt_in": Case(_evil_torch_zip, "", "pass --allow-pickle", generated=True),
