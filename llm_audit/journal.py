@@ -30,7 +30,9 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -291,3 +293,41 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot journal {type(value).__name__}")
+
+
+@contextlib.contextmanager
+def background_writer(
+    log: Journal | None,
+) -> Iterator[Callable[[str, Outcome], None] | None]:
+    """`append(key, outcome)` that journals on a thread of its own, in order, so the reading
+    thread never waits for an fsync. Every outcome handed over is written when the block ends
+    (also when it ends by an error); a failed write (a full disk) is raised at the next append
+    or at the end, as the journal raised it."""
+    if log is None:
+        yield None
+        return
+    todo: queue.SimpleQueue[tuple[str, Outcome] | None] = queue.SimpleQueue()
+    failed: list[BaseException] = []
+
+    def write() -> None:
+        while (item := todo.get()) is not None:
+            if not failed:
+                try:
+                    log.append(*item)
+                except BaseException as exc:  # raised on the caller's thread
+                    failed.append(exc)
+
+    def append(key: str, outcome: Outcome) -> None:
+        if failed:
+            raise failed[0]
+        todo.put((key, outcome))
+
+    writer = threading.Thread(target=write, name="llm-audit-journal", daemon=True)
+    writer.start()
+    try:
+        yield append
+    finally:
+        todo.put(None)
+        writer.join()
+    if failed:
+        raise failed[0]

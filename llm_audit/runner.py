@@ -5,7 +5,7 @@ ranks or journals. `launch` starts the run's processes (one per `--devices` entr
 torchrun/accelerate launched, or just this one) and calls the command's work in each. `run` then
 takes this rank's share of the jobs (balanced by cost), drops those a resumed journal already
 holds, schedules the rest under a byte budget (no two of the largest matrices at once), journals
-each outcome as it finishes (on a thread of its own: the fsync is off the reading thread), and
+each outcome as it finishes (`journal.background_writer`: the fsync is off the reading thread), and
 gathers every rank's outcomes on every rank.
 """
 
@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import queue
-import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -25,7 +23,7 @@ from llm_audit import distributed
 from llm_audit.analysis import Outcome
 from llm_audit.config import AuditConfig
 from llm_audit.jobs import Job
-from llm_audit.journal import Journal
+from llm_audit.journal import Journal, background_writer
 from llm_audit.options import RunOptions, resolve_device
 from llm_audit.scheduler import schedule
 
@@ -101,7 +99,7 @@ def run(
         fresh = [job for job in mine if job.key not in done]
         if prepare is not None:
             fresh = prepare(fresh)
-        with journal_writer(log) as append:
+        with background_writer(log) as append:
             results = schedule(
                 fresh,
                 cfg,
@@ -158,44 +156,6 @@ def _journal(process: Process, fingerprint: dict[str, Any]) -> Iterator[Journal 
     rank = None if process.ranks is None else process.ranks.rank
     with Journal(options.journal, fingerprint, resume=options.resume, rank=rank) as log:
         yield log
-
-
-@contextlib.contextmanager
-def journal_writer(
-    log: Journal | None,
-) -> Iterator[Callable[[str, Outcome], None] | None]:
-    """`append(key, outcome)` that journals on a thread of its own, in order, so the reading
-    thread never waits for an fsync. Every outcome handed over is written when the block ends
-    (also when it ends by an error); a failed write (a full disk) is raised at the next append
-    or at the end, as the journal raised it."""
-    if log is None:
-        yield None
-        return
-    todo: queue.SimpleQueue[tuple[str, Outcome] | None] = queue.SimpleQueue()
-    failed: list[BaseException] = []
-
-    def write() -> None:
-        while (item := todo.get()) is not None:
-            if not failed:
-                try:
-                    log.append(*item)
-                except BaseException as exc:  # raised on the caller's thread
-                    failed.append(exc)
-
-    def append(key: str, outcome: Outcome) -> None:
-        if failed:
-            raise failed[0]
-        todo.put((key, outcome))
-
-    writer = threading.Thread(target=write, name="llm-audit-journal", daemon=True)
-    writer.start()
-    try:
-        yield append
-    finally:
-        todo.put(None)
-        writer.join()
-    if failed:
-        raise failed[0]
 
 
 def _gather(

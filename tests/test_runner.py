@@ -23,8 +23,9 @@ import llm_audit
 from llm_audit.analysis import Outcome
 from llm_audit.errors import ConfigError, OutputError
 from llm_audit.jobs import Job
+from llm_audit.journal import background_writer
 from llm_audit.layers import plan_layers
-from llm_audit.runner import budget, journal_writer
+from llm_audit.runner import budget
 from llm_audit.sources import TensorInfo
 from tests.conftest import llama_tensors, write_shards
 from tests.test_distributed import sharded_model, torchrun_two_ranks
@@ -176,7 +177,7 @@ class SlowJournal:
 
 def test_journal_writes_in_order_off_the_calling_thread() -> None:
     log = SlowJournal()
-    with journal_writer(log) as append:  # type: ignore[arg-type]
+    with background_writer(log) as append:  # type: ignore[arg-type]
         assert append is not None
         for key in "abc":
             append(key, Outcome({}))  # returns at once: the fsync waits on the writer
@@ -184,14 +185,14 @@ def test_journal_writes_in_order_off_the_calling_thread() -> None:
         log.release.set()
     assert [key for key, _ in log.written] == ["a", "b", "c"]  # all written when the block ends
     assert {thread for _, thread in log.written} == {"llm-audit-journal"}
-    with journal_writer(None) as append:
+    with background_writer(None) as append:
         assert append is None
 
 
 def test_journal_write_error_is_raised_as_the_journal_raised_it() -> None:
     log = SlowJournal(fail_on="b")
     log.release.set()
-    with pytest.raises(OutputError, match="No space left"), journal_writer(log) as append:  # type: ignore[arg-type]
+    with pytest.raises(OutputError, match="No space left"), background_writer(log) as append:  # type: ignore[arg-type]
         assert append is not None
         for key in "abcdefgh":
             append(key, Outcome({}))
@@ -201,7 +202,7 @@ def test_journal_write_error_is_raised_as_the_journal_raised_it() -> None:
 
 def test_journal_keeps_what_finished_when_the_run_fails() -> None:
     log = SlowJournal()
-    with pytest.raises(KeyError), journal_writer(log) as append:  # type: ignore[arg-type]
+    with pytest.raises(KeyError), background_writer(log) as append:  # type: ignore[arg-type]
         assert append is not None
         append("a", Outcome({}))
         log.release.set()
