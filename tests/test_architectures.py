@@ -298,3 +298,10 @@ def test_every_model_type_is_listed_once() -> None:
     listed = [m for fam in families()[0] for m in fam.model_types]
     assert len(listed) == len(set(listed))
     assert set(ARCHITECTURES) <= set(listed)
+
+
+def test_readme_documents_every_role_and_estimator() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
+    for role in ROLES:
+        assert f"| `{role}` |" in readme, role
+    assert "ww|xmin_peak|median|clauset" in readme
