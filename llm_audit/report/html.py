@@ -27,6 +27,7 @@ from llm_audit.report.view import (
     fmt,
     layer_view,
     num,
+    panel_of,
     role_order,
     thresholds,
     verdict_rule,
@@ -260,7 +261,7 @@ def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
             f" ({', '.join(flags)})" if flags else ""
         )
         marks = ("flagged trap" if CORRELATION_TRAP in flags else "flagged") if flags else ""
-        points.setdefault(str(r.get("role")), []).append(
+        points.setdefault(panel_of(r), []).append(
             plots.DepthPoint(block, alpha, title, href=f"#L{i}", pick=i, marks=marks)
         )
     panels = plots.depth_panels(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_audit.architectures import ROLES
+from llm_audit.architectures import ROLES, STACKS
 from llm_audit.config import Thresholds, VerdictRule
 from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
 
@@ -104,9 +104,18 @@ def shape_text(record: Mapping[str, Any]) -> str:
 
 
 def role_order(roles: Any) -> list[str]:
-    """Roles in the architecture order (q, k, v, o, ..., other), unknown ones after, sorted."""
-    known = [r for r in ROLES if r in roles]
-    return known + sorted(set(roles) - set(known))
+    """Roles (or `panel_of` keys) in the architecture order (q, k, v, o, ..., other), the encoder
+    stack's before the decoder's; unknown ones after, sorted."""
+    order = [f"{stack} {r}" for stack in ("", *STACKS) for r in ROLES]
+    known = [key for key in order if key.strip() in roles]
+    return [k.strip() for k in known] + sorted(set(roles) - {k.strip() for k in known})
+
+
+def panel_of(record: Mapping[str, Any]) -> str:
+    """A depth plot's panel for the layer: its role, with its stack in encoder-decoder models
+    (`encoder q`, `decoder q`), whose stacks both count blocks from 0."""
+    stack, role = record.get("stack"), str(record.get("role"))
+    return f"{stack} {role}" if stack else role
 
 
 def columns(records: list[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
