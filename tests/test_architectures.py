@@ -305,3 +305,14 @@ def test_readme_documents_every_role_and_estimator() -> None:
     for role in ROLES:
         assert f"| `{role}` |" in readme, role
     assert "ww|xmin_peak|median|clauset" in readme
+
+
+def test_depth_plots_have_a_panel_per_stack(scans: dict[str, llm_audit.AuditResult]) -> None:
+    """Encoder block 0 and decoder block 0 are not plotted as one depth: one panel per stack."""
+    from llm_audit.report.html import render_html
+
+    page = render_html(scans["bart"].to_json())
+    for title in ("encoder q", "decoder q", "decoder cross_q", "encoder down"):
+        assert f">{title}</text>" in page, title
+    assert page.index(">encoder q</text>") < page.index(">decoder q</text>")
+    assert ">q</text>" not in page  # no panel mixes the stacks
