@@ -316,3 +316,23 @@ def test_depth_plots_have_a_panel_per_stack(scans: dict[str, llm_audit.AuditResu
         assert f">{title}</text>" in page, title
     assert page.index(">encoder q</text>") < page.index(">decoder q</text>")
     assert ">q</text>" not in page  # no panel mixes the stacks
+
+
+def test_compare_keeps_encoder_and_decoder_blocks_apart(tmp_path: Path) -> None:
+    """A fine-tune of T5 lines up with its base layer by layer: encoder block 0 with encoder
+    block 0, never with decoder block 0, and the records say which stack."""
+    base = tiny_checkpoint(tmp_path / "base", "t5")
+    tuned = transformers.AutoModelForSeq2SeqLM.from_pretrained(base)
+    with torch.no_grad():
+        tuned.encoder.block[0].layer[0].SelfAttention.q.weight.mul_(2.0)
+    tuned.save_pretrained(tmp_path / "tuned")
+    diff = llm_audit.compare(base, tmp_path / "tuned", traps=False)
+    in_blocks = [r for r in diff.records if r["block"] is not None]
+    assert all(set(r["alignment"].values()) == {"aligned"} for r in in_blocks)
+    assert {r["stack"] for r in in_blocks} == {"encoder", "decoder"}
+    by_place = {(r["stack"], r["block"], r["role"]): r for r in in_blocks}
+    assert by_place["encoder", 0, "q"]["delta"]["tuned"]["relative_norm"] == pytest.approx(1.0)
+    assert by_place["decoder", 0, "q"]["delta"]["tuned"]["relative_norm"] == 0.0
+    assert [r["stack"] for r in diff.table() if r["block"] is not None] == [
+        r["stack"] for r in in_blocks
+    ]
