@@ -27,7 +27,7 @@ MAIN_COLUMNS = (
     "rand_bulk_max", "max_rand_eval", "status",
 )  # fmt: skip
 NOT_COLUMNS = ("trap_entries",)
-TEXT_COLUMNS = ("name", "role", "shape", "flags", "status", "reason", "dtype")
+TEXT_COLUMNS = ("name", "role", "shape", "flags", "status", "reason", "dtype", "stack")
 
 # The metrics listed in a layer's detail card.
 DETAIL_METRICS = (
@@ -38,7 +38,9 @@ DETAIL_METRICS = (
 COLUMN_HELP = {
     "name": "tensor name in the checkpoint",
     "block": "transformer block (depth); empty for embeddings and heads",
-    "role": "what the matrix does: q, k, v, o attention; up, gate, down MLP; embed, lm_head, other",
+    "stack": "encoder or decoder, in encoder-decoder models (each stack counts blocks from 0)",
+    "role": "what the matrix does: q, k, v, o attention; up, gate, down MLP; embed, lm_head, other "
+    "(the README lists every role)",
     "shape": "shape as stored",
     "Q": "aspect ratio N/M ≥ 1 of the matrix; alpha depends on it",
     "alpha": "power-law exponent of the ESD tail (HTSR); 2–6 is the usual range",
