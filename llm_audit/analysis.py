@@ -46,6 +46,7 @@ def base_record(layer: Layer) -> dict[str, Any]:
     return {
         "name": layer.name,
         "block": layer.block,
+        "stack": layer.stack,
         "role": layer.role,
         "expert": layer.expert,
         "shape": [out_f, in_f],

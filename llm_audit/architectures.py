@@ -20,12 +20,10 @@ from importlib import resources
 from typing import Any
 
 from llm_audit.qkv import LAYOUTS
+from llm_audit.roles import EMBEDDING_ROLES as EMBEDDING_ROLES  # where summary.py looks for it
+from llm_audit.roles import ROLES
 
-ROLES = (
-    "q", "k", "v", "o", "qkv", "up", "gate", "down", "gate_up", "embed", "lm_head", "router",
-    "expert_gate", "expert_up", "expert_down", "expert_gate_up", "other",
-)  # fmt: skip
-EMBEDDING_ROLES = ("embed", "lm_head")
+STACKS = ("encoder", "decoder")  # in model order
 
 
 @dataclass(frozen=True)
@@ -33,11 +31,12 @@ class Template:
     pattern: re.Pattern[str]
     role: str
     index: int  # position in the family file: the order of tensors within a block
-    section: int  # 0 before the blocks, 1 inside them, 2 after them
+    section: int  # 0 before the blocks, 1 inside them, 2 after them (of its stack, if any)
     stored_in_out: bool
     tied_to: str | None
     fused_experts: bool = False  # a 3-D tensor (expert, ...): one layer per expert slice
     fused_qkv: str | None = None  # q, k, v rows in one matrix, in this layout (qkv.LAYOUTS)
+    stack: str | None = None  # "encoder" or "decoder" in an encoder-decoder model
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,7 @@ class Generic:
 
 
 _FAMILY_KEYS = {"family", "model_types", "tensors", "stored_in_out", "_comment"}
-_TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to", "fused_experts", "fused_qkv"}
+_TENSOR_KEYS = {"name", "role", "stored_in_out", "tied_to", "fused_experts", "fused_qkv", "stack"}
 _GENERIC_KEYS = {
     "family",
     "model_types",
@@ -77,7 +76,7 @@ def parse_family(data: dict[str, Any], where: str) -> Family:
     _check_keys(data, _FAMILY_KEYS, where)
     default_in_out = bool(data.get("stored_in_out", False))
     templates = []
-    seen_block = False
+    seen_block: set[str | None] = set()  # the stacks whose blocks have begun
     for i, entry in enumerate(data["tensors"]):
         _check_keys(entry, _TENSOR_KEYS, f"{where} tensors[{i}]")
         if entry["role"] not in ROLES:
@@ -87,18 +86,23 @@ def parse_family(data: dict[str, Any], where: str) -> Family:
                 f"{where}: tensors[{i}] has unknown fused_qkv layout {entry['fused_qkv']!r}; "
                 f"known: {', '.join(LAYOUTS)}"
             )
+        if entry.get("stack", STACKS[0]) not in STACKS:
+            raise ValueError(f"{where}: tensors[{i}] has unknown stack {entry['stack']!r}")
+        stack = entry.get("stack")
         in_block = "{block}" in entry["name"]
-        seen_block |= in_block
+        if in_block:
+            seen_block.add(stack)
         templates.append(
             Template(
                 pattern=_template_regex(entry["name"]),
                 role=entry["role"],
                 index=i,
-                section=1 if in_block else (2 if seen_block else 0),
+                section=1 if in_block else (2 if stack in seen_block else 0),
                 stored_in_out=bool(entry.get("stored_in_out", default_in_out)),
                 tied_to=entry.get("tied_to"),
                 fused_experts=bool(entry.get("fused_experts", False)),
                 fused_qkv=entry.get("fused_qkv"),
+                stack=stack,
             )
         )
     return Family(data["family"], tuple(data["model_types"]), tuple(templates))
@@ -138,18 +142,30 @@ def families() -> tuple[tuple[Family, ...], Generic]:
 
 
 def choose_family(names: list[str], config: dict[str, Any] | None) -> Family | None:
-    """The family config.json's model_type names, else the one whose templates match most names."""
+    """The family file that lists config.json's model_type; None (the generic rules) for a
+    model_type no file lists. Without a model_type (a bare weights file), the family whose
+    templates match most names: the names are then the only evidence there is."""
     fams, _ = families()
     model_type = (config or {}).get("model_type")
     for fam in fams:
         if model_type in fam.model_types:
             return fam
+    if model_type is not None:
+        return None
     best, best_hits = None, 0
     for fam in fams:
         hits = sum(any(t.pattern.match(n) for t in fam.templates) for n in names)
         if hits > best_hits:
             best, best_hits = fam, hits
     return best
+
+
+def model_family(config: dict[str, Any] | None, naming: str | None) -> str | None:
+    """The family a report records: the architecture config.json (or a GGUF header) declares,
+    else, for a bare weights file, the family file whose names it matched (`naming`)."""
+    config = config or {}
+    declared = config.get("gguf_architecture") or config.get("model_type")
+    return str(declared) if declared else naming
 
 
 def generic_role(name: str) -> str:
@@ -159,6 +175,12 @@ def generic_role(name: str) -> str:
         if keyword in parts:
             return role
     return "other"
+
+
+def generic_stack(name: str) -> str | None:
+    """`encoder` or `decoder` when the name has that component (`model.decoder.layers.0...`)."""
+    parts = name.split(".")
+    return next((stack for stack in STACKS if stack in parts), None)
 
 
 def generic_block(name: str) -> int | None:

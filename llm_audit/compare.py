@@ -309,6 +309,7 @@ def _record(
     record: dict[str, Any] = {
         "name": name,
         "block": layer.block,
+        "stack": layer.stack,
         "role": layer.role,
         "alignment": {m.label: alignment[m.label][name] for m in models},
         "models": {"base": base_m} if base_m else {},

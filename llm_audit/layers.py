@@ -24,12 +24,14 @@ import torch
 
 from llm_audit.architectures import (
     EMBEDDING_ROLES,
+    STACKS,
     Family,
     Template,
     choose_family,
     generic_block,
     generic_expert,
     generic_role,
+    generic_stack,
 )
 from llm_audit.errors import ConfigError
 from llm_audit.qkv import Rows, split_rows
@@ -64,6 +66,7 @@ class Layer:
     slice_index: int | None = None  # this layer is tensor[slice_index] of a fused 3-D tensor
     scale: TensorInfo | None = None  # FP8 scale: the matrix is weight * scale (broadcast by block)
     rows: Rows | None = None  # this layer is q, k or v: these output rows of a fused matrix
+    stack: str | None = None  # "encoder" or "decoder": with `block`, where the layer sits
 
     @property
     def name(self) -> str:
@@ -305,20 +308,23 @@ def _make_layers(
             template.index,
             template.section,
         )
-        tied_to = template.tied_to
+        tied_to, stack = template.tied_to, template.stack
     else:
-        block, expert, role, in_out, index, tied_to = (
+        block, expert, role, in_out, index, tied_to, stack = (
             generic_block(name),
             generic_expert(name),
             generic_role(name),
             False,
             999,
             None,
+            generic_stack(name),
         )
         if "experts" in name.split(".") and role in ("gate", "up", "down", "gate_up"):
             role = f"expert_{role}"
         section = 1 if block is not None else (0 if role == "embed" else 2)
-    key = (section, block if block is not None else -1, index, -1 if expert is None else expert,
+    # Model order: what precedes the blocks, each stack's blocks (encoder first), what follows.
+    place = (1, STACKS.index(stack), section) if stack else (2 * (section // 2), 0, 0)
+    key = (place, block if block is not None else -1, index, -1 if expert is None else expert,
            _natural(name))  # fmt: skip
     scale = _fp8_scale(t, by_name)
     fused = (
@@ -331,7 +337,9 @@ def _make_layers(
         fused=fused,
         scaled=scale is not None,
     )
-    layer = Layer(t, block, role, in_out, key, status, reason, expert=expert, scale=scale)
+    layer = Layer(
+        t, block, role, in_out, key, status, reason, expert=expert, scale=scale, stack=stack
+    )
     if not fused:
         return [layer]
     # One layer per expert of the (expert, ...) tensor, each read on its own.

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from llm_audit.architectures import model_family
 from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError, OutputError
 from llm_audit.report.files import replace_folder, write_csv
@@ -137,6 +138,7 @@ class ComparisonResult:
                     {
                         "name": r["name"],
                         "block": r["block"],
+                        "stack": r.get("stack"),
                         "role": r["role"],
                         "other": label,
                         "alignment": r["alignment"][label],
@@ -168,15 +170,16 @@ DELTA_COLUMNS = (
 )
 
 
-def provenance(info: SourceInfo, tensors: list[TensorInfo], family: str | None) -> dict[str, Any]:
-    """Where a model's weights came from, as every report records it."""
+def provenance(info: SourceInfo, tensors: list[TensorInfo], naming: str | None) -> dict[str, Any]:
+    """Where a model's weights came from, as every report records it; `naming` is the family
+    file that named the layers, the family only for a bare weights file (no config.json)."""
     dtypes = sorted({t.dtype for t in tensors if len(t.shape) == 2})
     return {
         "id": info.id,
         "source": info.kind,
         "revision": info.revision,
         "files": info.files,
-        "family": family,
+        "family": model_family(info.config, naming),
         "num_parameters": sum(t.numel for t in tensors),
         "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
     }

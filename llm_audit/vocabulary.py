@@ -52,7 +52,7 @@ ALIGNED, MISSING, EXTRA, SHAPE_CHANGED = "aligned", "missing", "extra", "shape_c
 ALIGNMENTS = (ALIGNED, MISSING, EXTRA, SHAPE_CHANGED)
 
 # Power-law estimators (see spectral/powerlaw.py), the first being the default.
-ESTIMATORS = ("ww", "xmin_peak", "median")
+ESTIMATORS = ("ww", "xmin_peak", "median", "clauset")
 
 
 def count_key(flag: str) -> str:

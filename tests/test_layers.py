@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm_audit.architectures import families, parse_family
+from llm_audit.architectures import families, model_family, parse_family
 from llm_audit.layers import plan_layers
 from llm_audit.sources import open_source
 from llm_audit.sources.base import SourceInfo
@@ -45,8 +45,9 @@ def test_llama_like_families(tmp_path: Path, config_class: str) -> None:
     config = getattr(transformers, config_class)(
         **SMALL, num_key_value_heads=2, tie_word_embeddings=False
     )
-    layers, family = _plan(_saved(tmp_path, config))
-    assert family == config.model_type
+    layers, naming = _plan(_saved(tmp_path, config))
+    assert naming == "llama"  # one file names every Llama-style decoder
+    assert model_family({"model_type": config.model_type}, naming) == config.model_type
     roles = Counter(layer.role for layer in layers)
     assert roles == {
         "q": 3,
@@ -143,7 +144,7 @@ def test_unknown_architecture_falls_back_to_generic(tmp_path: Path) -> None:
 
 def test_every_architecture_file_loads_and_typos_are_rejected() -> None:
     fams, generic = families()
-    assert {f.name for f in fams} >= {"bert", "gpt2", "llama", "mistral", "qwen2"}
+    assert {f.name for f in fams} >= {"bert", "gpt2", "llama", "t5", "deepseek", "mamba"}
     assert generic.roles_by_keyword
     good = {
         "family": "x",
@@ -157,6 +158,8 @@ def test_every_architecture_file_loads_and_typos_are_rejected() -> None:
         parse_family({**good, "tensors": [{"name": "a", "role": "query"}]}, "x.json")
     with pytest.raises(ValueError, match="unknown key"):
         parse_family({**good, "tensors": [{"name": "a", "role": "q", "tied": "b"}]}, "x.json")
+    with pytest.raises(ValueError, match="unknown stack"):
+        parse_family({**good, "tensors": [{"name": "a", "role": "q", "stack": "enc"}]}, "x.json")
     json.dumps(good)
 
 
@@ -238,3 +241,29 @@ def test_nonfinite_count_is_blockwise(monkeypatch: pytest.MonkeyPatch) -> None:
     W = torch.randn(100, 16)
     W[3, 4], W[97, 0], W[50, 15] = float("nan"), float("inf"), -float("inf")
     assert esd.nonfinite_count(esd.as_lazy(W)) == esd.nonfinite_count(W.T) == 3
+
+
+def test_family_recorded_is_declared_not_guessed() -> None:
+    """config.json's model_type (or a GGUF header's architecture) wins over the naming file; a
+    bare weights file, with no declaration, records the file its names matched."""
+    assert model_family({"model_type": "phi"}, "generic") == "phi"
+    assert model_family({"model_type": "gguf", "gguf_architecture": "gemma3"}, "gguf") == "gemma3"
+    assert model_family(None, "llama") == "llama"
+    assert model_family({}, None) is None
+
+
+def test_stacks_order_the_encoder_before_the_decoder(tmp_path: Path) -> None:
+    """Names with an encoder and a decoder component and no family file: the generic rules give
+    each its stack, and model order puts every encoder block first, whatever the file order."""
+    tensors = {
+        f"net.{stack}.layers.{b}.attn.q_proj.weight": torch.randn(16, 16)
+        for stack in ("decoder", "encoder")
+        for b in (1, 0)
+    }
+    layers, _ = _plan(write_shards(tmp_path / "m", tensors, config={"model_type": "x"}))
+    assert [(layer.stack, layer.block) for layer in layers] == [
+        ("encoder", 0),
+        ("encoder", 1),
+        ("decoder", 0),
+        ("decoder", 1),
+    ]

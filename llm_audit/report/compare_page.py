@@ -18,7 +18,7 @@ from llm_audit.errors import ConfigError
 from llm_audit.report import page, plots
 from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
 from llm_audit.report.plots import series_class, series_key
-from llm_audit.report.view import block_of, fmt, num, sort_key, thresholds
+from llm_audit.report.view import block_of, fmt, num, panel_of, sort_key, thresholds
 from llm_audit.vocabulary import ALIGNED
 
 Spectra = Mapping[str, Mapping[str, np.ndarray]]
@@ -239,7 +239,7 @@ def _depth(
         if block is None:
             loose.append((name, alphas))
             continue
-        panel = points.setdefault(str(r.get("role")), [[] for _ in series])
+        panel = points.setdefault(panel_of(r), [[] for _ in series])
         for k, (s, a) in enumerate(zip(series, alphas, strict=True)):
             if a is not None:
                 link = anchors.get((name, s)) if k else None

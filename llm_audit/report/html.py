@@ -32,6 +32,7 @@ from llm_audit.report.view import (
     fmt,
     layer_view,
     num,
+    panel_of,
     role_order,
     thresholds,
     verdict_rule,
@@ -275,7 +276,7 @@ def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
         counted = [f for f in flags if f != OUTLIER_DIMENSION or counts_outlier_dimensions(audit)]
         trap = CORRELATION_TRAP in counted or OUTLIER_DIMENSION in counted
         marks = ("flagged trap" if trap else "flagged") if counted else ""
-        points.setdefault(str(r.get("role")), []).append(
+        points.setdefault(panel_of(r), []).append(
             plots.DepthPoint(block, alpha, title, href=f"#L{i}", pick=i, marks=marks)
         )
     panels = plots.depth_panels(

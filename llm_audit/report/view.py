@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from llm_audit.architectures import ROLES
+from llm_audit.architectures import ROLES, STACKS
 from llm_audit.config import Thresholds, VerdictRule
 from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
 
@@ -27,7 +27,7 @@ MAIN_COLUMNS = (
     "rand_bulk_max", "max_rand_eval", "status",
 )  # fmt: skip
 NOT_COLUMNS = ("trap_entries",)
-TEXT_COLUMNS = ("name", "role", "shape", "flags", "status", "reason", "dtype")
+TEXT_COLUMNS = ("name", "role", "shape", "flags", "status", "reason", "dtype", "stack")
 
 # The metrics listed in a layer's detail card.
 DETAIL_METRICS = (
@@ -38,7 +38,9 @@ DETAIL_METRICS = (
 COLUMN_HELP = {
     "name": "tensor name in the checkpoint",
     "block": "transformer block (depth); empty for embeddings and heads",
-    "role": "what the matrix does: q, k, v, o attention; up, gate, down MLP; embed, lm_head, other",
+    "stack": "encoder or decoder, in encoder-decoder models (each stack counts blocks from 0)",
+    "role": "what the matrix does: q, k, v, o attention; up, gate, down MLP; embed, lm_head, other "
+    "(the README lists every role)",
     "shape": "shape as stored",
     "Q": "aspect ratio N/M ≥ 1 of the matrix; alpha depends on it",
     "alpha": "power-law exponent of the ESD tail (HTSR); 2–6 is the usual range",
@@ -104,9 +106,18 @@ def shape_text(record: Mapping[str, Any]) -> str:
 
 
 def role_order(roles: Any) -> list[str]:
-    """Roles in the architecture order (q, k, v, o, ..., other), unknown ones after, sorted."""
-    known = [r for r in ROLES if r in roles]
-    return known + sorted(set(roles) - set(known))
+    """Roles (or `panel_of` keys) in the architecture order (q, k, v, o, ..., other), the encoder
+    stack's before the decoder's; unknown ones after, sorted."""
+    order = [f"{stack} {r}" for stack in ("", *STACKS) for r in ROLES]
+    known = [key for key in order if key.strip() in roles]
+    return [k.strip() for k in known] + sorted(set(roles) - {k.strip() for k in known})
+
+
+def panel_of(record: Mapping[str, Any]) -> str:
+    """A depth plot's panel for the layer: its role, with its stack in encoder-decoder models
+    (`encoder q`, `decoder q`), whose stacks both count blocks from 0."""
+    stack, role = record.get("stack"), str(record.get("role"))
+    return f"{stack} {role}" if stack else role
 
 
 def columns(records: list[Mapping[str, Any]]) -> tuple[list[str], list[str]]:

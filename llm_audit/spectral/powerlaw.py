@@ -8,6 +8,17 @@ same Kolmogorov–Smirnov distance ``D``; they differ only in how xmin is chosen
   among all eigenvalues, and WW's small-N path when fewer than 20 eigenvalues are left.
 - ``"xmin_peak"``: AlphaPruning/TempBalance: xmin near the peak of the log-spectrum histogram.
 - ``"median"``: TempBalance's Hill estimator (``xmin_mid``): xmin is the median eigenvalue.
+- ``"clauset"``: CSN's own continuous method (``plfit.m``): the xmin with the smallest D among the
+  *distinct* values, the tail being every value >= xmin. The other estimators try every sorted
+  index, so where xmin falls inside a run of equal values their tail silently leaves some of the
+  run out; on the continuous data sets of CSN's Table 6.1 (flares, quakes, surnames, fires,
+  cities, blackouts, as shipped with the ``powerlaw`` package) this one gives the published xmin,
+  alpha and tail size, and ``ww`` does not on quakes and surnames. Eigenvalue spectra rarely repeat
+  a value, so on weights the two agree.
+
+``num_pl_spikes`` is the tail actually fitted, except under ``ww``, where it is WeightWatcher's
+column: every eigenvalue >= xmin, which counts a whole run of equal values even where the fit
+used only part of it.
 
 WW evaluates D for every candidate xmin in a Python loop, O(N²) work. Here every alpha comes from
 one suffix sum, and the smallest D from an exact branch and bound (`_argmin_ks`) that needs the
@@ -37,7 +48,7 @@ PEAK_BINS = 100  # xmin_peak: bins of the log10 histogram (AlphaPruning, WW)
 PEAK_WINDOW = (0.95, 1.5)  # xmin_peak: xmin searched in [0.95, 1.5] x the peak bin's left edge
 
 _CHUNK = 2**16  # KS terms evaluated at once: arrays stay in cache (faster) and memory bounded
-_GRID = 64  # evenly spread tail offsets sampled per candidate for the lower bound of its D
+_GRID = 32  # evenly spread tail offsets sampled per candidate for the lower bound of its D
 _EPS = 1e-12  # slack on bound comparisons, far above rounding in D (<1e-15), far below any gap
 
 
@@ -50,7 +61,7 @@ class PowerLawFit:
     xmin: float  # start of the tail (an eigenvalue, WW units)
     xmax: float  # largest eigenvalue fitted
     sigma: float  # standard error of alpha, (alpha - 1) / sqrt(n_tail)
-    num_pl_spikes: int  # eigenvalues >= xmin, i.e. the tail size
+    num_pl_spikes: int  # the tail fitted; under "ww", eigenvalues >= xmin (WW's column)
     status: str  # "success" or "failed"
     reason: str | None  # why it failed (None on success)
     estimator: str  # one of ESTIMATORS
@@ -77,13 +88,14 @@ def fit_power_law(evals: ArrayLike, *, estimator: str = "ww") -> PowerLawFit:
     if not math.isfinite(alpha):
         return _failed("alpha is not finite", estimator)
     xmin = float(data[start])
+    tail = data.size - start
     return PowerLawFit(
         alpha=alpha,
         D=distance,
         xmin=xmin,
         xmax=float(data[-1]),
-        sigma=(alpha - 1.0) / math.sqrt(data.size - start),
-        num_pl_spikes=int(np.count_nonzero(evals >= xmin)),
+        sigma=(alpha - 1.0) / math.sqrt(tail),
+        num_pl_spikes=int(np.count_nonzero(evals >= xmin)) if estimator == "ww" else tail,
         status=SUCCESS,
         reason=None,
         estimator=estimator,
@@ -212,7 +224,27 @@ def _fit_median(data: Float) -> _Choice | str:
     return start, float(alphas[0]), distance
 
 
-_FITTERS = {"ww": _fit_ww, "xmin_peak": _fit_xmin_peak, "median": _fit_median}
+def _fit_clauset(data: Float) -> _Choice | str:
+    """CSN's continuous method: the smallest D over the distinct values but the largest.
+
+    Each candidate's tail starts at the first of its equal values, so it holds every value >= xmin;
+    D, alpha and the first-on-ties rule are as in ``plfit.m`` (and bitwise as in ``ww``, which
+    differs only in the candidates). plfit's optional cut of candidates with tiny tails
+    (``nosmall``) is not applied: it changes none of Table 6.1's continuous fits.
+    """
+    starts = np.flatnonzero(np.r_[True, data[1:] != data[:-1]])
+    starts = starts[data[starts] < data[-1]]
+    alphas = _mle_alphas(data, starts)
+    best, distance = _argmin_ks(data, starts, alphas)
+    return int(starts[best]), float(alphas[best]), distance
+
+
+_FITTERS = {
+    "ww": _fit_ww,
+    "xmin_peak": _fit_xmin_peak,
+    "median": _fit_median,
+    "clauset": _fit_clauset,
+}
 
 
 # --- alpha for every candidate at once ------------------------------------------------------------
@@ -283,23 +315,37 @@ def _ks_exact(data: Float, starts: Index, alphas: Float) -> Float:
 
 
 def _ks_lower_bounds(data: Float, starts: Index, alphas: Float) -> Float:
-    """A lower bound of each candidate's D, from about 3% of its terms; usually equal to D.
+    """A lower bound of each candidate's D, from a few hundred of its terms; usually equal to D.
 
     D is a max over tail offsets k, so a max over some of them is a lower bound. The bound samples
-    `_GRID` evenly spread offsets, then every offset next to the best sample: since both CDFs are
-    monotone, D exceeds a sample by at most the gap to its neighbours over n, so the true maximum
-    is almost always found there.
+    `_GRID` evenly spread offsets, then `_GRID` offsets spread over the gaps either side of the best
+    sample, and so on, each round zooming in about 30-fold, until the gaps are small enough to read
+    whole. Both CDFs are monotone, so D exceeds a sample by at most the gap to its neighbours over
+    n, and the true maximum is almost always found; the cost is O(log n) terms per candidate, not
+    O(n): on 203,785 values the whole fit takes 1.5 s, where one zoom took 39 s.
     """
     sizes = data.size - starts
-    steps = -(-(sizes - 1) // (_GRID - 1))  # largest gap between evenly spread samples
     lower = np.empty(starts.size)
-    for rows in _row_chunks(_GRID + 2 * steps + 1):
-        spread = np.arange(_GRID) * (sizes[rows, None] - 1) // (_GRID - 1)
-        terms = _ks_terms(data, starts[rows], alphas[rows], spread)
-        peak = spread[np.arange(spread.shape[0]), terms.argmax(axis=1)]
-        width = int(steps[rows].max())
-        near = _ks_run(data, starts[rows], alphas[rows], np.maximum(peak - width, 0), 2 * width + 1)
-        lower[rows] = np.maximum(terms.max(axis=1), near.max(axis=1))
+    for rows in _row_chunks(np.full(starts.size, 2 * _GRID + 1)):
+        size = sizes[rows, None]
+        low, high = np.zeros_like(size), size - 1
+        best = np.full(size.shape[0], -np.inf)
+        peak = np.zeros(size.shape[0], dtype=np.intp)
+        while True:
+            gap = -(-(high - low) // (_GRID - 1))
+            if int(gap.max()) <= 2:  # the window is small: read it whole
+                width = int((high - low).max()) + 1
+                terms = _ks_run(data, starts[rows], alphas[rows], low[:, 0], width)
+                lower[rows] = np.maximum(best, terms.max(axis=1))
+                break
+            spread = low + np.arange(_GRID) * (high - low) // (_GRID - 1)
+            terms = _ks_terms(data, starts[rows], alphas[rows], spread)
+            top = terms.argmax(axis=1)
+            better = terms[np.arange(top.size), top] > best
+            best = np.maximum(best, terms.max(axis=1))
+            peak = np.where(better, spread[np.arange(top.size), top], peak)
+            low = np.maximum(peak[:, None] - gap, 0)
+            high = np.minimum(peak[:, None] + gap, size - 1)
     lower[~(alphas > 1.0)] = 1.0
     return lower
 
