@@ -32,17 +32,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from llm_audit.roles import EMBEDDING_ROLES, HIDDEN_SIZE_KEYS, RESIDUAL
 from llm_audit.vocabulary import OUTLIER_DIMENSION, SCATTERED
 
-# config.json keys of the residual stream's width, nested configs (`text_config`) searched too.
-HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model")
-# Roles whose output is the residual stream: as PyTorch (out, in), the hidden index is the row.
-WRITES = ("o", "down", "expert_down")
-# Roles that read the residual stream, and embeddings and heads, (vocabulary, hidden): the column.
-READS = (
-    "q", "k", "v", "qkv", "up", "gate", "gate_up", "router", "expert_gate", "expert_up",
-    "expert_gate_up", "embed", "lm_head",
-)  # fmt: skip
 ROW, COLUMN = 0, 1
 
 
@@ -91,12 +83,21 @@ def hidden_size(
 def hidden_axis(role: str, shape: Sequence[int], hidden: int | None) -> int | None:
     """ROW or COLUMN of an (out, in) matrix that indexes the residual stream, None if neither.
 
-    The role decides where its side has the hidden size; a matrix of another role (or one whose
-    role side does not fit) is placed by shape, if exactly one of its sides has the hidden size.
+    The role decides (`roles.RESIDUAL`): a matrix that writes to the stream has it on its rows
+    (its output), one that reads it on its columns (its input), and an embedding or head,
+    stored (vocabulary, hidden), on its columns. A matrix of another role (or one whose role
+    side does not fit) is placed by shape, if exactly one of its sides has the hidden size.
     """
     if hidden is None or len(shape) != 2:
         return None
-    by_role = ROW if role in WRITES else COLUMN if role in READS else None
+    residual = RESIDUAL.get(role)
+    by_role = (
+        COLUMN
+        if role in EMBEDDING_ROLES or residual == "reads"
+        else ROW
+        if residual == "writes"
+        else None
+    )
     if by_role is not None and shape[by_role] == hidden:
         return by_role
     fits = [axis for axis in (ROW, COLUMN) if shape[axis] == hidden]

@@ -25,11 +25,11 @@ from typing import Any
 import torch
 
 from llm_audit.errors import ConfigError
+from llm_audit.roles import HIDDEN_SIZE_KEYS
 
 LAYOUTS = ("contiguous", "per_head", "per_kv_group", "falcon")
 _HEADS = ("num_attention_heads", "n_head", "num_heads", "n_heads")
 _KV_HEADS = ("num_key_value_heads", "num_kv_heads", "n_head_kv")
-_HIDDEN = ("hidden_size", "n_embd", "d_model")
 
 
 @dataclass(frozen=True)
@@ -124,11 +124,12 @@ def _heads(config: dict[str, Any], tensor: str) -> Heads:
     kv = _first_int(config, _KV_HEADS) or heads
     head_dim = _first_int(config, ("head_dim",))
     if head_dim is None:
-        hidden = _first_int(config, _HIDDEN)
+        hidden = _first_int(config, HIDDEN_SIZE_KEYS)
         if hidden is None or hidden % heads:
             raise ConfigError(
-                f"splitting fused qkv needs head_dim, or a hidden size ({' or '.join(_HIDDEN)}) "
-                f"divisible by the {heads} heads, in config.json; scan without --split-qkv",
+                "splitting fused qkv needs head_dim, or a hidden size "
+                f"({' or '.join(HIDDEN_SIZE_KEYS)}) divisible by the {heads} heads, in "
+                "config.json; scan without --split-qkv",
                 tensor=tensor,
             )
         head_dim = hidden // heads

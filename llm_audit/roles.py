@@ -55,5 +55,7 @@ ROLE_TABLE = (
     Role("other", "any other 2-D weight (poolers, classifier heads, adapters)", None),
 )
 ROLES = tuple(role.name for role in ROLE_TABLE)
+# config.json keys of the residual stream's width (the hidden size).
+HIDDEN_SIZE_KEYS = ("hidden_size", "n_embd", "d_model")
 EMBEDDING_ROLES = ("embed", "lm_head")
 RESIDUAL = {role.name: role.residual for role in ROLE_TABLE}
