@@ -301,8 +301,9 @@ def _quantized_layers(
     name = q.name if q is not None else skipped.name if skipped is not None else None
     if name is None or (only is not None and not only.search(name)):
         return []
-    if q is None:
-        (layer,) = _make_layers(t, family, name, by_name, tied=tied, min_evals=min_evals,
+    if q is None:  # listed under the weight's name, with the packed tensor's shape and dtype
+        named = TensorInfo(name, t.shape, t.dtype, t.file)
+        (layer,) = _make_layers(named, family, name, by_name, tied=tied, min_evals=min_evals,
                                 sliced=False)  # fmt: skip
         return [replace(layer, skip_status=UNSUPPORTED_QUANTIZATION, skip_reason=skipped.reason)]
     made = _make_layers(q.as_tensor(), family, name, by_name, tied=tied, min_evals=min_evals,
