@@ -35,7 +35,7 @@ from llm_audit.architectures import (
 )
 from llm_audit.errors import ConfigError
 from llm_audit.qkv import Rows, split_rows
-from llm_audit.quant import Quantized, QuantizedWeight, find_quantized
+from llm_audit.quant import NotDecoded, Quantized, QuantizedWeight, find_quantized
 from llm_audit.quant.bnb import Reader
 from llm_audit.quant.fp8 import FP8_DTYPES, dequantize_scaled, fp8_scale
 from llm_audit.sources.base import Source, TensorInfo
@@ -296,17 +296,15 @@ def _quantized_layers(
 ) -> list[Layer]:
     """The layers of a quantized weight (one per expert if it fuses experts), named after the
     weight it stands for, from its packed tensor `t`; none from its scales and zeros."""
-    q = quantized.weights.get(t.name)
-    skipped = quantized.not_decoded.get(t.name)
-    name = q.name if q is not None else skipped.name if skipped is not None else None
-    if name is None or (only is not None and not only.search(name)):
-        return []
-    if q is None:  # listed under the weight's name, with the packed tensor's shape and dtype
-        named = TensorInfo(name, t.shape, t.dtype, t.file)
-        (layer,) = _make_layers(named, family, name, by_name, tied=tied, min_evals=min_evals,
+    q = quantized.weights.get(t.name) or quantized.not_decoded.get(t.name)
+    if q is None or (only is not None and not only.search(q.name)):
+        return []  # a scale, a zero point, ... or a weight that --layers leaves out
+    if isinstance(q, NotDecoded):  # listed under the weight's name, with the packed tensor's shape
+        named = TensorInfo(q.name, t.shape, t.dtype, t.file)
+        (layer,) = _make_layers(named, family, q.name, by_name, tied=tied, min_evals=min_evals,
                                 sliced=False)  # fmt: skip
-        return [replace(layer, skip_status=UNSUPPORTED_QUANTIZATION, skip_reason=skipped.reason)]
-    made = _make_layers(q.as_tensor(), family, name, by_name, tied=tied, min_evals=min_evals,
+        return [replace(layer, skip_status=UNSUPPORTED_QUANTIZATION, skip_reason=q.reason)]
+    made = _make_layers(q.as_tensor(), family, q.name, by_name, tied=tied, min_evals=min_evals,
                         decoded=True)  # fmt: skip
     return [replace(layer, quant=q, stored_in_out=q.stored_in_out) for layer in made]
 

@@ -226,14 +226,18 @@ def _llama_layers(tmp_path: Path, per_layer: dict[str, dict[str, torch.Tensor]],
                   config: dict[str, Any]) -> Path:  # fmt: skip
     folder = tmp_path / "m"
     folder.mkdir()
-    tensors = {f"model.layers.0.{layer}.{k}": v for layer, p in per_layer.items() for k, v in p.items()}
+    tensors = {
+        f"model.layers.0.{layer}.{k}": v for layer, p in per_layer.items() for k, v in p.items()
+    }
     save_file({k: v.contiguous() for k, v in tensors.items()}, folder / "model.safetensors")
     (folder / "config.json").write_text(json.dumps({"model_type": "llama", **config}))
     return folder
 
 
 @pytest.mark.parametrize("method", ["gptq", "awq"])
-def test_gptq_and_awq_checkpoints_scan_like_their_float_weights(tmp_path: Path, method: str) -> None:
+def test_gptq_and_awq_checkpoints_scan_like_their_float_weights(
+    tmp_path: Path, method: str
+) -> None:
     g = torch.Generator().manual_seed(11)
     parts, floats = {}, {}
     for layer, shape in (("self_attn.q_proj", (128, 96)), ("mlp.down_proj", (96, 160))):
@@ -264,7 +268,10 @@ def test_bitsandbytes_4bit_matches_bitsandbytes(quant_type: str, nested: bool) -
         W, blocksize=64, quant_type=quant_type, compress_statistics=nested
     )
     reference = bnb.functional.dequantize_4bit(packed, state).float()
-    tensors = {"l.weight": packed, **{f"l.weight.{k}": v for k, v in state.as_dict(packed=True).items()}}
+    tensors = {
+        "l.weight": packed,
+        **{f"l.weight.{k}": v for k, v in state.as_dict(packed=True).items()},
+    }
     q = _weight(tensors, "l.weight")
     assert (q.shape, q.dtype) == ((72, 200), quant_type.upper())
     assert q.describe() == {"method": "bitsandbytes", "bits": 4, "group_size": 64}
@@ -301,10 +308,12 @@ def test_unknown_layouts_stay_unsupported_with_the_reason(tmp_path: Path) -> Non
     result = llm_audit.scan(_llama_layers(tmp_path, per_layer, config), traps=False)
     reasons = {r["name"]: (r["status"], r["reason"]) for r in result.records}
     assert reasons["model.layers.0.self_attn.q_proj.weight"] == (
-        "unsupported_quantization", "GPTQ weights without g_idx; not dequantized"
+        "unsupported_quantization",
+        "GPTQ weights without g_idx; not dequantized",
     )
     assert reasons["model.layers.0.self_attn.k_proj.weight"] == (
-        "unsupported_quantization", "AWQ version 'gemv' (only gemm is decoded); not dequantized"
+        "unsupported_quantization",
+        "AWQ version 'gemv' (only gemm is decoded); not dequantized",
     )
     status, reason = reasons["model.layers.0.mlp.up_proj.weight"]
     assert status == "unsupported_quantization" and "quant_state" in reason

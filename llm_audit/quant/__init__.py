@@ -61,10 +61,10 @@ def find_quantized(
             not_decoded[item.packed.name] = item
         companions.update(t.name for t in item.companions)
     for t in tensors:  # packed-looking tensors that no format claimed
-        item = _unrecognized(t, by_name)
-        if item is not None and t.name not in weights and t.name not in not_decoded:
-            not_decoded[t.name] = item
-            companions.update(c.name for c in item.companions)
+        unclaimed = _unrecognized(t, by_name)
+        if unclaimed is not None and t.name not in weights and t.name not in not_decoded:
+            not_decoded[t.name] = unclaimed
+            companions.update(c.name for c in unclaimed.companions)
     return Quantized(weights, not_decoded, frozenset(companions))
 
 
@@ -76,7 +76,9 @@ def _unrecognized(t: TensorInfo, by_name: dict[str, TensorInfo]) -> NotDecoded |
         return NotDecoded(t, f"{stem}.weight", reason + "; not dequantized", parts)
     scales = by_name.get(t.name.removesuffix(mxfp4.BLOCKS_SUFFIX) + mxfp4.SCALES_SUFFIX)
     if t.name.endswith(mxfp4.BLOCKS_SUFFIX) and scales is not None:
-        reason = f"_blocks/_scales of dtypes {t.dtype}/{scales.dtype} and shapes that are not MXFP4's"
+        reason = (
+            f"_blocks/_scales of dtypes {t.dtype}/{scales.dtype} and shapes that are not MXFP4's"
+        )
         stem = t.name.removesuffix(mxfp4.BLOCKS_SUFFIX)
         return NotDecoded(t, stem, reason + "; not dequantized", (scales,))
     return None

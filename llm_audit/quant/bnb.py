@@ -169,15 +169,16 @@ def four_bit(
     numel = shape[0] * shape[1]
     if weight.numel != -(-numel // 2) or absmax.numel != -(-numel // blocksize):
         raise LayoutError(f"bitsandbytes 4-bit tensors that do not hold a {list(shape)} matrix")
-    tables = ()
+    tables: tuple[TensorInfo, ...] = ()
     if nested is not None:
-        tables = (parts["nested_quant_map"], parts["nested_absmax"])
-        if None in tables or absmax.dtype != "U8":
+        found = [parts["nested_quant_map"], parts["nested_absmax"]]
+        tables = tuple(t for t in found if t is not None)
+        if len(tables) != 2 or absmax.dtype != "U8":
             raise LayoutError("double-quantized bitsandbytes weights without nested tensors")
     return Bnb4bitWeight(
         name=name,
         packed=weight,
-        companions=(quant_map, absmax, *(t for t in tables if t is not None)),
+        companions=(quant_map, absmax, *tables),
         shape=shape,
         stored_in_out=False,
         method=METHOD,

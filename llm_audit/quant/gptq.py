@@ -1,16 +1,17 @@
 """GPTQ (AutoGPTQ / GPTQModel checkpoints, `quant_method: gptq`), 2, 3, 4 or 8 bits.
 
-A linear layer `x` (out, in) is stored transposed and packed: `x.qweight` (int32, (in·bits/32, out)),
-packed along the input axis; `x.scales` (float16, (groups, out)); `x.qzeros` (int32,
-(groups, out·bits/32)), packed along the output axis; and `x.g_idx` (int32, (in,)), the group of each
-input row, which with act-order (`desc_act`) is not `row // group_size`. Integers are packed as one
-little-endian bit stream per column (see `base.unpack_last`). The float weight is
+A linear layer `x` (out, in) is stored transposed and packed: `x.qweight` (int32,
+(in·bits/32, out)), packed along the input axis; `x.scales` (float16, (groups, out)); `x.qzeros`
+(int32, (groups, out·bits/32)), packed along the output axis; and `x.g_idx` (int32, (in,)), the
+group of each input row, which with act-order (`desc_act`) is not `row // group_size`. Integers
+are packed as one little-endian bit stream per column (see `base.unpack_last`). The float weight is
 
     Wᵀ[i, o] = scales[g, o] · (q[i, o] − z[g, o]),   g = g_idx[i],
 
 where the stored zero is z − 1 in the original format (`checkpoint_format: gptq`, what AutoGPTQ
 writes and the Hub holds; AutoGPTQ adds the 1 back modulo 2^bits) and z itself in GPTQModel's
 `gptq_v2`. Bits and group size are read from the tensor shapes and checked against `config.json`.
+As AutoGPTQ's `QuantLinear` (qlinear_cuda) dequantizes, in float32.
 """
 
 from __future__ import annotations
@@ -100,8 +101,12 @@ def find(
                 raise LayoutError("GPTQ weights without g_idx")
             bits, group_size = layout(qweight, qzeros, scales, qconfig)
         except LayoutError as exc:
-            yield NotDecoded(qweight, f"{stem}.weight", f"{exc}; not dequantized", tuple(
-                p for p in parts if p is not None))
+            yield NotDecoded(
+                qweight,
+                f"{stem}.weight",
+                f"{exc}; not dequantized",
+                tuple(p for p in parts if p is not None),
+            )
             continue
         offset = 0 if str(qconfig.get("checkpoint_format", "gptq")) == V2 else 1
         yield GptqWeight(
