@@ -341,3 +341,18 @@ def test_safetensors_reads_only_the_rows_asked_for(tmp_path: Path) -> None:
     matrix = layer.matrix(source)
     assert torch.equal(matrix.rows(10, 20, torch.float32), expected[10:20])
     assert reads == [("w_blocks", 10, 20), ("w_scales", 10, 20)]
+
+
+def test_compare_float_with_gptq_subtracts_in_one_orientation(tmp_path: Path) -> None:
+    """GPTQ stores Wᵀ; the update against a float base is still W_gptq − W_float, not a mix."""
+    W = torch.randn(128, 96, generator=torch.Generator().manual_seed(13))
+    parts, dequantized = qw.gptq(W, 4, 32)
+    config = {"quantization_config": {"quant_method": "gptq", "bits": 4}}
+    other = _llama_layers(tmp_path, {"self_attn.q_proj": parts}, config)
+    name = "model.layers.0.self_attn.q_proj.weight"
+    result = llm_audit.compare({name: W}, other, traps=False)
+    (record,) = [r for r in result.records if r["name"] == name]
+    (delta,) = record["delta"].values()
+    noise = llm_audit.scan({name: dequantized - W}, traps=False).records[0]
+    assert delta["alpha"] == pytest.approx(noise["alpha"], rel=1e-6)
+    assert delta["stable_rank"] == pytest.approx(noise["stable_rank"], rel=1e-6)
