@@ -143,6 +143,7 @@ def write_mxfp4_vocabulary(folder: Path, *, vocab: int = 128_256, hidden: int = 
     and one hidden x hidden bf16 layer, with a config.json that names the quantization."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
     from safetensors.torch import save_file
+
     from tests.quant_writers import mxfp4
 
     g = torch.Generator().manual_seed(0)

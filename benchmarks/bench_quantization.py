@@ -27,9 +27,9 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
 
-import llm_audit  # noqa: E402
-from llm_audit.sources import bundled_model_path  # noqa: E402
-from tests import quant_writers as qw  # noqa: E402
+import llm_audit
+from llm_audit.sources import bundled_model_path
+from tests import quant_writers as qw
 
 GROUP = 128
 METHODS = ("float", "mxfp4", "gptq-8bit", "gptq-4bit", "gptq-3bit", "awq-4bit", "nf4", "int8")

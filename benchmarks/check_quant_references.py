@@ -25,11 +25,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
 
-from llm_audit.quant import find_quantized  # noqa: E402
-from llm_audit.quant.base import unpack_last  # noqa: E402
-from llm_audit.sources.base import SourceInfo  # noqa: E402
-from llm_audit.sources.memory import StateDictSource  # noqa: E402
-from tests import quant_writers as qw  # noqa: E402
+from llm_audit.quant import find_quantized
+from llm_audit.quant.base import unpack_last
+from llm_audit.sources.base import SourceInfo
+from llm_audit.sources.memory import StateDictSource
+from tests import quant_writers as qw
 
 
 def load(path: Path) -> ModuleType:
