@@ -35,8 +35,7 @@ from llm_audit.architectures import (
 )
 from llm_audit.errors import ConfigError
 from llm_audit.qkv import Rows, split_rows
-from llm_audit.quant import NotDecoded, Quantized, QuantizedWeight, find_quantized
-from llm_audit.quant.bnb import Reader
+from llm_audit.quant import NotDecoded, Quantized, QuantizedWeight, Reader, find_quantized
 from llm_audit.quant.fp8 import FP8_DTYPES, dequantize_scaled, fp8_scale
 from llm_audit.sources.base import Source, TensorInfo
 from llm_audit.spectral.esd import Gather, RowMatrix

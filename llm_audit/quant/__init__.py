@@ -17,11 +17,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_audit.quant import awq, bnb, gptq, mxfp4
-from llm_audit.quant.base import NotDecoded, QuantizedWeight
-from llm_audit.quant.bnb import Reader
+from llm_audit.quant.base import NotDecoded, QuantizedWeight, Reader
 from llm_audit.sources.base import TensorInfo
 
-__all__ = ["NotDecoded", "Quantized", "QuantizedWeight", "describe_config", "find_quantized"]
+__all__ = [
+    "NotDecoded",
+    "Quantized",
+    "QuantizedWeight",
+    "Reader",
+    "describe_config",
+    "find_quantized",
+]
 
 
 @dataclass(frozen=True)

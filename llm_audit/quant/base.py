@@ -10,6 +10,7 @@ matrix costs its packed bytes plus one block of float32, never a float copy of i
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,8 @@ from llm_audit.sources.base import Source, TensorInfo
 from llm_audit.spectral.esd import Gather
 
 WORD_BITS = 32  # GPTQ and AWQ pack integers into int32 words
+
+Reader = Callable[[TensorInfo], torch.Tensor]  # a tensor's stored values (Source.read)
 
 
 @dataclass(frozen=True)

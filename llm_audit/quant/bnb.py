@@ -16,13 +16,13 @@ so the weight is `int8 · SCB / 127`, computed as bitsandbytes' `int8_vectorwise
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from llm_audit.quant.base import LayoutError, NotDecoded, QuantizedWeight
+from llm_audit.quant.base import LayoutError, NotDecoded, QuantizedWeight, Reader
 from llm_audit.sources.base import Source, TensorInfo
 from llm_audit.spectral.esd import Gather
 
@@ -30,8 +30,6 @@ METHOD = "bitsandbytes"
 STATE = ".quant_state.bitsandbytes__"
 INT8_SCALE = 7.874015718698502e-3  # 1/127 as bitsandbytes multiplies by it
 STATE_BYTES = 1 << 16  # a quant_state is a few hundred bytes of JSON; more is not one
-
-Reader = Callable[[TensorInfo], torch.Tensor]
 
 
 @dataclass(frozen=True)
