@@ -291,12 +291,13 @@ def test_fp8_weights_are_dequantized_with_their_scales(tmp_path: Path) -> None:
 
 
 def test_quantized_layouts_not_decoded_are_listed_naming_the_format(tmp_path: Path) -> None:
-    """GPTQ without g_idx, and a bitsandbytes 4-bit weight whose quant_state is not JSON, stay
-    `unsupported_quantization` under their weight's name (tests/test_quant.py: the decoded ones)."""
+    """GPTQ zeros of no known bit width, and a bitsandbytes 4-bit weight whose quant_state is not
+    JSON, stay
+    `unsupported_quantization` under their weight's name (tests/test_quant.py: decoded ones)."""
     i32 = torch.zeros(8, 64, dtype=torch.int32)
     tensors = {
         "model.layers.0.self_attn.q_proj.qweight": i32,  # GPTQ: (in / 8, out) packed int4
-        "model.layers.0.self_attn.q_proj.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+        "model.layers.0.self_attn.q_proj.qzeros": torch.zeros(1, 5, dtype=torch.int32),
         "model.layers.0.self_attn.q_proj.scales": torch.ones(1, 64, dtype=torch.float16),
         "model.layers.0.mlp.up_proj.weight": torch.zeros(2048, 1, dtype=torch.uint8),  # nf4
         "model.layers.0.mlp.up_proj.weight.absmax": torch.ones(64),

@@ -181,6 +181,16 @@ def test_gptq_decodes_its_packing(bits: int, act_order: bool) -> None:
     _check_reads(q, tensors, expected.T.contiguous())
 
 
+def test_gptq_without_g_idx_groups_rows_in_order() -> None:
+    """Older checkpoints (GPTQ-for-LLaMa) have no g_idx: row i is in group i // group_size."""
+    W = torch.randn(64, 128, generator=torch.Generator().manual_seed(6))
+    parts, expected = qw.gptq(W, 4, 32)
+    tensors = {f"l.{k}": v for k, v in parts.items() if k != "g_idx"}
+    q = _weight(tensors, "l.qweight")
+    assert q.describe() == {"method": "gptq", "bits": 4, "group_size": 32}
+    _check_reads(q, tensors, expected.T.contiguous())
+
+
 def test_gptq_v2_zeros_are_stored_without_the_offset() -> None:
     W = torch.randn(32, 64, generator=torch.Generator().manual_seed(5))
     parts, expected = qw.gptq(W, 4, 32, v2=True)
@@ -294,7 +304,7 @@ def test_bitsandbytes_int8_matches_bitsandbytes() -> None:
 
 def test_unknown_layouts_stay_unsupported_with_the_reason(tmp_path: Path) -> None:
     gptq_parts, _ = qw.gptq(torch.randn(64, 64), 4, 32)
-    del gptq_parts["g_idx"]
+    gptq_parts["g_idx"] = gptq_parts["g_idx"][:10]
     awq_parts, _ = qw.awq(torch.randn(64, 64), 32)
     per_layer = {"self_attn.q_proj": gptq_parts, "self_attn.k_proj": awq_parts}
     per_layer["mlp.up_proj"] = {
@@ -309,7 +319,7 @@ def test_unknown_layouts_stay_unsupported_with_the_reason(tmp_path: Path) -> Non
     reasons = {r["name"]: (r["status"], r["reason"]) for r in result.records}
     assert reasons["model.layers.0.self_attn.q_proj.weight"] == (
         "unsupported_quantization",
-        "GPTQ weights without g_idx; not dequantized",
+        "GPTQ g_idx of shape [10]; not dequantized",
     )
     assert reasons["model.layers.0.self_attn.k_proj.weight"] == (
         "unsupported_quantization",

@@ -3,7 +3,8 @@
 A linear layer `x` (out, in) is stored transposed and packed: `x.qweight` (int32,
 (in·bits/32, out)), packed along the input axis; `x.scales` (float16, (groups, out)); `x.qzeros`
 (int32, (groups, out·bits/32)), packed along the output axis; and `x.g_idx` (int32, (in,)), the
-group of each input row, which with act-order (`desc_act`) is not `row // group_size`. Integers
+group of each input row, which with act-order (`desc_act`) is not `row // group_size` (older
+checkpoints without `g_idx` group rows in order). Integers
 are packed as one little-endian bit stream per column (see `base.unpack_last`). The float weight is
 
     Wᵀ[i, o] = scales[g, o] · (q[i, o] − z[g, o]),   g = g_idx[i],
@@ -47,15 +48,22 @@ class GptqWeight(QuantizedWeight):
     def rows(
         self, source: Source, start: int, stop: int, *, expert: int | None = None
     ) -> torch.Tensor:
-        qzeros, scales, g_idx = self.companions
+        qzeros, scales = self.companions[:2]
         # Every `bits` word rows hold 32 input rows: read whole units of 32 rows.
         first, last = start // WORD_BITS * WORD_BITS, min(self.shape[0], -(-stop // 32) * 32)
         words = source.read_rows(self.packed, first * self.bits // 32, last * self.bits // 32)
         q = unpack_last(words.T.contiguous(), self.bits).T[start - first : stop - first]
-        group = source.read_rows(g_idx, start, stop).to(torch.int64)
+        group = self._groups(source, start, stop)
         zeros = self._zeros(source.read(qzeros))
         scale = source.read(scales).to(torch.float32)
         return (q - zeros[group]).to(torch.float32).mul_(scale[group])
+
+    def _groups(self, source: Source, start: int, stop: int) -> torch.Tensor:
+        """The group of each input row in [start, stop): `g_idx`, or in order without one."""
+        if len(self.companions) == 3:
+            return source.read_rows(self.companions[2], start, stop).to(torch.int64)
+        assert self.group_size is not None
+        return torch.arange(start, stop) // self.group_size
 
     def _zeros(self, qzeros: torch.Tensor) -> torch.Tensor:
         """Every group's zero points, (groups, out), as int64."""
@@ -63,11 +71,11 @@ class GptqWeight(QuantizedWeight):
         return (z + self.zero_offset) & ((1 << self.bits) - 1)
 
     def element_reader(self, source: Source, *, expert: int | None = None) -> Gather:
-        qzeros, scales, g_idx = self.companions
+        qzeros, scales = self.companions[:2]
         words = source.read(self.packed).reshape(-1)
         zeros = self._zeros(source.read(qzeros)).reshape(-1)
         scale = source.read(scales).to(torch.float32).reshape(-1)
-        groups = source.read(g_idx).to(torch.int64)
+        groups = self._groups(source, 0, self.shape[0])
         cols = self.shape[1]
 
         def gather(index: torch.Tensor) -> torch.Tensor:
@@ -97,9 +105,9 @@ def find(
         if qweight.shape[1:] != scales.shape[1:]:
             continue  # packed along the output axis: AWQ's layout
         try:
-            if g_idx is None:
-                raise LayoutError("GPTQ weights without g_idx")
             bits, group_size = layout(qweight, qzeros, scales, qconfig)
+            if g_idx is not None and g_idx.shape != (qweight.shape[0] * WORD_BITS // bits,):
+                raise LayoutError(f"GPTQ g_idx of shape {list(g_idx.shape)}")
         except LayoutError as exc:
             yield NotDecoded(
                 qweight,
@@ -112,7 +120,7 @@ def find(
         yield GptqWeight(
             name=f"{stem}.weight",
             packed=qweight,
-            companions=(qzeros, scales, g_idx),
+            companions=(qzeros, scales) if g_idx is None else (qzeros, scales, g_idx),
             shape=(qweight.shape[0] * WORD_BITS // bits, qweight.shape[1]),
             stored_in_out=True,
             method=METHOD,
