@@ -105,16 +105,17 @@ def measure(methods: list[str]) -> dict[str, dict[str, Any]]:
 def table(results: dict[str, dict[str, Any]]) -> str:
     base = results["float"]
     lines = [
-        "| format | mean alpha | mean abs(Δalpha) | max abs(Δalpha) | alpha < 2 | trap layers "
-        "| traps |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| format | mean alpha | median abs(Δalpha) | mean abs(Δalpha) | max abs(Δalpha) "
+        "| alpha < 2 | trap layers | traps |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for method, layers in results.items():
         alphas = [v["alpha"] for v in layers.values()]
         delta = [abs(v["alpha"] - base[n]["alpha"]) for n, v in layers.items()]
         traps = [v["num_traps"] or 0 for v in layers.values()]
         lines.append(
-            f"| {method} | {statistics.mean(alphas):.3f} | {statistics.mean(delta):.3f} "
+            f"| {method} | {statistics.mean(alphas):.3f} | {statistics.median(delta):.3f} "
+            f"| {statistics.mean(delta):.3f} "
             f"| {max(delta):.3f} | {sum(a < 2 for a in alphas)} | {sum(t > 0 for t in traps)} "
             f"| {sum(traps)} |"
         )
