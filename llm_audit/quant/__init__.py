@@ -99,6 +99,8 @@ def describe_config(config: dict[str, Any] | None) -> dict[str, Any] | None:
     bits, group = qconfig.get("bits"), qconfig.get("group_size", qconfig.get("q_group_size"))
     if method == mxfp4.METHOD:
         bits, group = 4, mxfp4.BLOCK
+    elif method == "fp8":
+        bits = 8
     elif method == bnb.METHOD:
         bits = 4 if qconfig.get("load_in_4bit") else 8 if qconfig.get("load_in_8bit") else bits
     return {"method": method, "bits": bits, "group_size": group}

@@ -103,7 +103,8 @@ def _quantization(quant: Any) -> list[tuple[str, str]]:
     """A provenance line for weights read from a quantized checkpoint (none for a float one)."""
     if not isinstance(quant, Mapping):
         return []
-    what = f"{quant.get('method')}, {quant.get('bits')} bits"
+    bits = quant.get("bits")
+    what = f"{quant.get('method')}" + (f", {bits} bits" if bits else "")
     note = "spectra are of the dequantized weights and include quantization noise"
     return [("quantization", f"{escape(what)}: {note}")]
 
