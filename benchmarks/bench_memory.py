@@ -14,8 +14,11 @@ Two more cases put one vocabulary matrix in front (issue 13): `--case vocabulary
 bf16 embedding (128256 x 4096, 1.05 GB) plus one 4096² layer, target peak RSS 2.0 GB with traps and
 traps at most 1.6x the time without; `--case gguf`, a Gemma-3-shaped 262144 x 640 embedding
 written by the `gguf` package (Q8_0 or Q4_0), target 1.2 GB with traps.
+`--case mxfp4` (issue 17): the same 128256 x 4096 embedding stored as MXFP4 (`_blocks`/`_scales`,
+0.28 GB, written by tests/quant_writers.py) plus one 4096² bf16 layer, target 2.0 GB with traps;
+its float32 copy alone would be 2.1 GB, so rows and shuffled elements must be decoded in place.
 
-Usage: python benchmarks/bench_memory.py [--case llama|vocabulary|gguf] [--dtype f32]
+Usage: python benchmarks/bench_memory.py [--case llama|vocabulary|gguf|mxfp4] [--dtype f32]
        [--traps off,on] [--json PATH]
 """
 
@@ -31,10 +34,11 @@ from pathlib import Path
 from typing import Any
 
 import make_llama
+import torch
 from measure import Run, checkpoint_files, run_case, set_page_cache
 
 DTYPE_BYTES = {"BF16": 2, "F16": 2, "F32": 4, "F64": 8}
-CASE_TARGETS_GB = {"llama": 2048 * 2**20 / 1e9, "vocabulary": 2.0, "gguf": 1.2}
+CASE_TARGETS_GB = {"llama": 2048 * 2**20 / 1e9, "vocabulary": 2.0, "gguf": 1.2, "mxfp4": 2.0}
 
 
 def parse_args() -> argparse.Namespace:
@@ -107,6 +111,7 @@ def checkpoint(args: argparse.Namespace, tmp: str) -> tuple[Path, dict[str, Any]
         "llama": f"llama-{args.preset}-{args.dtype}",
         "vocabulary": "vocabulary-128256x4096-bf16",
         "gguf": f"vocabulary-262144x640-{args.gguf_type}.gguf",
+        "mxfp4": "vocabulary-128256x4096-mxfp4",
     }[args.case]
     folder = args.checkpoint or Path(tmp) / default
     if args.checkpoint and folder.exists() and any(checkpoint_files(folder)):
@@ -116,6 +121,8 @@ def checkpoint(args: argparse.Namespace, tmp: str) -> tuple[Path, dict[str, Any]
         start = time.perf_counter()
         if args.case == "vocabulary":
             info = {"folder": str(make_llama.write_large_vocabulary(folder))}
+        elif args.case == "mxfp4":
+            info = {"folder": str(write_mxfp4_vocabulary(folder))}
         elif args.case == "gguf":
             info = {"folder": str(make_llama.write_gguf_vocabulary(folder, qtype=args.gguf_type))}
         else:
@@ -129,6 +136,35 @@ def checkpoint(args: argparse.Namespace, tmp: str) -> tuple[Path, dict[str, Any]
     info["largest_shard_mib"] = max(f.stat().st_size for f in files) / 2**20
     info["largest_matrix"] = largest_matrix(folder)
     return folder, info
+
+
+def write_mxfp4_vocabulary(folder: Path, *, vocab: int = 128_256, hidden: int = 4096) -> Path:
+    """A Llama-3-shaped embedding stored as MXFP4, quantized 2048 rows at a time from N(0, 0.02²),
+    and one hidden x hidden bf16 layer, with a config.json that names the quantization."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/
+    from safetensors.torch import save_file
+
+    from tests.quant_writers import mxfp4
+
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.empty(vocab, hidden // 32, 16, dtype=torch.uint8)
+    scales = torch.empty(vocab, hidden // 32, dtype=torch.uint8)
+    for start in range(0, vocab, 2048):
+        stop = min(vocab, start + 2048)
+        blocks[start:stop], scales[start:stop], _ = mxfp4(
+            torch.randn(stop - start, hidden, generator=g) * 0.02
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    square = (torch.randn(hidden, hidden, generator=g) * 0.02).to(torch.bfloat16)
+    tensors = {
+        "model.embed_tokens.weight_blocks": blocks,
+        "model.embed_tokens.weight_scales": scales,
+        "model.layers.0.self_attn.o_proj.weight": square,
+    }
+    save_file(tensors, folder / "model.safetensors")
+    config = {"model_type": "llama", "quantization_config": {"quant_method": "mxfp4"}}
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
 
 
 def report(runs: list[Run], info: dict[str, Any], target: float) -> str:

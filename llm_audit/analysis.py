@@ -51,6 +51,7 @@ def base_record(layer: Layer) -> dict[str, Any]:
         "expert": layer.expert,
         "shape": [out_f, in_f],
         "dtype": layer.tensor.dtype,
+        "quantization": layer.quantization,
         **shape_columns(out_f, in_f),
     }
 

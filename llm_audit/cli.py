@@ -327,7 +327,7 @@ def _describe(args: argparse.Namespace) -> int:
 
     with open_source(args.model, revision=args.revision, allow_pickle=args.allow_pickle) as source:
         tensors = source.tensors()
-        layers, family = plan_layers(tensors, source.info.config)
+        layers, family = plan_layers(tensors, source.info.config, read=source.read)
     rows = [
         [
             layer.name,

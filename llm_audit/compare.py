@@ -114,7 +114,9 @@ def _open(
     if isinstance(source, LoraAdapterSource) and base is not None:
         _check_adapter(source, base)
         return _Model(label, source, tensors, base.family, base.layers, adapter=source)
-    planned, family = plan_layers(tensors, source.info.config, only=only, min_evals=cfg.min_evals)
+    planned, family = plan_layers(
+        tensors, source.info.config, only=only, min_evals=cfg.min_evals, read=source.read
+    )
     return _Model(label, source, tensors, family, {layer.name: layer for layer in planned})
 
 

@@ -63,8 +63,8 @@ def difference_job(
 
     def read() -> Matrix:
         return Difference(
-            _row_reader(other, other_source),
-            _row_reader(base, base_source),
+            _row_reader(other, other_source, like=base.stored_in_out),
+            _row_reader(base, base_source, like=base.stored_in_out),
             stored_shape=(base.stored_shape[0], base.stored_shape[1]),
             stored_in_out=base.stored_in_out,
         )
@@ -74,7 +74,15 @@ def difference_job(
     return Job(key, base, read, nbytes, cost(base))
 
 
-def _row_reader(layer: Layer, source: Source) -> RowReader:
-    """Stored rows [a, b) of the layer: read alone where the source can, else from one full read."""
+def _row_reader(layer: Layer, source: Source, *, like: bool) -> RowReader:
+    """Stored rows [a, b) of the layer: read alone where the source can, else from one full read.
+
+    Rows are those of the base's storage (`like`: stored as (in, out)): a layer stored the other
+    way (a GPTQ weight, stored transposed, against a float base) is read whole and transposed.
+    """
     matrix = layer.matrix(source)  # reads it whole now where the source cannot read rows
-    return lambda a, b: matrix.rows(a, b, matrix.dtype)
+    if layer.stored_in_out == like:
+        return lambda a, b: matrix.rows(a, b, matrix.dtype)
+    whole = matrix.materialize()  # (out, in)
+    stored = whole.T.contiguous() if like else whole
+    return lambda a, b: stored[a:b]

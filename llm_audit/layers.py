@@ -7,11 +7,13 @@ each expert matrix (every expert's gate, then every expert's down), so same-shap
 adjacent for batching.
 
 A layer is a whole 2-D tensor, or one expert's slice of a fused 3-D expert tensor
-(`slice_index`), or a quantized weight paired with the scale that dequantizes it (`scale`), or,
-when asked (`split_qkv`), the q, k or v rows of a fused attention matrix (`rows`, see qkv.py).
-`Layer.read` returns its matrix either way, and `Layer.matrix` the same matrix read lazily in row
-blocks; quantization formats with no rule here (GPTQ/AWQ packed integers, bitsandbytes, MXFP4
-blocks) are listed with the status `unsupported_quantization` and a reason that names the format.
+(`slice_index`), or an FP8 weight paired with the scale that dequantizes it (`scale`), or a
+quantized weight stored in several tensors (`quant`: MXFP4, GPTQ, AWQ, bitsandbytes; see the
+`quant` package, which finds them and decodes them), or, when asked (`split_qkv`), the q, k or v
+rows of a fused attention matrix (`rows`, see qkv.py). `Layer.read` returns its matrix either way,
+and `Layer.matrix` the same matrix read lazily in row blocks; a tensor that looks quantized in a
+layout the `quant` package does not decode is listed with the status `unsupported_quantization`
+and a reason that names the format.
 """
 
 from __future__ import annotations
@@ -35,8 +37,10 @@ from llm_audit.architectures import (
 )
 from llm_audit.errors import ConfigError
 from llm_audit.qkv import Rows, split_rows
+from llm_audit.quant import NotDecoded, Quantized, QuantizedWeight, Reader, find_quantized
+from llm_audit.quant.fp8 import FP8_DTYPES, dequantize_scaled, fp8_scale
 from llm_audit.sources.base import Source, TensorInfo
-from llm_audit.spectral.esd import RowMatrix
+from llm_audit.spectral.esd import Gather, RowMatrix
 from llm_audit.vocabulary import (
     TIED,
     TOO_SMALL,
@@ -46,9 +50,6 @@ from llm_audit.vocabulary import (
 )
 
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-FP8_DTYPES = ("F8_E4M3", "F8_E5M2")
-FP8_SCALES = ("weight_scale_inv", "weight_scale")  # DeepSeek-V3 block-wise; per-tensor/channel
-FP8_BLOCK = 128  # DeepSeek-V3 FP8: one scale per 128×128 block
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,23 @@ class Layer:
     scale: TensorInfo | None = None  # FP8 scale: the matrix is weight * scale (broadcast by block)
     rows: Rows | None = None  # this layer is q, k or v: these output rows of a fused matrix
     stack: str | None = None  # "encoder" or "decoder": with `block`, where the layer sits
+    quant: QuantizedWeight | None = None  # stored quantized: decoded from these tensors
+
+    @property
+    def quantization(self) -> dict[str, object] | None:
+        """What was dequantized to read it (method, bits, group size), for its record."""
+        if self.quant is not None:
+            return self.quant.describe()
+        if self.scale is not None:
+            return {"method": "fp8", "bits": 8, "group_size": None}
+        return None
+
+    @property
+    def stored_tensors(self) -> list[TensorInfo]:
+        """The checkpoint tensors read to build its matrix (for a source's read plan)."""
+        if self.quant is not None:
+            return list(self.quant.tensors)
+        return [self.tensor] if self.scale is None else [self.tensor, self.scale]
 
     @property
     def name(self) -> str:
@@ -105,7 +123,9 @@ class Layer:
 
     def read(self, source: Source) -> torch.Tensor:
         """The stored matrix on the CPU, not yet oriented: one expert's slice, FP8 dequantized."""
-        if self.slice_index is None:
+        if self.quant is not None:
+            W = self.quant.rows(source, 0, self.tensor.shape[-2], expert=self.slice_index)
+        elif self.slice_index is None:
             W = source.read(self.tensor)
         else:
             W = source.read_slice(self.tensor, self.slice_index)
@@ -132,7 +152,8 @@ class Layer:
                 dtype=whole.dtype,
                 whole=lambda: whole,
             )
-        dtype = None if self.scale is not None else _DTYPES.get(self.tensor.dtype)
+        decoded = self.scale is not None or self.quant is not None
+        dtype = None if decoded else _DTYPES.get(self.tensor.dtype)
         return RowMatrix(
             lambda a, b: self.read_rows(source, a, b),
             (rows, cols),
@@ -141,12 +162,16 @@ class Layer:
             # Float tensors are memory maps, read whole for free; dequantized ones are built
             # from row blocks by `elements`, or decoded element by element where they can be.
             whole=(lambda: self.read(source)) if dtype is not None else None,
-            gather=(
-                source.element_reader(self.tensor, expert=self.slice_index)
-                if dtype is None and self.scale is None and self.rows is None
-                else None
-            ),
+            gather=self._gather(source) if dtype is None and self.rows is None else None,
         )
+
+    def _gather(self, source: Source) -> Gather | None:
+        """Decodes single stored elements, where the format can (see `RowMatrix.gather`)."""
+        if self.quant is not None:
+            return self.quant.element_reader(source, expert=self.slice_index)
+        if self.scale is None:
+            return source.element_reader(self.tensor, expert=self.slice_index)
+        return None
 
     def read_rows(self, source: Source, start: int, stop: int) -> torch.Tensor:
         """Stored rows [start, stop) of what `read` returns, reading only those rows' bytes from
@@ -160,6 +185,8 @@ class Layer:
 
     def _fused_rows(self, source: Source, start: int, stop: int) -> torch.Tensor:
         """Rows [start, stop) of the whole stored tensor (or expert slice), dequantized."""
+        if self.quant is not None:
+            return self.quant.rows(source, start, stop, expert=self.slice_index)
         W = source.read_rows(self.tensor, start, stop, expert=self.slice_index)
         if self.scale is None:
             return W
@@ -169,32 +196,6 @@ class Layer:
 
 
 _DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
-
-
-def dequantize_scaled(
-    W: torch.Tensor, scale: torch.Tensor, *, first_row: int = 0, rows: int | None = None
-) -> torch.Tensor:
-    """W * scale as float32, the scale per tensor, per row, or per block (DeepSeek-V3: 128×128).
-
-    A (R, C) scale for an (out, in) weight covers 128×128 blocks when R = ceil(out/128) (the
-    DeepSeek-V3 `weight_block_size`), else blocks of ceil(out/R) rows (likewise for columns).
-    W may be the rows [first_row, first_row + len(W)) of a weight of `rows` rows.
-    """
-    W32 = W.to(torch.float32)
-    s = scale.to(torch.float32)
-    if s.numel() == 1:
-        return W32 * s.reshape(())
-    if s.dim() == 1:
-        s = s.reshape(-1, 1)
-    cols = W32.shape[1]
-    br = _block_size(rows or W32.shape[0], s.shape[0])
-    bc = _block_size(cols, s.shape[1])
-    per_row = s[torch.arange(first_row, first_row + W32.shape[0]) // br]
-    return W32 * per_row.repeat_interleave(bc, dim=1)[:, :cols]
-
-
-def _block_size(n: int, blocks: int) -> int:
-    return FP8_BLOCK if -(-n // FP8_BLOCK) == blocks else -(-n // blocks)
 
 
 def _natural(name: str) -> tuple[Any, ...]:
@@ -217,26 +218,29 @@ def plan_layers(
     only: re.Pattern[str] | None = None,
     min_evals: int = 8,
     split_qkv: bool = False,
+    read: Reader | None = None,
 ) -> tuple[list[Layer], str]:
     """The layers of a model in model order, and the architecture family used to name them.
 
+    Quantized weights are found by the `quant` package and become layers under the name of the
+    weight they stand for (`...q_proj.weight` for a GPTQ `...q_proj.qweight`); `read` reads the
+    few bytes where a format keeps a weight's shape (bitsandbytes 4-bit), without which such
+    weights are listed as `unsupported_quantization`.
     With `split_qkv`, each fused qkv matrix becomes three layers, q, k and v, sized by `config`'s
     head counts; `ConfigError` if its family has no known layout or the counts do not fit.
     """
     names = [t.name for t in tensors]
     family = choose_family(names, config)
     by_name = {t.name: t for t in tensors}
+    quantized = find_quantized(tensors, config, read=read)
     tied = bool((config or {}).get("tie_word_embeddings", config is not None))
     layers: list[Layer] = []
     for t in tensors:
-        if only is not None and not only.search(t.name):
+        if quantized.is_part(t.name):
+            layers += _quantized_layers(t, quantized, family, by_name, tied=tied,
+                                        min_evals=min_evals, only=only)  # fmt: skip
+        elif only is not None and not only.search(t.name):
             continue
-        quantized = _quantized(t, by_name, config)
-        if quantized is not None:
-            base_name, reason = quantized
-            (layer,) = _make_layers(t, family, base_name, by_name, tied=tied, min_evals=min_evals,
-                                    sliced=False)  # fmt: skip
-            layers.append(replace(layer, skip_status=UNSUPPORTED_QUANTIZATION, skip_reason=reason))
         elif _match(family, t.name) or is_layer_tensor(t) or _generic_fused(t):
             layers += _make_layers(t, family, t.name, by_name, tied=tied, min_evals=min_evals)
     if split_qkv:
@@ -282,6 +286,31 @@ def _split_qkv(
     return out
 
 
+def _quantized_layers(
+    t: TensorInfo,
+    quantized: Quantized,
+    family: Family | None,
+    by_name: dict[str, TensorInfo],
+    *,
+    tied: bool,
+    min_evals: int,
+    only: re.Pattern[str] | None,
+) -> list[Layer]:
+    """The layers of a quantized weight (one per expert if it fuses experts), named after the
+    weight it stands for, from its packed tensor `t`; none from its scales and zeros."""
+    q = quantized.weights.get(t.name) or quantized.not_decoded.get(t.name)
+    if q is None or (only is not None and not only.search(q.name)):
+        return []  # a scale, a zero point, ... or a weight that --layers leaves out
+    if isinstance(q, NotDecoded):  # listed under the weight's name, with the packed tensor's shape
+        named = TensorInfo(q.name, t.shape, t.dtype, t.file)
+        (layer,) = _make_layers(named, family, q.name, by_name, tied=tied, min_evals=min_evals,
+                                sliced=False)  # fmt: skip
+        return [replace(layer, skip_status=UNSUPPORTED_QUANTIZATION, skip_reason=q.reason)]
+    made = _make_layers(q.as_tensor(), family, q.name, by_name, tied=tied, min_evals=min_evals,
+                        decoded=True)  # fmt: skip
+    return [replace(layer, quant=q, stored_in_out=q.stored_in_out) for layer in made]
+
+
 def _generic_fused(t: TensorInfo) -> bool:
     """An unnamed 3-D tensor under an `experts` module: fused experts, by the common convention."""
     return len(t.shape) == 3 and "experts" in t.name.split(".")
@@ -296,6 +325,7 @@ def _make_layers(
     tied: bool,
     min_evals: int,
     sliced: bool = True,
+    decoded: bool = False,
 ) -> list[Layer]:
     """The layer of `t` (one per expert if it fuses experts), its role found from `name`."""
     match = _match(family, name)
@@ -326,7 +356,7 @@ def _make_layers(
     place = (1, STACKS.index(stack), section) if stack else (2 * (section // 2), 0, 0)
     key = (place, block if block is not None else -1, index, -1 if expert is None else expert,
            _natural(name))  # fmt: skip
-    scale = _fp8_scale(t, by_name)
+    scale = fp8_scale(t, by_name)
     fused = (
         sliced and len(t.shape) == 3 and (match[0].fused_experts if match else _generic_fused(t))
     )
@@ -335,7 +365,7 @@ def _make_layers(
         tied_to if tied and tied_to in by_name else None,
         min_evals,
         fused=fused,
-        scaled=scale is not None,
+        scaled=scale is not None or decoded,
     )
     layer = Layer(
         t, block, role, in_out, key, status, reason, expert=expert, scale=scale, stack=stack
@@ -370,36 +400,3 @@ def decodable(dtype: str) -> bool:
     from llm_audit.sources.gguf import dequantizable_types
 
     return dtype in FLOAT_DTYPES or dtype in dequantizable_types()
-
-
-def _fp8_scale(t: TensorInfo, by_name: dict[str, TensorInfo]) -> TensorInfo | None:
-    """The scale tensor of an FP8 weight (`x.weight` + `x.weight_scale_inv` or `x.weight_scale`)."""
-    if t.dtype not in FP8_DTYPES or not t.name.endswith("weight"):
-        return None
-    for suffix in FP8_SCALES:
-        scale = by_name.get(t.name.removesuffix("weight") + suffix)
-        if scale is not None and len(scale.shape) <= 2:
-            return scale
-    return None
-
-
-def _quantized(
-    t: TensorInfo, by_name: dict[str, TensorInfo], config: dict[str, Any] | None
-) -> tuple[str, str] | None:
-    """(name of the weight it stands for, reason) for the packed tensor of a quantized layer."""
-    method = str(((config or {}).get("quantization_config") or {}).get("quant_method", ""))
-    stem, _, last = t.name.rpartition(".")
-    if last == "qweight" and stem + ".scales" in by_name:
-        fmt = method.upper() if method in ("gptq", "awq") else "GPTQ/AWQ"
-        return (
-            f"{stem}.weight",
-            f"{fmt} packed int4 weights (qweight/qzeros/scales); not dequantized",
-        )
-    if last == "weight" and t.dtype in ("U8", "I8"):
-        if any(n.startswith(f"{t.name}.quant_state.bitsandbytes__") for n in by_name):
-            return t.name, "bitsandbytes 4-bit weights (weight + quant_state); not dequantized"
-        if stem + ".SCB" in by_name:
-            return t.name, "bitsandbytes 8-bit weights (weight + SCB); not dequantized"
-    if t.name.endswith("_blocks") and t.name.removesuffix("_blocks") + "_scales" in by_name:
-        return t.name.removesuffix("_blocks"), "MXFP4 weights (_blocks/_scales); not dequantized"
-    return None

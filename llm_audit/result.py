@@ -25,6 +25,7 @@ import pandas as pd
 from llm_audit.architectures import model_family
 from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError, OutputError
+from llm_audit.quant import describe_config
 from llm_audit.report.files import replace_folder, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
 from llm_audit.vocabulary import SCHEMA_VERSION
@@ -182,6 +183,7 @@ def provenance(info: SourceInfo, tensors: list[TensorInfo], naming: str | None) 
         "family": model_family(info.config, naming),
         "num_parameters": sum(t.numel for t in tensors),
         "dtype": dtypes[0] if len(dtypes) == 1 else dtypes,
+        "quantization": describe_config(info.config),  # method, bits, group size; or None
     }
 
 

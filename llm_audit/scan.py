@@ -127,7 +127,12 @@ def _scan(
     with open_source(model, revision=revision, allow_pickle=allow_pickle, stream=stream) as source:
         tensors = source.tensors()
         planned, family = plan_layers(
-            tensors, source.info.config, only=only, min_evals=cfg.min_evals, split_qkv=cfg.split_qkv
+            tensors,
+            source.info.config,
+            only=only,
+            min_evals=cfg.min_evals,
+            split_qkv=cfg.split_qkv,
+            read=source.read,
         )
         if not planned:
             raise ConfigError(
@@ -176,9 +181,7 @@ def _read_order(source: Source, jobs: list[Job]) -> list[Job]:
         files = {f: i for i, f in enumerate(source.info.files)}
         jobs = sorted(jobs, key=lambda job: files.get(job.layer.tensor.file or "", 0))
     layers = [job.layer for job in jobs]
-    source.plan_reads(
-        [layer.tensor for layer in layers] + [s for layer in layers if (s := layer.scale)]
-    )
+    source.plan_reads([t for layer in layers for t in layer.stored_tensors])
     return jobs
 
 

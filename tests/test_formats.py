@@ -14,7 +14,8 @@ from safetensors.torch import save_file
 
 import llm_audit
 from llm_audit.errors import CheckpointFormatError
-from llm_audit.layers import Layer, dequantize_scaled, plan_layers
+from llm_audit.layers import Layer, plan_layers
+from llm_audit.quant.fp8 import dequantize_scaled
 from llm_audit.sources import open_source
 from llm_audit.sources.safetensors_files import SafetensorsSource
 
@@ -289,11 +290,14 @@ def test_fp8_weights_are_dequantized_with_their_scales(tmp_path: Path) -> None:
     assert alphas["model.layers.0.mlp.up_proj.weight"] == pytest.approx(reference["b.weight"])
 
 
-def test_gptq_and_bitsandbytes_are_skipped_naming_the_format(tmp_path: Path) -> None:
+def test_quantized_layouts_not_decoded_are_listed_naming_the_format(tmp_path: Path) -> None:
+    """GPTQ zeros of no known bit width, and a bitsandbytes 4-bit weight whose quant_state is not
+    JSON, stay
+    `unsupported_quantization` under their weight's name (tests/test_quant.py: decoded ones)."""
     i32 = torch.zeros(8, 64, dtype=torch.int32)
     tensors = {
         "model.layers.0.self_attn.q_proj.qweight": i32,  # GPTQ: (in / 8, out) packed int4
-        "model.layers.0.self_attn.q_proj.qzeros": torch.zeros(1, 8, dtype=torch.int32),
+        "model.layers.0.self_attn.q_proj.qzeros": torch.zeros(1, 5, dtype=torch.int32),
         "model.layers.0.self_attn.q_proj.scales": torch.ones(1, 64, dtype=torch.float16),
         "model.layers.0.mlp.up_proj.weight": torch.zeros(2048, 1, dtype=torch.uint8),  # nf4
         "model.layers.0.mlp.up_proj.weight.absmax": torch.ones(64),
@@ -301,26 +305,22 @@ def test_gptq_and_bitsandbytes_are_skipped_naming_the_format(tmp_path: Path) -> 
         "model.layers.0.mlp.up_proj.weight.quant_state.bitsandbytes__nf4": torch.zeros(
             10, dtype=torch.uint8
         ),
-        "model.layers.0.mlp.down_proj.weight": torch.zeros(64, 64, dtype=torch.int8),  # int8
-        "model.layers.0.mlp.down_proj.SCB": torch.ones(64),
         "model.layers.0.mlp.gate_proj.weight": torch.randn(64, 64),
     }
     config = {"model_type": "llama", "quantization_config": {"quant_method": "gptq"}}
     result = llm_audit.scan(_write(tmp_path / "m", tensors, config), traps=False)
     by_name = {r["name"]: r for r in result.records}
     assert set(by_name) == {
-        "model.layers.0.self_attn.q_proj.qweight",
+        "model.layers.0.self_attn.q_proj.weight",
         "model.layers.0.mlp.gate_proj.weight",
         "model.layers.0.mlp.up_proj.weight",
-        "model.layers.0.mlp.down_proj.weight",
     }
-    q = by_name["model.layers.0.self_attn.q_proj.qweight"]
+    q = by_name["model.layers.0.self_attn.q_proj.weight"]
     assert (q["role"], q["block"], q["status"]) == ("q", 0, "unsupported_quantization")
     assert "GPTQ" in q["reason"]
-    assert "bitsandbytes 4-bit" in by_name["model.layers.0.mlp.up_proj.weight"]["reason"]
-    assert "bitsandbytes 8-bit" in by_name["model.layers.0.mlp.down_proj.weight"]["reason"]
+    assert "bitsandbytes quant_state" in by_name["model.layers.0.mlp.up_proj.weight"]["reason"]
     assert by_name["model.layers.0.mlp.gate_proj.weight"]["status"] == "success"
-    assert result.summary["skipped"] == {"unsupported_quantization": 3}
+    assert result.summary["skipped"] == {"unsupported_quantization": 2}
 
 
 def test_fp8_without_a_scale_stays_unsupported(tmp_path: Path) -> None:

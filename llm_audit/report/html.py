@@ -107,6 +107,16 @@ def check_audit(audit: Any) -> None:
 # (1) provenance -----------------------------------------------------------------------------------
 
 
+def _quantization(quant: Any) -> list[tuple[str, str]]:
+    """A provenance line for weights read from a quantized checkpoint (none for a float one)."""
+    if not isinstance(quant, Mapping):
+        return []
+    bits = quant.get("bits")
+    what = f"{quant.get('method')}" + (f", {bits} bits" if bits else "")
+    note = "spectra are of the dequantized weights and include quantization noise"
+    return [("quantization", f"{escape(what)}: {note}")]
+
+
 def _header(audit: Mapping[str, Any]) -> str:
     model = audit.get("model") or {}
     settings = audit.get("settings") or {}
@@ -123,6 +133,7 @@ def _header(audit: Mapping[str, Any]) -> str:
         ("family", escape(str(model.get("family") or "—"))),
         ("parameters", f"{params / 1e6:,.1f} M ({int(params):,})" if params is not None else "—"),
         ("dtype", escape(str(dtype or "—"))),
+        *_quantization(model.get("quantization")),
         ("estimator", escape(str(settings.get("estimator", "—")))),
         ("device", escape(str(settings.get("device", "—")))),
         ("seed", escape(str(settings.get("seed", "—")))),
