@@ -84,11 +84,13 @@ def gemma3(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def scan_in_child(model: Path, out: Path) -> dict[str, Any]:
     """Scan `model` (no traps, seed 0) in a fresh process, so that its peak RSS is the scan's
-    alone: the audit as `to_json` gives it, with `peak_mib` added."""
+    alone: the audit as `to_json` gives it, with `peak_mib` added. The peak is the process's own
+    VmHWM: `ru_maxrss` keeps the high-water mark of the forked copy of pytest across execve."""
     code = (
-        "import json, resource, sys, llm_audit\n"
+        "import json, re, sys, llm_audit\n"
         "audit = llm_audit.scan(sys.argv[1], traps=False, seed=0).to_json()\n"
-        "audit['peak_mib'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        "status = open('/proc/self/status').read()\n"
+        "audit['peak_mib'] = int(re.search(r'VmHWM:\\s+(\\d+) kB', status)[1]) / 1024\n"
         "open(sys.argv[2], 'w').write(json.dumps(audit))\n"
     )
     subprocess.run([sys.executable, "-c", code, str(model), str(out)], check=True)

@@ -169,5 +169,7 @@ class _RandpermPermutation:
     def __init__(self, size: int, seed: int):
         self._order = torch.randperm(size, generator=torch.Generator().manual_seed(seed % 2**63))
 
-    def block(self, start: int, stop: int, device: torch.device | None = None) -> torch.Tensor:
+    def block(
+        self, start: int, stop: int, device: torch.device | None = None, *, threads: int = 1
+    ) -> torch.Tensor:
         return self._order[start:stop].to(device)
