@@ -439,6 +439,13 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
         f"trap layers: {summary['num_trap_layers']} ({summary['total_traps']} traps)  "
         f"fit failed: {summary['num_alpha_fit_failed']}  time: {summary['seconds']:.1f} s"
     )
+    dimensions = summary.get("outlier_dimensions") or []
+    if dimensions:
+        where = ", ".join(f"{d['index']} ({len(d['layers'])} layers)" for d in dimensions)
+        lines.append(
+            f"outlier dimensions (informational): {where}; "
+            f"{summary['total_outlier_dimension_traps']} traps lie on them"
+        )
     return "\n".join(lines)
 
 

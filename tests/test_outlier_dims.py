@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import llm_audit
+from llm_audit.cli import format_summary
 from llm_audit.config import AuditConfig, Thresholds, VerdictRule
 from llm_audit.flags import flagged, verdict
 from llm_audit.outlier_dims import (
@@ -328,3 +329,11 @@ def test_report_panel_lists_dimensions_and_scattered_layers() -> None:
     quiet = [{"name": "l0.o", "role": "o", "status": "success", "flags": [], "trap_kind": None}]
     html = render_html(_audit_with(quiet, []))
     assert 'id="outliers"' not in html and 'href="#outliers"' not in html
+
+
+def test_the_cli_summary_names_the_outlier_dimensions(minilm_scan: llm_audit.AuditResult) -> None:
+    """The terminal summary says where the informational traps are, not only that none count."""
+    text = format_summary(minilm_scan.summary, minilm_scan.records)
+    last = text.splitlines()[-1]
+    assert last.startswith("outlier dimensions (informational): 223 (")
+    assert "267 (3 layers)" in last and last.endswith("6 traps lie on them")
