@@ -24,6 +24,7 @@ from llm_audit.result import FORMATS, REPORT_FILES, check_formats, check_output_
 from llm_audit.vocabulary import ESTIMATORS
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 DEBUG_ENV = "LLM_AUDIT_DEBUG"  # "1": print the traceback of an unexpected exception
 
 
@@ -175,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         _say(f"interrupted{_rank()}; {_resume_hint(args)}", own_line=drawing)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout's reader went away (`| head`): not a flag, not a bug
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
+        return EXIT_PIPE_CLOSED
     except Exception as exc:  # a bug: never exit 1, which CI reads as "a --fail-on flag fired"
         if args.debug or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
             traceback.print_exc()

@@ -198,6 +198,17 @@ def test_each_rank_names_itself(inputs: Path, cli: Cli, monkeypatch: pytest.Monk
     assert code == 2 and err.startswith("llm-audit: error (rank 1 of 2): "), err
 
 
+@pytest.mark.slow
+def test_a_closed_stdout_is_141_and_silent(inputs: Path) -> None:
+    """`llm-audit describe m | head` whose reader has gone: not exit 1 (a flag), not 3 (a bug)."""
+    command = [sys.executable, "-m", "llm_audit", "describe", str(inputs / "good")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert process.stdout is not None and process.stderr is not None
+    process.stdout.close()  # before the first write, which then fails with EPIPE
+    assert process.wait(timeout=120) == 141
+    assert process.stderr.read() == b""
+
+
 @pytest.mark.parametrize("finished", [True, False])
 def test_ctrl_c_ends_on_its_own_line_and_says_how_to_resume(
     finished: bool, inputs: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
