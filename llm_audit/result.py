@@ -196,7 +196,10 @@ def run_settings(
         "device": device,
         "layers": layers,
         "eigensolver": "float64 Gram (smaller side) + eigvalsh",
-        "dtype_policy": "F64/F32/F16/BF16 upcast to float64 chunk by chunk; other dtypes skipped",
+        "dtype_policy": (
+            "F64/F32/F16/BF16 upcast to float64 chunk by chunk; GGUF, FP8, MXFP4, GPTQ, AWQ and "
+            "bitsandbytes dequantized row block by row block; other dtypes skipped"
+        ),
         "started": started.isoformat(timespec="seconds"),
         "versions": versions(),
     }
