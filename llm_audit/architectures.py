@@ -68,7 +68,7 @@ def _template_regex(name: str) -> re.Pattern[str]:
     body = re.escape(name)
     for field in ("block", "expert"):
         body = body.replace(re.escape("{" + field + "}"), rf"(?P<{field}>\d+)")
-    return re.compile(rf"^(?:.*\.)?{body}$")
+    return re.compile(rf"^(?P<prefix>(?:.*\.)?){body}$")  # prefix: `bert.`, `model.`
 
 
 def parse_family(data: dict[str, Any], where: str) -> Family:

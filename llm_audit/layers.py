@@ -253,8 +253,20 @@ def _match(family: Family | None, name: str) -> tuple[Template, dict[str, int]] 
     for template in family.templates if family else ():
         m = template.pattern.match(name)
         if m:
-            return template, {k: int(v) for k, v in m.groupdict().items()}
+            return template, {k: int(v) for k, v in m.groupdict().items() if k != "prefix"}
     return None
+
+
+def _tie_target(template: Template, name: str, by_name: dict[str, TensorInfo]) -> str | None:
+    """The tensor that `name`'s layer is tied to: the template's target under `name`'s own prefix
+    (`model.`), else the one tensor whose name ends with it (BertForMaskedLM ties
+    `cls.predictions.decoder` to `bert.embeddings.word_embeddings`)."""
+    m = template.pattern.match(name)
+    if template.tied_to is None or m is None:
+        return None
+    same = m["prefix"] + template.tied_to
+    hits = [same] if same in by_name else [n for n in by_name if n.endswith("." + template.tied_to)]
+    return hits[0] if len(hits) == 1 else None
 
 
 def _split_qkv(
@@ -338,7 +350,7 @@ def _make_layers(
             template.index,
             template.section,
         )
-        tied_to, stack = template.tied_to, template.stack
+        tied_to, stack = _tie_target(template, name, by_name), template.stack
     else:
         block, expert, role, in_out, index, tied_to, stack = (
             generic_block(name),

@@ -121,6 +121,22 @@ def test_tied_head_present_in_file_is_analyzed_once(tmp_path: Path) -> None:
     assert head.skip_status == "tied" and "model.embed_tokens.weight" in (head.skip_reason or "")
 
 
+def test_tie_follows_the_checkpoints_prefix(tmp_path: Path) -> None:
+    """BertForMaskedLM stores `bert.embeddings...` and `cls.predictions.decoder.weight`: the head is
+    tied to the prefixed embedding, so it is analyzed once, as the embedding."""
+    hidden, vocab = 8, 40
+    t = {
+        "bert.embeddings.word_embeddings.weight": torch.randn(vocab, hidden),
+        "bert.encoder.layer.0.attention.self.query.weight": torch.randn(hidden, hidden),
+    }
+    t["cls.predictions.decoder.weight"] = t["bert.embeddings.word_embeddings.weight"].clone()
+    config = {"model_type": "bert", "tie_word_embeddings": True}
+    layers, _ = _plan(write_shards(tmp_path / "m", t, config=config))
+    head = next(layer for layer in layers if layer.role == "lm_head")
+    assert head.skip_status == "tied"
+    assert "bert.embeddings.word_embeddings.weight" in (head.skip_reason or "")
+
+
 def test_unknown_architecture_falls_back_to_generic(tmp_path: Path) -> None:
     tensors = {
         "net.blocks.0.attn.W_Q.weight": torch.randn(16, 16),
