@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
-from llm_audit.report.files import check_report_folder, report_lock
-from llm_audit.result import FORMATS, REPORT_FILES, check_formats, check_output_folder
+from llm_audit.report.files import check_report_folder, check_writable, report_lock
+from llm_audit.result import FORMATS, REPORT_FILES, check_formats
 from llm_audit.vocabulary import ESTIMATORS
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -306,7 +306,7 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     cfg = run.load(args.task, args.config)
     out = args.out or Path("reports") / "calibration" / args.task
-    check_output_folder(out)
+    check_writable(out)
     cal = run.run(args.task, cfg, out, progress=not args.no_progress)
     ph = cal.phases
     print(

@@ -12,7 +12,6 @@ import datetime as dt
 import functools
 import json
 import math
-import os
 import platform
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -24,7 +23,7 @@ import pandas as pd
 
 from llm_audit.architectures import model_family
 from llm_audit.config import AuditConfig
-from llm_audit.errors import ConfigError, OutputError
+from llm_audit.errors import ConfigError
 from llm_audit.quant import describe_config
 from llm_audit.report.files import replace_folder, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
@@ -221,21 +220,6 @@ def check_formats(formats: tuple[str, ...]) -> None:
     if unknown or not formats:
         name = repr(unknown[0]) if unknown else "(empty)"
         raise ConfigError(f"--format: unknown format {name}; use any of {', '.join(FORMATS)}")
-
-
-def check_output_folder(folder: Path) -> None:
-    """Fail before a long scan, not after it, when `folder` cannot be created or written."""
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise OutputError(
-            f"cannot create the folder ({existing} is not a folder)", path=str(folder)
-        )
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise OutputError(
-            f"cannot create the folder ({existing} is not writable)", path=str(folder)
-        )
 
 
 def write_json(path: Path, data: Any) -> None:

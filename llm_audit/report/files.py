@@ -59,13 +59,11 @@ def _inert(cell: Any) -> Any:
 # ---- the report folder ------------------------------------------------------------------------
 
 
-def check_report_folder(folder: Path, names: frozenset[str]) -> None:
-    """Fail before a long scan, not after it: `folder` must be creatable and replaceable, which
-    needs a writable parent (the staging folder goes there), and may hold only report files
-    (`names`) and resume journals. Raises `OutputError`."""
-    if folder.name in ("", ".", ".."):  # the folder is renamed as a whole: it needs a name
-        raise OutputError("is not a folder name; give --out a named folder", path=str(folder))
-    existing = folder.parent
+def check_writable(folder: Path, *, within: Path | None = None, why: str = "") -> None:
+    """Fail before a long run, not after it, when `folder` cannot be created or written: the
+    nearest existing folder at or above `within` (default `folder`) must be a writable folder.
+    Raises `OutputError`, with `why` added to the message."""
+    existing = within if within is not None else folder
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
@@ -73,11 +71,23 @@ def check_report_folder(folder: Path, names: frozenset[str]) -> None:
             f"cannot create the folder ({existing} is not a folder)", path=str(folder)
         )
     if not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"; {why}" if why else ""
         raise OutputError(
-            f"cannot write the report: {existing} is not writable, and the report is built "
-            "beside the folder and swapped in; choose another --out",
-            path=str(folder),
+            f"cannot create the folder ({existing} is not writable){reason}", path=str(folder)
         )
+
+
+def check_report_folder(folder: Path, names: frozenset[str]) -> None:
+    """Fail before a long scan, not after it: `folder` must be creatable and replaceable, which
+    needs a writable parent (the staging folder goes there), and may hold only report files
+    (`names`) and resume journals. Raises `OutputError`."""
+    if folder.name in ("", ".", ".."):  # the folder is renamed as a whole: it needs a name
+        raise OutputError("is not a folder name; give --out a named folder", path=str(folder))
+    check_writable(
+        folder,
+        within=folder.parent,
+        why="the report is built beside the folder and swapped in; choose another --out",
+    )
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise OutputError("is not a folder; choose another --out", path=str(folder))
     foreign = sorted(_foreign(folder, names)) if folder.is_dir() else []
