@@ -5,6 +5,7 @@ matrices)."""
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ class _RandpermPermutation:
     def __init__(self, size: int, seed: int):
         self._order = torch.randperm(size, generator=torch.Generator().manual_seed(seed % 2**63))
 
-    def block(
-        self, start: int, stop: int, device: torch.device | None = None, *, threads: int = 1
-    ) -> torch.Tensor:
-        return self._order[start:stop].to(device)
+    def gather(
+        self, take: Callable[[torch.Tensor], torch.Tensor], start: int, out: torch.Tensor, **_: int
+    ) -> None:
+        out[:] = take(self._order[start : start + len(out)].to(out.device))

@@ -118,13 +118,29 @@ def test_trap_metrics_do_not_depend_on_the_thread_count(dtype: torch.dtype) -> N
     np.testing.assert_array_equal(one[1]["rand_evals"], two[1]["rand_evals"])
 
 
-@pytest.mark.parametrize("t", [0.5, 50.0, 300.0, 800.0, 5000.0])
-def test_cholesky_count_equals_eigenvalue_count(t: float) -> None:
+def test_inertia_count_equals_eigenvalue_count_at_every_gap() -> None:
+    """The LDLᵀ count (Sylvester's inertia) against eigvalsh, for a threshold in every gap of
+    the spectrum, below it and above it: every mix of 1×1 and 2×2 pivot blocks is met."""
     W = _gaussian(400, 120, seed=5).double()
     W[0, 0] = W[1, 1] = 30.0
     G = W.T @ W
-    count, _ = traps._count_above(G, t)
-    assert count == int((torch.linalg.eigvalsh(G) > t).sum())
+    evals = torch.linalg.eigvalsh(G)
+    gaps = ((evals[1:] + evals[:-1]) / 2).tolist()
+    for t in [float(evals[0]) / 2, *gaps, 2 * float(evals[-1])]:
+        count, near = traps._count_above(G, t)
+        assert (count, near) == (int((evals > t).sum()), False), t
+
+
+def test_inertia_count_says_when_an_eigenvalue_is_within_the_tolerance() -> None:
+    W = _gaussian(400, 120, seed=5).double()
+    W[0, 0] = 30.0
+    G = W.T @ W
+    evals = torch.linalg.eigvalsh(G)
+    top, gap = float(evals[-1]), float(evals[-1] - evals[-2])
+    assert traps._count_above(G, top + gap / 10, tol=gap / 5)[1]  # the top one is within
+    assert traps._count_above(G, top - gap / 10, tol=gap / 5)[1]
+    assert traps._count_above(G, top + gap / 2, tol=gap / 5) == (0, False)
+    assert traps._count_above(G, top - gap / 2, tol=gap / 5) == (1, False)
 
 
 def test_unfittable_shuffled_spectrum_is_a_status_not_a_crash() -> None:
@@ -199,3 +215,45 @@ def test_float32_tolerance_covers_the_measured_float32_error(kind: str) -> None:
     G64, _ = traps.shuffled_gram(lazy, perm, mu, torch.float64)
     error = (torch.linalg.eigvalsh(G32.double()) - torch.linalg.eigvalsh(G64)).abs().max()
     assert float(error) < traps.float32_tolerance(4000, float(G64.diagonal().max())) / 4
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "planted", "offset", "heavy"])
+def test_float32_eigvalsh_tolerance_covers_the_measured_error(kind: str) -> None:
+    """The shuffled spectrum comes from a float32 eigvalsh; its error bound, which decides when
+    it is taken again in float64, is above the error measured against float64 on the same
+    Gram (uncentred: the offset case keeps its mean spike)."""
+    g = torch.Generator().manual_seed(3)
+    W = torch.randn(1600, 400, generator=g, dtype=torch.float64)
+    if kind == "planted":
+        W[5, 6] = W[70, 80] = 60.0
+    if kind == "offset":
+        W += 2.0
+    if kind == "heavy":
+        W = W / torch.rand(1600, 400, generator=g, dtype=torch.float64).clamp_min(1e-3) ** 0.6
+    G = W.T @ W
+    exact = torch.linalg.eigvalsh(G)
+    error = (torch.linalg.eigvalsh(G.float()).double() - exact).abs().max()
+    assert float(error) < traps.float32_eigvalsh_tolerance(400, float(exact[-1])) / 4
+
+
+def test_a_float32_spectrum_near_the_mp_threshold_is_taken_again_in_float64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With an error bound so wide that every eigenvalue is near the MP threshold, the spectra
+    are recomputed by a float64 eigvalsh (and the Gram by float64 when that is not enough)."""
+    W = _gaussian(600, 200, seed=2)
+    evals = eigenvalues(W).numpy()
+    exact, exact_spectra = traps.trap_metrics(W, evals, seed=4)
+    calls: list[torch.dtype] = []
+    spectrum = traps._spectrum
+
+    def recording(G: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+        calls.append(dtype)
+        return spectrum(G, dtype)
+
+    monkeypatch.setattr(traps, "_spectrum", recording)
+    monkeypatch.setattr(traps, "float32_eigvalsh_tolerance", lambda M, lam: 10 * lam)
+    record, spectra = traps.trap_metrics(W, evals, seed=4)
+    assert calls == [torch.float32, torch.float64]
+    assert record["rand_num_spikes"] == exact["rand_num_spikes"]
+    np.testing.assert_allclose(spectra["rand_evals"], exact_spectra["rand_evals"], rtol=1e-4)

@@ -15,6 +15,7 @@ the same on CPU and GPU, for any block size and any number of ranks.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -54,7 +55,7 @@ class Permutation:
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         """π(index) for indices in [0, size), same shape, in `self.dtype`, on index's device."""
         x = index.to(self.dtype, copy=True)
-        self._permute_chunks(x.reshape(-1), threads=1)
+        self._permute(x.reshape(-1), self._tables_on(x.device))
         return x
 
     def block(
@@ -62,30 +63,45 @@ class Permutation:
     ) -> torch.Tensor:
         """π(start), ..., π(stop - 1): where the elements of positions [start, stop) come from.
         `threads` CPU threads share the work; the result does not depend on it."""
-        x = torch.arange(start, stop, device=device, dtype=self.dtype)
-        self._permute_chunks(x, threads=threads)
-        return x
+        out = torch.empty(stop - start, dtype=self.dtype, device=device)
+        self.gather(lambda index: index, start, out, threads=threads)
+        return out
 
-    def _permute_chunks(self, x: torch.Tensor, *, threads: int) -> None:
-        """π of a flat x in place, CHUNK indices at a time. On the CPU, `threads` Python threads
-        take every `threads`-th chunk, each running torch on one thread: the steps are too short
-        for an OpenMP team (each waits for every thread, and with another process on the second
-        core two OpenMP threads made it 4-20x slower)."""
-        tables = self._tables_on(x.device)
-        chunks = x.split(CHUNK)
-        threads = min(threads, len(chunks)) if x.device.type == "cpu" else 1
-        shares = [chunks[i::threads] for i in range(max(threads, 1))]
+    def gather(
+        self,
+        take: Callable[[torch.Tensor], torch.Tensor],
+        start: int,
+        out: torch.Tensor,
+        *,
+        threads: int = 1,
+    ) -> None:
+        """out[k] = take(π(start + k)) for every k, converted to out's dtype.
 
-        def permute(share: tuple[torch.Tensor, ...]) -> None:
+        CHUNK positions at a time, and each chunk's source indices are gathered by the thread
+        that computed them while they are in cache. On the CPU, `threads` Python threads take
+        every `threads`-th chunk, each running torch on one thread: the steps are too short for
+        an OpenMP team (each waits for every thread, and with another process on the second
+        core two OpenMP threads made π 4-20x slower), and a random gather waits on memory,
+        which index_select does on one thread. The result does not depend on `threads`.
+        """
+        tables = self._tables_on(out.device)
+        starts = range(start, start + len(out), CHUNK)
+        threads = min(threads, len(starts)) if out.device.type == "cpu" else 1
+
+        def fill(share: range) -> None:
             with torch_threads(1):
-                for chunk in share:
-                    self._permute(chunk, tables)
+                for a in share:
+                    b = min(a + CHUNK, start + len(out))
+                    index = torch.arange(a, b, device=out.device, dtype=self.dtype)
+                    self._permute(index, tables)
+                    out[a - start : b - start] = take(index)
 
+        shares = [starts[i::threads] for i in range(max(threads, 1))]
         if len(shares) == 1:
-            permute(shares[0])
+            fill(shares[0])
             return
         with ThreadPoolExecutor(len(shares)) as pool:
-            list(pool.map(permute, shares))
+            list(pool.map(fill, shares))
 
     def _permute(self, x: torch.Tensor, tables: list[torch.Tensor]) -> None:
         """π of one chunk in place (its rounds run in cache); cycle-walking goes again on the

@@ -25,7 +25,7 @@ layer is recomputed with a float64 Gram, so float32 never decides a count.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -95,32 +95,73 @@ def shuffled_gram(
     sums = torch.zeros(M, dtype=torch.float64, device=device)
     for start in range(0, N, step):
         stop = min(N, start + step)
-        where = permutation.block(start * M, stop * M, device, threads=threads)
+        block = torch.empty((stop - start) * M, dtype=dtype, device=device)
+        permutation.gather(take, start * M, block, threads=threads)
         with torch_threads(threads):
-            block = take(where).to(dtype).sub_(mu).reshape(stop - start, M)
+            block = block.sub_(mu).reshape(stop - start, M)
             total.add(block)
         sums += block.sum(dim=0, dtype=torch.float64)
     return total.result(), sums
 
 
-def _count_above(G: torch.Tensor, t: float) -> tuple[int, torch.Tensor | None]:
-    """Eigenvalues of symmetric G above t: 0 by one Cholesky when none, else from eigvalsh."""
+def _count_above(G: torch.Tensor, t: float, tol: float = 0.0) -> tuple[int, bool]:
+    """How many eigenvalues of symmetric G exceed t, and whether one lies within tol of t.
+
+    No eigendecomposition: by Sylvester's law of inertia the eigenvalues of G above s are the
+    negative ones of the block-diagonal D in an LDLᵀ factorization of s·I − G (4x cheaper than
+    `eigvalsh`). The common trap-free case is settled by one Cholesky of (t − tol)·I − G, which
+    succeeds exactly when no eigenvalue exceeds t − tol.
+    """
     eye = torch.eye(G.shape[0], dtype=G.dtype, device=G.device)
-    _, info = torch.linalg.cholesky_ex(t * eye - G)
+    _, info = torch.linalg.cholesky_ex((t - tol) * eye - G)
     if int(info) == 0:
-        return 0, None
-    evals = torch.linalg.eigvalsh(G)
-    return int((evals > t).sum()), evals
+        return 0, False
+    above = _eigenvalues_above(G, t + tol, eye)
+    near = tol > 0 and _eigenvalues_above(G, t - tol, eye) != above
+    return above, near
+
+
+def _eigenvalues_above(G: torch.Tensor, s: float, eye: torch.Tensor) -> int:
+    """The negative eigenvalues of D in s·I − G = L·D·Lᵀ (Bunch–Kaufman: D has 1×1 blocks, and
+    2×2 blocks where LAPACK's pivots are negative, each counted by its determinant and trace)."""
+    LD, pivots, _ = torch.linalg.ldl_factor_ex(s * eye - G)
+    d, off = LD.diagonal().cpu().numpy(), LD.diagonal(-1).cpu().numpy()
+    paired = (pivots < 0).cpu().numpy()
+    first = np.flatnonzero(paired)[0::2]  # each 2×2 block holds two consecutive paired indices
+    det = d[first] * d[first + 1] - off[first] ** 2
+    negative = int((d[~paired] < 0).sum()) + int((det < 0).sum())
+    negative += 2 * int(((det >= 0) & (d[first] < 0)).sum())
+    return negative
 
 
 @dataclass(frozen=True)
 class _Shuffle:
-    """One shuffle's spectrum and trap count; `tolerance` is its eigenvalues' error bound."""
+    """One shuffle: its uncentred Gram (float64), spectrum and trap count, with the error bounds
+    of its float32 parts (0 where computed in float64)."""
 
+    gram: torch.Tensor
     rand_evals: np.ndarray
     num_traps: int
-    tolerance: float
-    near_threshold: bool  # an eigenvalue of the centred Gram within `tolerance` of the threshold
+    gram_tolerance: float  # of the float32 Gram sum (`float32_tolerance`)
+    eig_tolerance: float  # of a float32 eigvalsh (`float32_eigvalsh_tolerance`)
+    near_threshold: bool  # a centred eigenvalue within `gram_tolerance` of the trap threshold
+
+    def exact_spectrum(self) -> _Shuffle:
+        """The same shuffle, its spectrum from a float64 eigvalsh."""
+        return replace(self, rand_evals=_spectrum(self.gram, torch.float64), eig_tolerance=0.0)
+
+
+def _spectrum(G: torch.Tensor, dtype: torch.dtype) -> np.ndarray:
+    return torch.linalg.eigvalsh(G.to(dtype)).to(torch.float64).clamp_min(0).cpu().numpy()
+
+
+def float32_eigvalsh_tolerance(M: int, lam_max: float) -> float:
+    """Bound on the eigenvalue error of a float32 `eigvalsh` of an M×M Gram: M·eps32·λ_max.
+
+    LAPACK's bound is a low-degree polynomial in M times eps·‖G‖; measured on Gaussian, planted,
+    offset and heavy-tailed Grams it was at most M/13·eps32·λ_max (tests/test_traps.py).
+    """
+    return M * EPS32 * lam_max
 
 
 def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any) -> _Shuffle:
@@ -130,33 +171,48 @@ def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **wher
     max_diagonal = float(Gc.diagonal().max())
     tol = float32_tolerance(N, max_diagonal) if dtype == torch.float32 else 0.0
     t = max(trap_threshold(float(Gc.diagonal().sum()) / M, N / M, M), N * EPS64 * max_diagonal)
-    count, evals = _count_above(Gc, t - tol)
-    near = evals is not None and bool(((evals - t).abs() <= tol).any())
-    if evals is not None:
-        count = int((evals > t).sum())
+    count, near = _count_above(Gc, t, tol)
     # The shuffle itself, uncentred: (S−μ)ᵀ(S−μ) + μ(c1ᵀ + 1cᵀ) + N·μ²·11ᵀ, c the column sums.
     G = Gc.add_(mu * (sums[:, None] + sums[None, :])).add_(N * mu * mu)
-    rand = torch.linalg.eigvalsh(G).clamp_min(0).cpu().numpy()
-    return _Shuffle(rand, count, tol, near)
+    rand = _spectrum(G, dtype)
+    eig_tol = float32_eigvalsh_tolerance(M, float(rand[-1])) if dtype == torch.float32 else 0.0
+    return _Shuffle(G, rand, count, tol, eig_tol, near)
 
 
 def _shuffles(
     W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any
 ) -> tuple[list[_Shuffle], MPFit] | None:
     """Every shuffle of the layer and the MP fit of their pooled spectra; None when a float32
-    Gram put an eigenvalue too close to a threshold to count it."""
+    Gram put an eigenvalue too close to a threshold to count it. Spectra from a float32
+    eigvalsh are taken again in float64 when one is too close to the MP fit's threshold."""
     replicas = SMALL_LAYER_REPLICAS if min(W.shape) < SMALL_LAYER_EVALS else 1
     keys = [(seed * SMALL_LAYER_REPLICAS + r) % 2**64 for r in range(replicas)]  # one per shuffle
     shuffles = [_one_shuffle(W, key, mu, dtype, **where) for key in keys]
-    pooled = np.sort(np.concatenate([s.rand_evals for s in shuffles]))
-    mp = fit_mp(pooled, Q=max(W.shape) / min(W.shape), M=min(W.shape))
-    tol = max(s.tolerance for s in shuffles)
-    near_mp = (
-        tol > 0 and mp.status == SUCCESS and bool((np.abs(pooled - mp.threshold) <= tol).any())
-    )
-    if any(s.near_threshold for s in shuffles) or near_mp:
+    if any(s.near_threshold for s in shuffles):
         return None
+    mp = _pooled_fit(W, shuffles)
+    if _near_mp_threshold(mp, shuffles):
+        shuffles = [s.exact_spectrum() for s in shuffles]
+        mp = _pooled_fit(W, shuffles)
+        if _near_mp_threshold(mp, shuffles):
+            return None
     return shuffles, mp
+
+
+def _pooled_fit(W: LazyMatrix, shuffles: list[_Shuffle]) -> MPFit:
+    pooled = np.sort(np.concatenate([s.rand_evals for s in shuffles]))
+    return fit_mp(pooled, Q=max(W.shape) / min(W.shape), M=min(W.shape))
+
+
+def _near_mp_threshold(mp: MPFit, shuffles: list[_Shuffle]) -> bool:
+    """Whether a shuffled eigenvalue lies within its error bound of the MP fit's threshold."""
+    if mp.status != SUCCESS:
+        return False
+    return any(
+        bool((np.abs(s.rand_evals - mp.threshold) <= s.gram_tolerance + s.eig_tolerance).any())
+        for s in shuffles
+        if s.gram_tolerance + s.eig_tolerance > 0
+    )
 
 
 def trap_metrics(
