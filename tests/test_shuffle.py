@@ -35,11 +35,34 @@ def test_same_seed_same_permutation_other_seed_another() -> None:
 
 def test_known_values_pin_the_permutation() -> None:
     """Trap counts and the calibration tests' seeds depend on π itself: a faster evaluation must
-    give the same values (these are from the first implementation, one op per step)."""
-    assert Permutation(1000, 0).block(0, 8).tolist() == [423, 744, 970, 861, 996, 126, 111, 82]
-    # Across a boundary of the chunks evaluated together, with cycle-walking.
+    give the same values (these are from the mixed-radix network of issue 13)."""
+    assert Permutation(1000, 0).block(0, 8).tolist() == [195, 963, 463, 130, 620, 929, 436, 885]
+    # 3·2^18 + 1 has no divisor near its root: a cover, with cycle-walking, across chunks.
     middle = Permutation(3 * 2**18 + 1, 5).block(2**18 - 2, 2**18 + 2).tolist()
-    assert middle == [16806, 641509, 365010, 658582]
+    assert middle == [526224, 327888, 546471, 355237]
+
+
+@pytest.mark.parametrize("size", [1000, 3 * 2**18 + 1, 384 * 1536, 2**31 + 11])
+def test_vectorized_network_equals_the_definition(size: int) -> None:
+    """The rounds as written in the docstring, one Python integer at a time: (L, R) → (R,
+    (L + T[R]) mod a), radices swapping, cycle-walking past `size`. The tensor version adds
+    moduli back by sign bits and splits positions by precomputed tiles."""
+    perm = Permutation(size, 21)
+    tables = [(modulus, [t + modulus for t in table.tolist()]) for modulus, table in perm._rounds]
+
+    def definition(x: int) -> int:
+        while True:
+            high, low = divmod(x, perm.b)
+            for modulus, table in tables:
+                high, low = low, (high + table[low]) % modulus
+            x = high * perm.b + low
+            if x < size:
+                return x
+
+    positions = [0, 1, size // 2, size - 2, size - 1, *range(shuffle.CHUNK - 3, shuffle.CHUNK + 3)]
+    positions = [x for x in positions if x < size]
+    got = [int(perm.block(x, x + 1)[0]) for x in positions]
+    assert got == [definition(x) for x in positions]
 
 
 def test_any_split_into_blocks_gives_the_same_permutation() -> None:
@@ -67,14 +90,14 @@ def test_threads_share_the_chunks_without_changing_the_permutation() -> None:
 def test_int64_path_equals_int32_path(monkeypatch: pytest.MonkeyPatch) -> None:
     """Matrices of 2^31 elements or more are indexed in int64: the same arithmetic."""
     narrow = Permutation(70_000, 9).block(0, 70_000)
-    monkeypatch.setattr(shuffle, "INT32_BITS", 0)
+    monkeypatch.setattr(shuffle, "INT32_LIMIT", 0)
     wide = Permutation(70_000, 9)
     assert wide.dtype == torch.int64
     assert torch.equal(wide.block(0, 70_000), narrow.long())
 
 
 def test_huge_size_blocks_stay_in_range() -> None:
-    size = 262_144 * 16_384 + 3  # over 2^32: int64, cycle-walking on a 2^33 domain
+    size = 262_144 * 16_384 + 3  # over 2^32: int64
     values = Permutation(size, 1).block(size - 100_000, size)
     assert values.dtype == torch.int64
     assert int(values.min()) >= 0 and int(values.max()) < size

@@ -5,16 +5,20 @@ every element and a shuffled copy (about 6.5 bytes per stored bf16 element on to
 neither: position i of the shuffled matrix holds element π(i) of W, and π is computed for the
 positions of one row block at a time, whose values are then gathered from W where it lives.
 
-π is a bijection of [0, n). A Feistel network is a bijection of [0, 2^k) whatever its round
-functions; applying it again to the values that land in [n, 2^k) (cycle-walking, Black & Rogaway
-2002) restricts it to [0, n), and since 2^k < 2n that takes under two tries on average. The round
-functions are tables of random integers drawn from the seed, and four rounds of random functions
-make a pseudo-random permutation (Luby & Rackoff 1988). Being integer arithmetic on tables, π is
-the same on CPU and GPU, for any block size and any number of ranks.
+π is a bijection of [0, n). It is a mixed-radix Feistel network (the construction of NIST's
+format-preserving FF1): the domain is split as n = a·b, a position x as (x // b, x % b), and each
+round maps (L, R) to (R, (L + T[R]) mod a), swapping the two radices, so an even number of rounds
+ends where it started. Any tables give a bijection; random tables drawn from the seed make four
+rounds a pseudo-random permutation (Luby & Rackoff 1988) when a and b are of like size. A matrix
+has n = N·M, which nearly always has a divisor near √n; when it has none (n prime, say) the
+network runs on a slightly larger a·b < n + 2√n + 1 and walks the few positions that land past
+n through it again (cycle-walking, Black & Rogaway 2002). Being integer arithmetic on tables,
+π is the same on CPU and GPU, for any block size and any number of ranks.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,40 +27,49 @@ import torch
 from llm_audit.spectral.esd import torch_threads
 
 ROUNDS = 4
-INT32_BITS = 31  # indices below 2^31 are computed in int32 (about 1.5x faster than int64)
-CHUNK = 2**18  # indices whose rounds run in cache together (1.3x faster than 4M at a time)
+INT32_LIMIT = 2**31  # domains below this are computed in int32 (about 1.5x faster than int64)
+CHUNK = 2**18  # positions whose rounds run in cache together (1.3x faster than 4M at a time)
+MAX_RADIX_RATIO = 16  # a divisor split more lopsided than b/a = 16 is replaced by a cover
+
+
+def split(n: int) -> tuple[int, int]:
+    """Radices (a, b) of like size with a·b ≥ n: the largest divisor a ≤ √n of n when
+    b/a stays within MAX_RADIX_RATIO (then a·b = n exactly), else a cover ⌈√n⌉·⌈n/⌈√n⌉⌉."""
+    root = math.isqrt(n)
+    lowest = max(2, math.ceil(root / math.sqrt(MAX_RADIX_RATIO)))
+    for a in range(root, lowest - 1, -1):
+        if n % a == 0:
+            return a, n // a
+    a = root if root * root == n else root + 1
+    return a, -(-n // a)
 
 
 class Permutation:
-    """π, a pseudo-random bijection of [0, size) keyed by `seed`; call it on a tensor of indices.
-
-    The index is split into a left and a right part (of `bits // 2` and the remaining bits); each
-    round maps (L, R) to (R, L xor T[R]) with a table T of random values, so the two widths swap
-    from one round to the next and any `bits` works, odd or even.
-    """
+    """π, a pseudo-random bijection of [0, size) keyed by `seed`; call it on a tensor of indices."""
 
     def __init__(self, size: int, seed: int):
         if size < 1:
             raise ValueError(f"a permutation needs at least one element, got size={size}")
         self.size = size
-        self.bits = max(2, (size - 1).bit_length())
-        self.dtype = torch.int32 if self.bits <= INT32_BITS else torch.int64
+        self.a, self.b = split(size)
+        self.dtype = torch.int32 if self.a * self.b < INT32_LIMIT else torch.int64
         generator = torch.Generator().manual_seed(seed)
-        self._widths = []  # (left, right) bits of each round
-        self._tables = []  # per round, R -> (R << left) | T[R], T[R] random in [0, 2^left)
-        left, right = self.bits // 2, self.bits - self.bits // 2
+        # Per round (modulus, table): the table maps the low part R to T[R] − modulus, T[R]
+        # random in [0, modulus), so that L + table[R] lies in [−modulus, modulus).
+        self._rounds: list[tuple[int, torch.Tensor]] = []
+        high, low = self.a, self.b
         for _ in range(ROUNDS):
-            self._widths.append((left, right))
-            table = torch.randint(0, 2**left, (2**right,), generator=generator)
-            self._tables.append((torch.arange(2**right) << left | table).to(self.dtype))
-            left, right = right, left
-        self._on: dict[torch.device, list[torch.Tensor]] = {torch.device("cpu"): self._tables}
+            table = torch.randint(0, high, (low,), generator=generator) - high
+            self._rounds.append((high, table.to(self.dtype)))
+            high, low = low, high
+        self._on: dict[torch.device, tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, index: torch.Tensor) -> torch.Tensor:
         """π(index) for indices in [0, size), same shape, in `self.dtype`, on index's device."""
-        x = index.to(self.dtype, copy=True)
-        self._permute(x.reshape(-1), self._tables_on(x.device))
-        return x
+        flat = index.reshape(-1).to(self.dtype)
+        tables, _, _ = self._tables_on(flat.device)
+        out = self._walk(self._network(flat // self.b, flat % self.b, tables), tables)
+        return out.reshape(index.shape)
 
     def block(
         self, start: int, stop: int, device: torch.device | None = None, *, threads: int = 1
@@ -84,17 +97,19 @@ class Permutation:
         core two OpenMP threads made π 4-20x slower), and a random gather waits on memory,
         which index_select does on one thread. The result does not depend on `threads`.
         """
-        tables = self._tables_on(out.device)
+        tables, quotients, remainders = self._tables_on(out.device)
         starts = range(start, start + len(out), CHUNK)
         threads = min(threads, len(starts)) if out.device.type == "cpu" else 1
 
         def fill(share: range) -> None:
             with torch_threads(1):
-                for a in share:
-                    b = min(a + CHUNK, start + len(out))
-                    index = torch.arange(a, b, device=out.device, dtype=self.dtype)
-                    self._permute(index, tables)
-                    out[a - start : b - start] = take(index)
+                for first in share:
+                    count = min(CHUNK, start + len(out) - first)
+                    q, r = divmod(first, self.b)  # positions split by the precomputed tiles
+                    high = quotients[r : r + count] + q
+                    low = remainders[r : r + count].clone()
+                    index = self._walk(self._network(high, low, tables), tables)
+                    out[first - start : first - start + count] = take(index)
 
         shares = [starts[i::threads] for i in range(max(threads, 1))]
         if len(shares) == 1:
@@ -103,31 +118,43 @@ class Permutation:
         with ThreadPoolExecutor(len(shares)) as pool:
             list(pool.map(fill, shares))
 
-    def _permute(self, x: torch.Tensor, tables: list[torch.Tensor]) -> None:
-        """π of one chunk in place (its rounds run in cache); cycle-walking goes again on the
-        indices that landed outside [0, size) until none is left."""
-        self._feistel(x, tables)
+    def _network(
+        self, high: torch.Tensor, low: torch.Tensor, tables: list[torch.Tensor]
+    ) -> torch.Tensor:
+        """The Feistel network on (x // b, x % b), in place; returns x' = L'·b + R'.
+
+        A round adds table[R] to L (the result lies in [−modulus, modulus)) and adds the
+        modulus back where it is negative, by its sign bits: five passes, no division.
+        """
+        sign_shift = torch.iinfo(self.dtype).bits - 1
+        scratch = torch.empty_like(high)
+        for (modulus, _), table in zip(self._rounds, tables, strict=True):
+            torch.index_select(table, 0, low, out=scratch)
+            high.add_(scratch)
+            torch.bitwise_right_shift(high, sign_shift, out=scratch)  # −1 where negative
+            high.add_(scratch.bitwise_and_(modulus))
+            high, low = low, high  # (L, R) → (R, L + T[R] mod modulus)
+        return high.mul_(self.b).add_(low)
+
+    def _walk(self, x: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
+        """Cycle-walking: values past `size` (only when the domain is a cover) go through the
+        network again until each lands in [0, size)."""
+        if self.a * self.b == self.size:
+            return x
         walking = (x >= self.size).nonzero().squeeze(1)
         while walking.numel():
-            again = self._feistel(x[walking], tables)
+            again = x[walking]
+            again = self._network(again // self.b, again % self.b, tables)
             x[walking] = again
             walking = walking[again >= self.size]
-
-    def _feistel(self, x: torch.Tensor, tables: list[torch.Tensor]) -> torch.Tensor:
-        """The Feistel network applied to x in place, with two scratch tensors of x's size.
-
-        A round maps (L, R) to (R, L xor T[R]), that is x to ((R << left) | T[R]) xor L: the
-        shift and the or are folded into the round's table, so a round is four passes over x.
-        """
-        low, looked_up = torch.empty_like(x), torch.empty_like(x)
-        for (_, right), table in zip(self._widths, tables, strict=True):
-            torch.bitwise_and(x, (1 << right) - 1, out=low)
-            x.bitwise_right_shift_(right)  # L, the high part
-            torch.index_select(table, 0, low, out=looked_up)
-            x.bitwise_xor_(looked_up)
         return x
 
-    def _tables_on(self, device: torch.device) -> list[torch.Tensor]:
+    def _tables_on(
+        self, device: torch.device
+    ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """The round tables, and x // b and x % b for x in [0, CHUNK + b), on `device`."""
         if device not in self._on:
-            self._on[device] = [t.to(device) for t in self._tables]
+            tile = torch.arange(CHUNK + self.b, dtype=self.dtype, device=device)
+            tables = [table.to(device) for _, table in self._rounds]
+            self._on[device] = (tables, tile // self.b, tile % self.b)
         return self._on[device]
