@@ -257,3 +257,17 @@ def test_a_float32_spectrum_near_the_mp_threshold_is_taken_again_in_float64(
     assert calls == [torch.float32, torch.float64]
     assert record["rand_num_spikes"] == exact["rand_num_spikes"]
     np.testing.assert_allclose(spectra["rand_evals"], exact_spectra["rand_evals"], rtol=1e-4)
+
+
+@pytest.mark.parametrize("n", [5, 2560, 2561, 1_000_003])
+def test_largest_finds_what_topk_finds(n: int) -> None:
+    """Group maxima narrow the search; the k largest are the same values as topk's, also when
+    they crowd into one group or sit in the ragged tail."""
+    g = torch.Generator().manual_seed(n)
+    values = torch.rand(n, generator=g)
+    k = min(10, n)
+    for planted in ([], list(range(7)), [n - 1, n - 2, n - 3]):
+        v = values.clone()
+        v[[i for i in planted if i < n]] = 5.0
+        expected = torch.topk(v, k).values
+        assert torch.equal(torch.sort(v[traps.largest(v, k)], descending=True).values, expected)
