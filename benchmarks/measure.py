@@ -97,6 +97,7 @@ class Run:
     peak_file_mib: float = 0.0
     env: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    repeat_s: list[float] = field(default_factory=list)  # every run's analysis_s, when repeated
     alphas: dict[str, float] = field(default_factory=dict)
     # (t s, VmRSS, RssAnon, RssFile kB), one per 50 ms
     samples: list[tuple[float, int, int, int]] = field(default_factory=list)
