@@ -273,7 +273,10 @@ def test_a_real_ctrl_c_says_how_to_resume_and_the_resume_works(tmp_path: Path) -
     folder = tmp_path / "m"
     folder.mkdir()
     g = torch.Generator().manual_seed(0)
-    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(192, 192, generator=g)
+    # Large enough that the scan (about 6 s here) is still running when the journal, which
+    # fsyncs each line on a thread of its own and may lag, shows two layers: with 192² layers
+    # the whole scan took 1.1 s and a loaded CI machine saw it end before the Ctrl-C.
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(512, 512, generator=g)
                for i in range(40)}  # fmt: skip
     save_file(tensors, str(folder / "model.safetensors"))
     out = tmp_path / "out"
