@@ -274,14 +274,19 @@ def test_a_real_ctrl_c_says_how_to_resume_and_the_resume_works(tmp_path: Path) -
     folder.mkdir()
     g = torch.Generator().manual_seed(0)
     # Large enough that the scan (about 6 s here) is still running when the journal, which
-    # fsyncs each line on a thread of its own and may lag, shows two layers: with 192² layers
-    # the whole scan took 1.1 s and a loaded CI machine saw it end before the Ctrl-C.
+    # fsyncs each line on a thread of its own and may lag, shows two layers (192² layers took
+    # 1.1 s in all, 0.7 s after the journal showed them).
     tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(512, 512, generator=g)
                for i in range(40)}  # fmt: skip
     save_file(tensors, str(folder / "model.safetensors"))
     out = tmp_path / "out"
     args = [sys.executable, "-m", "llm_audit", "scan", str(folder), "--out", str(out)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # A shell that starts a job in the background without job control has it ignore SIGINT,
+    # and its children inherit that (the scan would finish and exit 0): a Ctrl-C must reach it.
+    proc = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     journal, deadline = out / JOURNAL_NAME, time.monotonic() + 180
     while not (journal.exists() and journal.read_bytes().count(b"\n") > 2):
         assert proc.poll() is None and time.monotonic() < deadline, "the scan ended first"
