@@ -43,6 +43,13 @@ WW, WW_RAND = "WW analyze()", "WW analyze(randomize=True)"
 PAIRS = [(LLM, WW, "plain"), (LLM_TRAPS, WW_RAND, "randomized (traps)")]
 
 
+def positive(text: str) -> int:
+    """An argparse type: a whole number of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, got {text!r}")
+    return int(text)
+
+
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--preset", choices=sorted(make_llama.PRESETS), default="1b")
@@ -71,7 +78,7 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument(
         "--repeat",
-        type=int,
+        type=positive,
         default=1,
         help="run every case this many times and report its median run (single runs of both "
         "tools vary by about 10%% on a shared 2-core VM)",

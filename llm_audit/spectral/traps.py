@@ -9,17 +9,21 @@ huge weights (a trap). Two counts are reported:
   leaves a rank-one spike of about N·M·μ² in every shuffled matrix, which this count includes.
 - `num_traps`: the same test on the shuffled matrix after centring (W − μ), against the exact null:
   a centred shuffle has i.i.d.-like entries of known variance ‖W − μ‖²/(N·M), whose MP edge in
-  mean-1 units is (1 + Q^-1/2)², plus WeightWatcher's Tracy–Widom margin. The count needs no fit:
-  Sylvester's law of inertia says a Cholesky of (t·I − G) succeeds exactly when no eigenvalue of the
-  centred Gram G exceeds t, so the common trap-free case costs one Cholesky, and only layers that do
-  have traps pay for a second eigendecomposition. The flag uses `num_traps`.
+  mean-1 units is (1 + Q^-1/2)², plus WeightWatcher's Tracy–Widom margin. The count needs no fit
+  and no eigendecomposition: by Sylvester's law of inertia the eigenvalues of the centred Gram G
+  above t are the negative pivots of an LDLᵀ factorization of t·I − G, and a Cholesky of it
+  succeeds exactly when there are none, which settles the common trap-free case. The flag uses
+  `num_traps`.
 
 The shuffle is `shuffle.Permutation`, gathered block by block from W where it lives (for a
 checkpoint, its memory map), so no index array and no shuffled copy exist. Each block is centred
 (W − μ) before it is added to a float32 Gram: the O(N·M²) product runs at float32 speed, and
-centring first keeps the mean spike out of the rounding. Eigenvalues are then taken in float64.
-Where an eigenvalue lies within the float32 sum's error of a threshold (`float32_tolerance`), the
-layer is recomputed with a float64 Gram, so float32 never decides a count.
+centring first keeps the mean spike out of the rounding. The trap count factors that Gram in
+float64; the shuffled spectrum, which the MP fit needs whole, comes from a float32 `eigvalsh`.
+Where an eigenvalue lies within the float32 sum's error of the trap threshold
+(`float32_tolerance`), the layer is recomputed with a float64 Gram; where one lies within the
+float32 eigensolver's error of the MP fit's threshold (`float32_eigvalsh_tolerance`), its spectrum
+is taken again in float64. So float32 never decides a count.
 """
 
 from __future__ import annotations
@@ -325,6 +329,7 @@ def largest(values: torch.Tensor, k: int) -> torch.Tensor:
     whole = n - n % TOPK_GROUP
     maxima = values[:whole].view(-1, TOPK_GROUP).amax(dim=1)
     groups = torch.topk(maxima, k).indices
-    candidates = (groups[:, None] * TOPK_GROUP + torch.arange(TOPK_GROUP)).reshape(-1)
-    candidates = torch.cat([candidates, torch.arange(whole, n)])
+    within = torch.arange(TOPK_GROUP, device=values.device)
+    candidates = (groups[:, None] * TOPK_GROUP + within).reshape(-1)
+    candidates = torch.cat([candidates, torch.arange(whole, n, device=values.device)])
     return candidates[torch.topk(values[candidates], k).indices]
