@@ -15,7 +15,7 @@ from llm_audit.errors import ConfigError
 from llm_audit.untrusted import read_yaml, show
 
 C = TypeVar("C")
-PRESETS = ("quick", "paper")
+PRESETS = ("quick", "long", "paper")
 
 
 def config_path(task: str, spec: str | Path) -> Path:

@@ -134,6 +134,11 @@ def run(
     for step in range(1, cfg.steps + 1):
         loss = task.step()
         if monitor is not None:
+            if save_checkpoints and monitor.due(step):
+                # kept so the dense grid can be audited again (other seeds, a newer detector)
+                _save_checkpoint(
+                    task.model, out / "checkpoints" / "monitor" / f"step-{step:08d}.safetensors"
+                )
             monitor.check(step)
             kept = monitor.best_state
             if monitor.triggered_at == step and kept is not None and save_checkpoints:
@@ -217,7 +222,7 @@ def _save_tensors(state: dict[str, torch.Tensor], path: Path) -> None:
 
 def _writable(out: Path) -> None:
     """Create `out/checkpoints` and prove it is writable before any training time is spent."""
-    probe = out / "checkpoints" / ".write-test"
+    probe = out / "checkpoints" / "monitor" / ".write-test"
     try:
         probe.parent.mkdir(parents=True, exist_ok=True)
         probe.write_text("")
