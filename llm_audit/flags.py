@@ -1,8 +1,9 @@
 """Thresholds to per-layer flags, and flags to a model verdict. The rules live in the config.
 
-A trap layer raises `correlation_trap` when its extreme entries are scattered (the pathology) and
-`outlier_dimension` when they lie on the model's outlier dimensions (its `trap_kind`, set by
-`outlier_dims.place_traps`); the second is informational and counts against the verdict only with
+A trap layer raises `correlation_trap` when its extreme entries are scattered (the pathology),
+`outlier_dimension` when they lie on the model's outlier dimensions and `structured_trap` when they
+share a few rows and columns of the layer (its `trap_kind`, set by `outlier_dims.place_traps`);
+the last two are informational and count against the verdict only with
 `verdict.count_outlier_dimensions`.
 """
 
@@ -22,8 +23,9 @@ from llm_audit.vocabulary import (
     FLAGS,
     HEALTHY,
     INFORMATIONAL,
-    OUTLIER_DIMENSION,
     PATHOLOGICAL,
+    SCATTERED,
+    TRAP_KIND_FLAGS,
     VERDICTS,
     WATCH,
 )
@@ -43,8 +45,7 @@ def layer_flags(record: dict[str, Any], t: Thresholds) -> list[str]:
     elif alpha > t.alpha_high:
         flags.append(ALPHA_GT_6)
     if record.get("num_traps", 0) >= t.min_traps:
-        on_dimensions = record.get("trap_kind") == OUTLIER_DIMENSION
-        flags.append(OUTLIER_DIMENSION if on_dimensions else CORRELATION_TRAP)
+        flags.append(TRAP_KIND_FLAGS.get(record.get("trap_kind") or SCATTERED, CORRELATION_TRAP))
     return flags
 
 
@@ -62,7 +63,7 @@ def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
         return WATCH, "no layer could be analyzed"
     rule = cfg.verdict
     counting = [verdict_flags(r, rule) for r in counted]
-    trap_layers = sum(CORRELATION_TRAP in f or OUTLIER_DIMENSION in f for f in counting)
+    trap_layers = sum(CORRELATION_TRAP in f or any(i in f for i in INFORMATIONAL) for f in counting)
     low = sum(ALPHA_LT_2 in f for f in counting)
     if (
         trap_layers >= rule.pathological_trap_layers

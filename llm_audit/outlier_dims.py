@@ -1,4 +1,5 @@
-"""Where a model's correlation traps live: on its outlier dimensions, or scattered.
+"""Where a model's correlation traps live: on its outlier dimensions, in a structure of their
+own layer, or scattered.
 
 A trap is a spike that survives shuffling W's entries, so it is made of a few huge entries (the
 `trap_entries` of `spectral/traps.py`: a layer's largest |w − μ|, the first `num_traps` of them
@@ -22,6 +23,12 @@ chances of 2e-11 or less, all-mpnet-base-v2's seven 2e-5 or less, while 90 huge 
 random positions in MiniLM made no dimension of their own. A trap layer is `outlier_dimension` when
 every one of its trap entries lies on an outlier dimension, otherwise `scattered`: a new huge entry
 at a random place in a layer that has outlier dimensions too makes the layer scattered again.
+
+A layer's trap entries can also share a few rows and columns of that layer alone (a grid of three
+rows by three columns, seen in a released model): `structured`, informational like
+`outlier_dimension`, when entries at uniformly random positions would crowd into so few distinct
+rows and columns with chance at most the same bound (`structure_chance`). Anti-grokking's
+entries do not: the collapsed MNIST layer's ten largest lie in 8 rows and 10 columns.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llm_audit.roles import EMBEDDING_ROLES, HIDDEN_SIZE_KEYS, RESIDUAL
-from llm_audit.vocabulary import OUTLIER_DIMENSION, SCATTERED
+from llm_audit.vocabulary import OUTLIER_DIMENSION, SCATTERED, STRUCTURED
 
 ROW, COLUMN = 0, 1
 
@@ -120,6 +127,35 @@ def chance_of_pile(count: int, n: int, hidden: int) -> float:
     return min(1.0, hidden * tail)
 
 
+def chance_of_few(distinct: int, k: int, n: int) -> float:
+    """Chance that k draws, uniform over n values, take at most `distinct` different values:
+    Σ_{j ≤ distinct} C(n, j)·S(k, j)·j!/n^k, S the Stirling numbers of the second kind."""
+    if distinct >= min(k, n):
+        return 1.0
+    stirling = [[0] * (k + 1) for _ in range(k + 1)]  # S(i, j), exact integers
+    stirling[0][0] = 1
+    for i in range(1, k + 1):
+        for j in range(1, i + 1):
+            stirling[i][j] = j * stirling[i - 1][j] + stirling[i - 1][j - 1]
+    total = 0.0
+    for j in range(1, distinct + 1):
+        log_ways = math.lgamma(n + 1) - math.lgamma(n - j + 1) + math.log(stirling[k][j])
+        total += math.exp(log_ways - k * math.log(n))
+    return min(1.0, total)
+
+
+def structure_chance(entries: Sequence[Mapping[str, Any]], shape: Sequence[int]) -> float:
+    """Chance that entries at uniformly random positions of an (out, in) matrix of `shape` would
+    fall in as few distinct rows and as few distinct columns as `entries` do (rows and columns
+    of random positions are independent, so the chances multiply). 1.0 for fewer than 3."""
+    if len(entries) < 3 or len(shape) != 2:
+        return 1.0
+    k = len(entries)
+    rows = len({e["row"] for e in entries})
+    cols = len({e["col"] for e in entries})
+    return chance_of_few(rows, k, int(shape[0])) * chance_of_few(cols, k, int(shape[1]))
+
+
 def place_traps(
     records: Sequence[Mapping[str, Any]], hidden: int | None, max_chance: float
 ) -> TrapPlaces:
@@ -144,7 +180,15 @@ def place_traps(
         if entries:
             causes = entries[: max(1, int(record.get("num_traps", 0)))]
             on_dimension = all(e["hidden_index"] in indices for e in causes)
-            record["trap_kind"] = OUTLIER_DIMENSION if on_dimension else SCATTERED
+            chance = structure_chance(entries, record.get("shape") or ())
+            record["trap_structure_chance"] = chance
+            record["trap_kind"] = (
+                OUTLIER_DIMENSION
+                if on_dimension
+                else STRUCTURED
+                if chance <= max_chance
+                else SCATTERED
+            )
     return TrapPlaces(placed, hidden, dimensions)
 
 

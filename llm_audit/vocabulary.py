@@ -37,14 +37,24 @@ ALPHA_LT_2 = "alpha_lt_2"  # over-fit: the anti-grokking signal
 ALPHA_GT_6 = "alpha_gt_6"  # under-trained
 CORRELATION_TRAP = "correlation_trap"  # traps from scattered extreme entries: a pathology
 OUTLIER_DIMENSION = "outlier_dimension"  # traps on the residual stream's outlier dimensions
+STRUCTURED_TRAP = "structured_trap"  # traps whose entries share a few rows and columns of a layer
 ALPHA_FIT_FAILED = "alpha_fit_failed"
-FLAGS = (ALPHA_LT_2, ALPHA_GT_6, CORRELATION_TRAP, OUTLIER_DIMENSION, ALPHA_FIT_FAILED)
-INFORMATIONAL = (OUTLIER_DIMENSION,)  # not counted against the verdict unless configured
+FLAGS = (
+    ALPHA_LT_2,
+    ALPHA_GT_6,
+    CORRELATION_TRAP,
+    OUTLIER_DIMENSION,
+    STRUCTURED_TRAP,
+    ALPHA_FIT_FAILED,
+)
+INFORMATIONAL = (OUTLIER_DIMENSION, STRUCTURED_TRAP)  # not counted unless configured
 HEALTHY, WATCH, PATHOLOGICAL = "healthy", "watch", "pathological"
 
 # A trap layer's `trap_kind` (see outlier_dims.py): where its extreme entries lie.
 SCATTERED = "scattered"
-TRAP_KINDS = (OUTLIER_DIMENSION, SCATTERED)
+STRUCTURED = "structured"
+TRAP_KINDS = (OUTLIER_DIMENSION, STRUCTURED, SCATTERED)
+TRAP_KIND_FLAGS = {OUTLIER_DIMENSION: OUTLIER_DIMENSION, STRUCTURED: STRUCTURED_TRAP}
 VERDICTS = (HEALTHY, WATCH, PATHOLOGICAL)
 
 # How a layer of a compared model lines up with the base's.

@@ -337,3 +337,42 @@ def test_the_cli_summary_names_the_outlier_dimensions(minilm_scan: llm_audit.Aud
     last = text.splitlines()[-1]
     assert last.startswith("outlier dimensions (informational): 223 (")
     assert "267 (3 layers)" in last and last.endswith("6 traps lie on them")
+
+
+def test_a_grid_of_trap_entries_is_structured_and_random_ones_scattered() -> None:
+    from llm_audit.outlier_dims import chance_of_few, structure_chance
+
+    grid = [{"row": r, "col": c} for r in (3, 50, 90) for c in (10, 200, 300)]
+    grid.append({"row": 7, "col": 11})
+    assert structure_chance(grid, (384, 1536)) < 1e-20
+    rng = np.random.default_rng(0)
+    for shape in ((200, 784), (384, 384), (4096, 11008)):
+        random_entries = [
+            {"row": int(rng.integers(shape[0])), "col": int(rng.integers(shape[1]))}
+            for _ in range(10)
+        ]
+        assert structure_chance(random_entries, shape) > 1e-3
+    # the exact small case: 3 draws over 2 values take 1 value with chance 2/8
+    assert chance_of_few(1, 3, 2) == pytest.approx(0.25)
+
+
+def test_planted_grid_reads_structured_in_a_scan() -> None:
+    from llm_audit.scan import scan
+
+    W = torch.randn(256, 512, generator=torch.Generator().manual_seed(0))
+    for r in (10, 100, 200):
+        for c in (5, 300, 400):
+            W[r, c] = 40.0
+    rec = scan({"fc.weight": W}, traps=True, seed=0).records[0]
+    assert rec["num_traps"] >= 1 and rec["trap_kind"] == "structured"
+    assert "structured_trap" in rec["flags"] and "correlation_trap" not in rec["flags"]
+
+
+def test_the_collapsed_mnist_layer_is_scattered() -> None:
+    from llm_audit.scan import scan
+
+    fixture = Path(__file__).parent / "fixtures" / "calibration" / "collapsed.safetensors"
+    tensors = load_file(str(fixture))
+    for seed in (0, 1, 2):
+        first = scan(tensors, traps=True, seed=seed).records[0]
+        assert first["num_traps"] >= 1 and first["trap_kind"] == "scattered"

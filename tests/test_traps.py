@@ -85,7 +85,7 @@ def test_small_layers_are_shuffled_five_times() -> None:
         _gaussian(200, 50), eigenvalues(_gaussian(200, 50)).numpy(), seed=0
     )
     assert rec["num_shuffles"] == 5 and len(spectra["rand_evals"]) == 250
-    assert rec["num_traps"] == 0 and rec["num_traps_std"] == 0
+    assert rec["num_traps"] == 0 and rec["trap_share"] == 0
 
 
 def test_shuffles_are_reproducible_and_seeded() -> None:

@@ -46,6 +46,7 @@ from llm_audit.spectral.esd import (
 )
 from llm_audit.spectral.mp import MPFit, fit_mp, jensen_shannon_distance
 from llm_audit.spectral.shuffle import Permutation
+from llm_audit.spectral.trap_decision import Vote, fluctuation_scale, top_eigenvalue
 from llm_audit.vocabulary import FAILED, SUCCESS
 
 SMALL_LAYER_EVALS = 100  # WeightWatcher shuffles 5 times below this many eigenvalues
@@ -82,9 +83,9 @@ def shuffled_gram(
     *,
     device: torch.device = CPU,
     threads: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gram of the centred shuffle S − μ, with S tall (N×M) and S.flat[i] = W.flat[π(i)], and
-    the column sums of S − μ (float64).
+) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Gram of the centred shuffle S − μ, with S tall (N×M) and S.flat[i] = W.flat[π(i)], the
+    column sums of S − μ (float64), and Σ(w − μ)⁴ (for the kurtosis, which no shuffle changes).
 
     Any arrangement of shuffled elements has the same spectrum, so S is always tall and its Gram
     is M×M, whatever W's orientation. The gather, the centring and the Gram product use
@@ -97,6 +98,7 @@ def shuffled_gram(
     step = max(1, SHUFFLE_BLOCK_BYTES // (4 * M))
     total = GramSum(M, (), dtype, device)
     sums = torch.zeros(M, dtype=torch.float64, device=device)
+    fourth = 0.0
     for start in range(0, N, step):
         stop = min(N, start + step)
         block = torch.empty((stop - start) * M, dtype=dtype, device=device)
@@ -105,7 +107,8 @@ def shuffled_gram(
             block = block.sub_(mu).reshape(stop - start, M)
             total.add(block)
         sums += _column_sums(block)
-    return total.result(), sums
+        fourth += float(block.square().square().sum(dtype=torch.float64))
+    return total.result(), sums, fourth
 
 
 SUM_GROUP = 128  # rows summed in float32 before the float64 sum of a block's columns
@@ -150,16 +153,35 @@ def _eigenvalues_above(G: torch.Tensor, s: float, eye: torch.Tensor) -> int:
 
 
 @dataclass(frozen=True)
-class _Shuffle:
-    """One shuffle: its uncentred Gram (float64), spectrum and trap count, with the error bounds
-    of its float32 parts (0 where computed in float64)."""
+class _Centred:
+    """One shuffle's centred test: trap count against threshold t, its top eigenvalue λ₁, and
+    the float32 Gram sum's error bound (0 in float64)."""
 
+    num_traps: int
+    top: float
+    threshold: float
+    gram_tolerance: float
+    near_threshold: bool  # an eigenvalue within `gram_tolerance` of t: count again in float64
+
+    @property
+    def ratio(self) -> float:
+        return self.top / self.threshold
+
+
+@dataclass(frozen=True)
+class _Shuffle:
+    """One shuffle of the first draw: its centred test, its uncentred Gram (float64) and
+    spectrum (for the MP fit), the float32 eigensolver's error bound, and the spread σ of λ₁."""
+
+    centred: _Centred
     gram: torch.Tensor
     rand_evals: np.ndarray
-    num_traps: int
-    gram_tolerance: float  # of the float32 Gram sum (`float32_tolerance`)
     eig_tolerance: float  # of a float32 eigvalsh (`float32_eigvalsh_tolerance`)
-    near_threshold: bool  # a centred eigenvalue within `gram_tolerance` of the trap threshold
+    scale: float  # `trap_decision.fluctuation_scale`
+
+    @property
+    def gram_tolerance(self) -> float:
+        return self.centred.gram_tolerance
 
     def exact_spectrum(self) -> _Shuffle:
         """The same shuffle, its spectrum from a float64 eigvalsh."""
@@ -179,19 +201,49 @@ def float32_eigvalsh_tolerance(M: int, lam_max: float) -> float:
     return M * EPS32 * lam_max
 
 
-def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any) -> _Shuffle:
-    N, M = max(W.shape), min(W.shape)
-    Gc, sums = shuffled_gram(W, Permutation(N * M, seed), mu, dtype, **where)
-    Gc = Gc.to(torch.float64)
+def _centred_test(Gc: torch.Tensor, N: int, dtype: torch.dtype) -> _Centred:
+    M = Gc.shape[0]
     max_diagonal = float(Gc.diagonal().max())
     tol = float32_tolerance(N, max_diagonal) if dtype == torch.float32 else 0.0
     t = max(trap_threshold(float(Gc.diagonal().sum()) / M, N / M, M), N * EPS64 * max_diagonal)
     count, near = _count_above(Gc, t, tol)
+    return _Centred(count, top_eigenvalue(Gc), t, tol, near)
+
+
+def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any) -> _Shuffle:
+    N, M = max(W.shape), min(W.shape)
+    Gc, sums, fourth = shuffled_gram(W, Permutation(N * M, seed), mu, dtype, **where)
+    Gc = Gc.to(torch.float64)
+    centred = _centred_test(Gc, N, dtype)
+    variance = float(Gc.diagonal().sum()) / (N * M)
+    kurtosis = fourth / (N * M * variance**2) if variance > 0 else math.inf
+    scale = fluctuation_scale(N, M, variance, kurtosis if math.isfinite(kurtosis) else 1e300)
     # The shuffle itself, uncentred: (S−μ)ᵀ(S−μ) + μ(c1ᵀ + 1cᵀ) + N·μ²·11ᵀ, c the column sums.
     G = Gc.add_(mu * (sums[:, None] + sums[None, :])).add_(N * mu * mu)
     rand = _spectrum(G, dtype)
     eig_tol = float32_eigvalsh_tolerance(M, float(rand[-1])) if dtype == torch.float32 else 0.0
-    return _Shuffle(G, rand, count, tol, eig_tol, near)
+    return _Shuffle(centred, G, rand, eig_tol, scale)
+
+
+def _more_votes(
+    W: LazyMatrix, seed: int, mu: float, vote: Vote, spread: float, **where: Any
+) -> Vote:
+    """Draw further shuffles (centred test only) until the vote is settled; a float32 Gram too
+    close to the threshold is summed again in float64."""
+    N = max(W.shape)
+    draw = len(vote.trapped)
+    while not vote.settled(spread):
+        key = (seed * SMALL_LAYER_REPLICAS + draw) % 2**64
+        draw += 1
+        test = None
+        for dtype in (torch.float32, torch.float64):
+            Gc, _, _ = shuffled_gram(W, Permutation(N * min(W.shape), key), mu, dtype, **where)
+            test = _centred_test(Gc.to(torch.float64), N, dtype)
+            if not test.near_threshold:
+                break
+        assert test is not None
+        vote = vote.add(test.num_traps > 0, test.ratio)
+    return vote
 
 
 def _shuffles(
@@ -203,7 +255,7 @@ def _shuffles(
     replicas = SMALL_LAYER_REPLICAS if min(W.shape) < SMALL_LAYER_EVALS else 1
     keys = [(seed * SMALL_LAYER_REPLICAS + r) % 2**64 for r in range(replicas)]  # one per shuffle
     shuffles = [_one_shuffle(W, key, mu, dtype, **where) for key in keys]
-    if any(s.near_threshold for s in shuffles):
+    if any(s.centred.near_threshold for s in shuffles):
         return None
     mp = _pooled_fit(W, shuffles)
     if _near_mp_threshold(mp, shuffles):
@@ -248,14 +300,25 @@ def trap_metrics(
     )
     assert found is not None  # a float64 Gram has no tolerance to fall within
     shuffles, mp = found
-    trap_counts = [s.num_traps for s in shuffles]
+    spread = shuffles[0].scale / shuffles[0].centred.threshold
+    vote = Vote()
+    for s in shuffles:
+        vote = vote.add(s.centred.num_traps > 0, s.centred.ratio)
+    vote = _more_votes(lazy, seed, mu, vote, spread, **where)
+    trapped = vote.has_trap(spread)
+    trap_counts = [s.centred.num_traps for s in shuffles if s.centred.num_traps > 0]
     rand_evals = np.sort(np.concatenate([s.rand_evals for s in shuffles]))
     first = np.sort(shuffles[0].rand_evals)
     lam_max = float(evals[-1])
     record: dict[str, Any] = {
         "rand_num_spikes": mp.num_spikes,
-        "num_traps": round(float(np.mean(trap_counts))),
-        "num_traps_std": float(np.std(trap_counts)),
+        "num_traps": max(1, round(float(np.median(trap_counts))))
+        if trapped and trap_counts
+        else int(trapped),
+        "trap_share": vote.share(),
+        "trap_draws": len(vote.trapped),
+        "trap_strength": vote.strength(),
+        "trap_threshold": shuffles[0].centred.threshold,
         "num_shuffles": len(shuffles),
         "max_rand_eval": float(rand_evals[-1]),
         "rand_bulk_max": mp.bulk_max,
