@@ -99,6 +99,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, help="output folder (default reports/calibration/TASK)"
     )
     calibrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    calibrate.add_argument(
+        "--reaudit",
+        action="store_true",
+        help="train nothing: audit the checkpoints of the run in --out again, rewrite its results",
+    )
+    calibrate.add_argument(
+        "--seeds",
+        type=int,
+        default=24,
+        help="with --reaudit: shuffle seeds per logged checkpoint (default 24; a third of it, at "
+        "least 1, on the monitor's grid)",
+    )
+    calibrate.add_argument(
+        "--jobs", type=int, default=1, help="with --reaudit: worker processes (default 1)"
+    )
     for command in (scan, describe, render, compare, calibrate):
         command.add_argument(
             "--debug",
@@ -307,7 +322,18 @@ def _calibrate(args: argparse.Namespace) -> int:
     cfg = run.load(args.task, args.config)
     out = args.out or Path("reports") / "calibration" / args.task
     check_writable(out)
-    cal = run.run(args.task, cfg, out, progress=not args.no_progress)
+    if args.reaudit:
+        from llm_audit.calibration.reaudit import reaudit
+
+        if args.seeds < 1 or args.jobs < 1:
+            raise ConfigError("--seeds and --jobs must be at least 1")
+        cal = reaudit(
+            args.task, cfg, out, seeds=args.seeds, monitor_seeds=max(1, args.seeds // 3),
+            workers=args.jobs,
+        )  # fmt: skip
+        run.write_outputs(cal, out)
+    else:
+        cal = run.run(args.task, cfg, out, progress=not args.no_progress)
     ph = cal.phases
     print(
         f"{args.task}: peak test accuracy {ph.peak_test_acc:.3f} at step {ph.peak_step}, "

@@ -24,11 +24,12 @@ random positions in MiniLM made no dimension of their own. A trap layer is `outl
 every one of its trap entries lies on an outlier dimension, otherwise `scattered`: a new huge entry
 at a random place in a layer that has outlier dimensions too makes the layer scattered again.
 
-A layer's trap entries can also share a few rows and columns of that layer alone (a grid of three
-rows by three columns, seen in a released model): `structured`, informational like
+A layer's trap entries can also share a few rows *and* a few columns of that layer alone (a grid of
+three rows by three columns, seen in a released model): `structured`, informational like
 `outlier_dimension`, when entries at uniformly random positions would crowd into so few distinct
-rows and columns with chance at most the same bound (`structure_chance`). Anti-grokking's
-entries do not: the collapsed MNIST layer's ten largest lie in 8 rows and 10 columns.
+rows, and into so few distinct columns, each with chance at most the same bound
+(`structure_chance`). Anti-grokking's entries do not: the MNIST MLP's collapse grows its largest
+first-layer entries on a few hidden units (rows), but on ten different input pixels (columns).
 """
 
 from __future__ import annotations
@@ -145,15 +146,17 @@ def chance_of_few(distinct: int, k: int, n: int) -> float:
 
 
 def structure_chance(entries: Sequence[Mapping[str, Any]], shape: Sequence[int]) -> float:
-    """Chance that entries at uniformly random positions of an (out, in) matrix of `shape` would
-    fall in as few distinct rows and as few distinct columns as `entries` do (rows and columns
-    of random positions are independent, so the chances multiply). 1.0 for fewer than 3."""
+    """The larger of two chances: that entries at uniformly random positions of an (out, in)
+    matrix of `shape` would fall in as few distinct rows as `entries` do, and in as few distinct
+    columns. Small only when rows *and* columns are shared (a grid); a few hot rows with
+    columns all different, as anti-grokking grows them, are not a structure. 1.0 for fewer than 3.
+    """
     if len(entries) < 3 or len(shape) != 2:
         return 1.0
     k = len(entries)
     rows = len({e["row"] for e in entries})
     cols = len({e["col"] for e in entries})
-    return chance_of_few(rows, k, int(shape[0])) * chance_of_few(cols, k, int(shape[1]))
+    return max(chance_of_few(rows, k, int(shape[0])), chance_of_few(cols, k, int(shape[1])))
 
 
 def place_traps(

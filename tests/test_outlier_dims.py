@@ -344,7 +344,9 @@ def test_a_grid_of_trap_entries_is_structured_and_random_ones_scattered() -> Non
 
     grid = [{"row": r, "col": c} for r in (3, 50, 90) for c in (10, 200, 300)]
     grid.append({"row": 7, "col": 11})
-    assert structure_chance(grid, (384, 1536)) < 1e-20
+    assert structure_chance(grid, (384, 1536)) < 1e-8
+    hot_rows = [{"row": (75, 107, 150)[i % 3], "col": 60 * i + 7} for i in range(10)]
+    assert structure_chance(hot_rows, (200, 784)) > 1e-3  # anti-grokking's shape: scattered
     rng = np.random.default_rng(0)
     for shape in ((200, 784), (384, 384), (4096, 11008)):
         random_entries = [

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from llm_audit.calibration.config import config_path, load_task_config
 from llm_audit.calibration.monitor import AuditMonitor
-from llm_audit.calibration.phases import Phases, agrees, find_phases
+from llm_audit.calibration.phases import PHASES, Phases, agrees, find_phases
 from llm_audit.calibration.task import Task
 from llm_audit.errors import ConfigError, OutputError
 from llm_audit.scan import scan
@@ -60,21 +60,32 @@ def checkpoint_schedule(steps: int, num: int) -> list[int]:
     return sorted({int(s) for s in points} | {steps})
 
 
-def audit_row(step: int, metrics: dict[str, float], model: torch.nn.Module) -> dict[str, Any]:
-    """One checkpoint: step, accuracies and losses, per-layer alpha and traps, verdict."""
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    result = scan(state, traps=True, seed=0)
+def audit_row(
+    step: int, metrics: dict[str, float], state: dict[str, torch.Tensor], seeds: int = 1
+) -> dict[str, Any]:
+    """One checkpoint: step, accuracies and losses, per-layer alpha, traps and trap strength, and
+    the verdict at shuffle seed 0; with `seeds` > 1, also the verdicts at seeds 0..seeds-1."""
+    results = [scan(state, traps=True, seed=seed) for seed in range(seeds)]
+    result = results[0]
     row: dict[str, Any] = {"step": step, **metrics}
     for rec in result.records:
         layer = rec["name"].removesuffix(".weight")
         row[f"alpha[{layer}]"] = rec["alpha"]
         row[f"num_traps[{layer}]"] = rec["num_traps"]
         row[f"rand_num_spikes[{layer}]"] = rec["rand_num_spikes"]
+        row[f"trap_strength[{layer}]"] = rec["trap_strength"]
+        row[f"trap_share[{layer}]"] = rec["trap_share"]
     row["mean_alpha"] = result.summary["mean_alpha"]
     row["total_traps"] = result.summary["total_traps"]
     row["verdict"] = result.summary["verdict"]
     row["verdict_reason"] = result.summary["verdict_reason"]
+    verdicts = [r.summary["verdict"] for r in results]
+    row["seed_verdicts"] = {v: verdicts.count(v) for v in sorted(set(verdicts))}
     return row
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 @dataclass
@@ -106,11 +117,39 @@ class Calibration:
             "phases": dataclasses.asdict(self.phases),
             "disagreements": self.disagreements(),
             "monitor": self.monitor,
+            "seed_agreement": seed_agreement(self.rows, self.phases.labels),
             "checkpoints": [
-                {**row, "phase": label, "agrees": agrees(label, row["verdict"])}
+                {
+                    **row,
+                    "phase": label,
+                    "agrees": agrees(label, row["verdict"]),
+                    "seed_agreement": _agreement(row, label),
+                }
                 for row, label in zip(self.rows, self.phases.labels, strict=True)
             ],
         }
+
+
+def _agreement(row: dict[str, Any], phase: str) -> float:
+    """The share of a checkpoint's shuffle seeds whose verdict matches its phase."""
+    counts = row.get("seed_verdicts") or {row["verdict"]: 1}
+    return sum(n for v, n in counts.items() if agrees(phase, v)) / sum(counts.values())
+
+
+def seed_agreement(rows: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[str, Any]:
+    """Verdict-phase agreement over every (checkpoint, seed) pair, in all and per phase."""
+    out: dict[str, Any] = {}
+    for phase in (None, *PHASES):
+        pairs = [
+            (row.get("seed_verdicts") or {row["verdict"]: 1}, label)
+            for row, label in zip(rows, labels, strict=True)
+            if phase is None or label == phase
+        ]
+        total = sum(sum(c.values()) for c, _ in pairs)
+        good = sum(n for c, label in pairs for v, n in c.items() if agrees(label, v))
+        key = "all" if phase is None else phase
+        out[key] = {"audits": total, "agree": good, "share": good / total if total else None}
+    return out
 
 
 def run(
@@ -144,7 +183,7 @@ def run(
             if monitor.triggered_at == step and kept is not None and save_checkpoints:
                 _save_tensors(kept, out / "checkpoints" / "monitor-kept.safetensors")
         if step in schedule:
-            rows.append(audit_row(step, task.evaluate(), task.model))
+            rows.append(audit_row(step, task.evaluate(), model_state(task.model)))
             if save_checkpoints:
                 _save_checkpoint(task.model, out / "checkpoints" / f"step-{step:08d}.safetensors")
             bar.set_postfix(
@@ -169,6 +208,10 @@ def monitor_record(monitor: AuditMonitor | None) -> dict[str, Any] | None:
     dense = find_phases(
         [r["step"] for r in hist], [r["train_acc"] for r in hist], [r["test_acc"] for r in hist]
     )
+    hist = [
+        {**r, "phase": label, "seed_agreement": _agreement(r, label)}
+        for r, label in zip(hist, dense.labels, strict=True)
+    ]
     by_step = {r["step"]: r for r in hist}
     stop, kept = monitor.triggered_at, monitor.kept_step
     return {
@@ -183,6 +226,7 @@ def monitor_record(monitor: AuditMonitor | None) -> dict[str, Any] | None:
         "dense_peak_step": dense.peak_step,
         "dense_peak_test_acc": dense.peak_test_acc,
         "dense_collapse_step": dense.collapse_step,
+        "seed_agreement": seed_agreement(hist, dense.labels),
         "stop_minus_collapse_onset": (
             None if stop is None or dense.collapse_step is None else stop - dense.collapse_step
         ),
@@ -199,9 +243,16 @@ def write_outputs(cal: Calibration, out: Path) -> None:
 
     try:
         (out / "calibration.json").write_text(json.dumps(cal.to_json(), indent=1) + "\n")
-        table = pd.DataFrame(cal.rows)
+        table = pd.DataFrame(
+            [{k: v for k, v in r.items() if k != "seed_verdicts"} for r in cal.rows]
+        )
         table.insert(1, "phase", list(cal.phases.labels))
         table.insert(2, "agrees", [s not in cal.disagreements() for s in cal.steps()])
+        table.insert(
+            3,
+            "seed_agreement",
+            [_agreement(r, p) for r, p in zip(cal.rows, cal.phases.labels, strict=True)],
+        )
         write_csv(table, out / "checkpoints.csv")
         (out / "calibration.html").write_text(render_page(cal.to_json()))
     except OSError as exc:
