@@ -382,11 +382,14 @@ def _describe(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     from llm_audit.distributed import is_primary
     from llm_audit.flags import parse_fail_on
-    from llm_audit.vocabulary import FLAGS
+    from llm_audit.vocabulary import FAR_FROM_BASE, FLAGS
 
     fail_on = parse_fail_on(args.fail_on)
-    if any(item not in FLAGS for item in fail_on):
-        raise ConfigError("compare --fail-on takes layer flags only: " + ", ".join(FLAGS))
+    if any(item not in (*FLAGS, FAR_FROM_BASE) for item in fail_on):
+        raise ConfigError(
+            "compare --fail-on takes layer flags and far_from_base: "
+            + ", ".join((*FLAGS, FAR_FROM_BASE))
+        )
     out = _out_folder(args)
     check_report_folder(out, REPORT_FILES)
     with report_lock(out) if is_primary() else contextlib.nullcontext():
@@ -418,6 +421,14 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
     result.save(out)
     journal.discard(out / journal.JOURNAL_NAME)
     for label, info in result.summary["others"].items():
+        moved = info["distance"]
+        print(
+            f"{label}: {'FAR FROM BASE' if moved['far_from_base'] else 'near its base'}: "
+            f"{moved['far_layers']} of {moved['layers']} layers moved beyond |dW|/|W| "
+            f"{moved['bounds']['relative_norm']:g} or |delta alpha| "
+            f"{moved['bounds']['delta_alpha']:g} "
+            f"(median |dW|/|W| {moved['median_relative_norm']:.3g})"
+        )
         new = ", ".join(f"{k}: {v}" for k, v in info["new_flags"].items()) or "none"
         print(f"{label}: {info['alignment']['aligned']} layers aligned; new flags: {new}")
         for name in info["most_changed"][:5]:
@@ -430,7 +441,12 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
             )
     print(f"\nComparison written to {out}/ (compare.json, compare.csv, compare.html)")
     fired = sorted(
-        {f for info in result.summary["others"].values() for f in info["new_flags"]} & set(fail_on)
+        {
+            f
+            for info in result.summary["others"].values()
+            for f in (*info["new_flags"], *info["findings"])
+        }
+        & set(fail_on)
     )
     if fired:
         print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)

@@ -26,6 +26,7 @@ import torch
 from llm_audit import runner
 from llm_audit.analysis import Outcome
 from llm_audit.config import AuditConfig
+from llm_audit.distance import distance, findings
 from llm_audit.errors import CheckpointFormatError, ConfigError
 from llm_audit.flags import flagged
 from llm_audit.jobs import Job, cost, difference_job, layer_job, oriented
@@ -193,7 +194,10 @@ def _compare(
         settings=run_settings(
             cfg, device=runner.recorded_device(process), started=started, layers=layers
         ),
-        summary={**_summary(records, models, alignment, seconds), "outlier_dimensions": dimensions},
+        summary={
+            **_summary(records, models, alignment, seconds, cfg),
+            "outlier_dimensions": dimensions,
+        },
         records=records,
         spectra={key: o.spectra for key, o in results.items() if o.spectra},
     )
@@ -390,6 +394,7 @@ def _summary(
     models: list[_Model],
     alignment: dict[str, dict[str, str]],
     seconds: float,
+    cfg: AuditConfig,
 ) -> dict[str, Any]:
     per_other = {}
     for m in models:
@@ -401,7 +406,10 @@ def _summary(
         for r in records:
             for flag in r["new_flags"].get(label, []):
                 new[flag] = new.get(flag, 0) + 1
+        moved = distance(records, label, cfg)
         per_other[label] = {
+            "findings": findings(moved),
+            "distance": moved,
             "alignment": counts,
             "not_aligned": {n: s for n, s in alignment[label].items() if s != ALIGNED},
             "new_flags": new,

@@ -35,6 +35,15 @@ class VerdictRule:
 
 
 @dataclass(frozen=True)
+class DistanceRule:
+    """When `compare` calls a model far from its base (see configs/default.yaml)."""
+
+    far_relative_norm: float = 0.1
+    far_delta_alpha: float = 1.0
+    far_layer_fraction: float = 0.25
+
+
+@dataclass(frozen=True)
 class AuditConfig:
     estimator: str = "ww"
     device: str = "auto"
@@ -45,6 +54,7 @@ class AuditConfig:
     split_qkv: bool = False
     thresholds: Thresholds = dataclasses.field(default_factory=Thresholds)
     verdict: VerdictRule = dataclasses.field(default_factory=VerdictRule)
+    compare: DistanceRule = dataclasses.field(default_factory=DistanceRule)
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -84,6 +94,12 @@ def _check_values(cfg: AuditConfig) -> None:
             raise ConfigError(f"verdict.{name} must lie in [0, 1], got {getattr(v, name)}")
     if v.pathological_trap_layers < 1:
         raise ConfigError("verdict.pathological_trap_layers must be at least 1")
+    d = cfg.compare
+    if not (d.far_relative_norm > 0 and d.far_delta_alpha > 0 and 0 < d.far_layer_fraction <= 1):
+        raise ConfigError(
+            "compare.far_relative_norm and far_delta_alpha must be positive and "
+            "far_layer_fraction in (0, 1]"
+        )
 
 
 def _from_mapping(cls: type, data: dict[str, Any], where: str) -> Any:

@@ -19,6 +19,7 @@ from llm_audit.vocabulary import (
     ALPHA_LT_2,
     ANALYZED,
     CORRELATION_TRAP,
+    FAR_FROM_BASE,
     FIT_FAILED,
     FLAGS,
     HEALTHY,
@@ -95,10 +96,9 @@ def parse_fail_on(spec: str | None) -> tuple[str, ...]:
         return ()
     items = tuple(s.strip() for s in spec.split(",") if s.strip())
     for item in items:
-        if item not in FLAGS and item not in VERDICTS[1:]:
-            raise ConfigError(
-                f"--fail-on: unknown flag {item!r}; use any of {', '.join(FLAGS + VERDICTS[1:])}"
-            )
+        if item not in (*FLAGS, *VERDICTS[1:], FAR_FROM_BASE):
+            known = ", ".join((*FLAGS, *VERDICTS[1:], FAR_FROM_BASE))
+            raise ConfigError(f"--fail-on: unknown flag {item!r}; use any of {known}")
     return items
 
 

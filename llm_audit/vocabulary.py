@@ -57,6 +57,9 @@ TRAP_KINDS = (OUTLIER_DIMENSION, STRUCTURED, SCATTERED)
 TRAP_KIND_FLAGS = {OUTLIER_DIMENSION: OUTLIER_DIMENSION, STRUCTURED: STRUCTURED_TRAP}
 VERDICTS = (HEALTHY, WATCH, PATHOLOGICAL)
 
+# A compare finding about a whole compared model (see distance.py); `--fail-on` takes it.
+FAR_FROM_BASE = "far_from_base"
+
 # How a layer of a compared model lines up with the base's.
 ALIGNED, MISSING, EXTRA, SHAPE_CHANGED = "aligned", "missing", "extra", "shape_changed"
 ALIGNMENTS = (ALIGNED, MISSING, EXTRA, SHAPE_CHANGED)

@@ -211,8 +211,8 @@ def test_float32_tolerance_covers_the_measured_float32_error(kind: str) -> None:
         W = W / torch.rand(4000, 300, generator=g).clamp_min(1e-3) ** 0.6  # power-law tails
     lazy = as_lazy(W)
     perm, mu = Permutation(W.numel(), 1), traps.mean(lazy)
-    G32, _ = traps.shuffled_gram(lazy, perm, mu, torch.float32)
-    G64, _ = traps.shuffled_gram(lazy, perm, mu, torch.float64)
+    G32, _, _ = traps.shuffled_gram(lazy, perm, mu, torch.float32)
+    G64, _, _ = traps.shuffled_gram(lazy, perm, mu, torch.float64)
     error = (torch.linalg.eigvalsh(G32.double()) - torch.linalg.eigvalsh(G64)).abs().max()
     assert float(error) < traps.float32_tolerance(4000, float(G64.diagonal().max())) / 4
 

@@ -1,0 +1,60 @@
+"""The far_from_base finding of compare, on real fine-tunes of the bundled MiniLM on the CPU."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+import llm_audit
+from llm_audit.config import AuditConfig
+from llm_audit.distance import distance
+from llm_audit.sources import bundled_model_path
+from tests.finetune import finetune
+
+STEPS = 30
+
+
+@pytest.fixture(scope="module")
+def fine_tunes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("finetunes")
+    return {
+        "gentle": finetune(root / "gentle", lr=2e-5, steps=STEPS),
+        "hot": finetune(root / "hot", lr=1e-3, steps=STEPS),
+    }
+
+
+@pytest.mark.slow
+def test_a_gentle_fine_tune_is_near_and_a_hot_one_far(fine_tunes: dict[str, Path]) -> None:
+    result = llm_audit.compare(
+        bundled_model_path(), fine_tunes["gentle"], fine_tunes["hot"], traps=False
+    )
+    gentle, hot = (result.summary["others"][label] for label in result.summary["others"])
+    assert gentle["findings"] == [] and hot["findings"] == ["far_from_base"]
+    assert gentle["distance"]["max_relative_norm"] < 0.1 / 3  # the bound is far above it
+    assert hot["distance"]["far_share"] >= 0.5
+    assert hot["distance"]["median_relative_norm"] > 0.1
+
+
+def test_the_rule_counts_layers_beyond_either_bound() -> None:
+    def record(name: str, role: str, rel: float, d_alpha: float) -> dict:
+        return {
+            "name": name,
+            "role": role,
+            "delta": {"ft": {"relative_norm": rel}},
+            "delta_alpha": {"ft": d_alpha},
+        }
+
+    records = [
+        record("a", "attn_q", 0.5, 0.0),  # moved: the update
+        record("b", "attn_k", 0.01, -1.5),  # moved: alpha
+        record("c", "mlp_up", 0.01, 0.1),
+        record("d", "mlp_down", 0.02, math.nan),
+        record("e", "embed", 3.0, 5.0),  # embeddings are not counted
+    ]
+    block = distance(records, "ft", AuditConfig())
+    assert (block["layers"], block["far_layers"], block["far_share"]) == (4, 2, 0.5)
+    assert block["far_from_base"] and block["far_layer_names"] == ["a", "b"]
+    strict = AuditConfig().replace(compare=AuditConfig().compare.__class__(far_layer_fraction=0.75))
+    assert not distance(records, "ft", strict)["far_from_base"]
