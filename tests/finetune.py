@@ -31,7 +31,7 @@ def sentence_pairs(seed: int = 0) -> list[tuple[str, str]]:
     return pairs
 
 
-def finetune(out: Path, lr: float, steps: int, batch: int = 16, seed: int = 0) -> Path:
+def finetune(out: Path, lr: float, steps: int, batch: int = 8, seed: int = 0) -> Path:
     """Fine-tune MiniLM for `steps` AdamW steps at `lr`; write `out/model.safetensors` (with the
     base's config.json) and return the folder."""
     from transformers import AutoModel, AutoTokenizer
@@ -46,7 +46,7 @@ def finetune(out: Path, lr: float, steps: int, batch: int = 16, seed: int = 0) -
     rng = random.Random(seed)
 
     def embed(texts: list[str]) -> torch.Tensor:
-        enc = tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        enc = tokenizer(texts, padding=True, truncation=True, max_length=24, return_tensors="pt")
         hidden = model(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).float()
         pooled = (hidden * mask).sum(1) / mask.sum(1)

@@ -13,15 +13,15 @@ from llm_audit.distance import distance
 from llm_audit.sources import bundled_model_path
 from tests.finetune import finetune
 
-STEPS = 30
+GENTLE_STEPS, HOT_STEPS = 30, 100
 
 
 @pytest.fixture(scope="module")
 def fine_tunes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("finetunes")
     return {
-        "gentle": finetune(root / "gentle", lr=2e-5, steps=STEPS),
-        "hot": finetune(root / "hot", lr=1e-3, steps=STEPS),
+        "gentle": finetune(root / "gentle", lr=2e-5, steps=GENTLE_STEPS),
+        "hot": finetune(root / "hot", lr=1e-3, steps=HOT_STEPS),
     }
 
 
