@@ -11,10 +11,12 @@ The names below are imported on first use, so that `import llm_audit.cli` (and `
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from llm_audit.calibration import monitor
+    from llm_audit import monitor
     from llm_audit.compare import ComparisonResult, compare
     from llm_audit.config import AuditConfig, load_config
     from llm_audit.result import AuditResult
@@ -30,7 +32,7 @@ _PUBLIC = {  # name -> the module that defines it
     "compare": "llm_audit.compare",
     "fit_power_law": "llm_audit.spectral.powerlaw",
     "load_config": "llm_audit.config",
-    "monitor": "llm_audit.calibration",
+    "monitor": "llm_audit.monitor",  # a module: AuditMonitor, trainer_callback
     "scan": "llm_audit.scan",
 }
 __all__ = [
@@ -50,10 +52,25 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
         raise AttributeError(f"module 'llm_audit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_PUBLIC[name]), name)
+    module = importlib.import_module(_PUBLIC[name])
+    value = module if name == "monitor" else getattr(module, name)
     globals()[name] = value  # once imported, an ordinary attribute
     return value
 
 
 def __dir__() -> list[str]:
     return sorted([*globals(), *_PUBLIC])
+
+
+class _Package(types.ModuleType):
+    """`llm_audit.scan` and `llm_audit.compare` are functions, though modules of those names
+    exist: importing such a module would set the package attribute to the module (the eager
+    `from llm_audit.scan import scan` used to rebind it), so that assignment is skipped."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("compare", "scan") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
