@@ -21,14 +21,14 @@ def progress_bar(total: int | None, *, desc: str, unit: str, enabled: bool = Tru
         from tqdm import tqdm
 
         return tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr)
-    return PlainProgress(total, desc=desc, unit=unit, enabled=enabled)
+    return PlainProgress(total, desc=desc, enabled=enabled)
 
 
 class PlainProgress:
-    """Progress as whole lines: `llm-audit: scan 40/127 matrix (31%), 12.3 s, 310 MB read`."""
+    """Progress as whole lines: `llm-audit: scan 40/127 (31%), 12.3 s, 310 MB read`."""
 
-    def __init__(self, total: int | None, *, desc: str, unit: str, enabled: bool = True):
-        self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled
+    def __init__(self, total: int | None, *, desc: str, enabled: bool = True):
+        self.total, self.desc, self.enabled = total, desc, enabled
         self.n, self.postfix = 0, ""
         self._start = self._last = time.monotonic()
         self._last_tenth = 0
@@ -57,7 +57,7 @@ class PlainProgress:
         share = f" ({100 * self.n // self.total}%)" if self.total else ""
         extra = f", {self.postfix}" if self.postfix else ""
         print(
-            f"llm-audit: {self.desc} {done} {self.unit}{share}, {now - self._start:.1f} s{extra}",
+            f"llm-audit: {self.desc} {done}{share}, {now - self._start:.1f} s{extra}",
             file=sys.stderr,
             flush=True,
         )
