@@ -99,7 +99,7 @@ def test_every_example_parses(example: str) -> None:
 @pytest.mark.parametrize(
     ("argv", "says"),
     [
-        (["scan", "--fromat", "x"], "--fromat (did you mean --format?) (see llm-audit scan --help)"),
+        (["scan", "--fromat", "x"], "(did you mean --format?) (see llm-audit scan --help)"),
         (["compare", "a", "b", "--tarps"], "--tarps (did you mean --traps?)"),
         (["scan", "--estimator", "WW"], "(did you mean ww?) (see llm-audit scan --help)"),
         (["scna"], "(did you mean scan?) (see llm-audit --help)"),
