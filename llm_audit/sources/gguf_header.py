@@ -104,6 +104,7 @@ def _show(text: str) -> str:
     return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
+_U64 = struct.Struct("<Q")
 _TYPES_BY_NAME = {name: (tid, block, size) for tid, (name, block, size) in GGML_TYPES.items()}
 
 
@@ -218,14 +219,23 @@ class _Parser:
             self.pos += count * struct.calcsize("<" + item_code)
         else:
             self.need(count * (8 if item == STRING else 12), what)  # smallest element size
-            for _ in range(count):
-                if item == STRING:
-                    length = self.unpack("Q", what)
-                    self.need(length, what)
-                    self.pos += length
-                else:
+            if item == STRING:
+                self.skip_strings(count, what)
+            else:
+                for _ in range(count):
                     self.value(ARRAY, key, depth + 1)
         return GGUFArray(item_name, count)
+
+    def skip_strings(self, count: int, what: str) -> None:
+        """Step over `count` strings (a 262k-token vocabulary: the header's hot loop)."""
+        buf, pos, size, unpack = self.buf, self.pos, self.size, _U64.unpack_from
+        for _ in range(count):
+            length = unpack(buf, pos)[0] if pos + 8 <= size else 0
+            if pos + 8 > size or length > size - pos - 8:
+                self.pos = pos
+                self.need(8 + length, what)  # raises, naming the string that does not fit
+            pos += 8 + length
+        self.pos = pos
 
     def tensor_info(self) -> tuple[str, tuple[int, ...], str, int]:
         name = self.string("a tensor name", MAX_NAME_BYTES)
