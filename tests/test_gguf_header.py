@@ -168,7 +168,8 @@ def test_300k_empty_strings_one_line_exit_2(tmp_path: Path, cli: Cli) -> None:
 
 
 def test_truncated_header_is_refused_at_every_length(tmp_path: Path) -> None:
-    whole = _gguf([_arch()], [_f32_matrix(b"w.weight", 0)], bytes(64))
+    tokens = _str(b"tokens") + struct.pack("<IIQ", ARRAY, STRING, 3) + _str(b"a") + _str(b"") * 2
+    whole = _gguf([_arch(), tokens], [_f32_matrix(b"w.weight", 0)], bytes(64))
     path = tmp_path / "model.gguf"
     for end in range(len(whole) - 1):  # every cut before the last data byte
         path.write_bytes(whole[:end])
