@@ -44,7 +44,8 @@ class PlainProgress:
     def set_postfix_str(self, text: str) -> None:
         self.postfix = text
 
-    def set_postfix(self, **values: Any) -> None:
+    def set_postfix(self, refresh: bool = True, **values: Any) -> None:
+        """tqdm's signature; `refresh` has no meaning for whole lines."""
         self.postfix = ", ".join(f"{k}={v}" for k, v in values.items())
 
     def close(self) -> None:
