@@ -119,6 +119,7 @@ def test_usage_errors_point_to_help_and_suggest(argv: list[str], says: str, cli:
 
 def test_plain_progress_is_whole_lines_per_tenth(capsys: pytest.CaptureFixture[str]) -> None:
     bar = PlainProgress(250, desc="scan")
+    bar.set_postfix(loss="0.5", refresh=False)  # tqdm's signature, as calibration calls it
     for _ in range(250):
         bar.update()
     bar.close()
@@ -126,6 +127,7 @@ def test_plain_progress_is_whole_lines_per_tenth(capsys: pytest.CaptureFixture[s
     assert len(lines) == 10 and "\r" not in "".join(lines)
     assert lines[0].startswith("llm-audit: scan 25/250 (10%), ")
     assert lines[-1].startswith("llm-audit: scan 250/250 (100%), ")
+    assert all(line.endswith(" s, loss=0.5") for line in lines)
 
 
 def test_scan_into_a_log_writes_plain_lines(tiny_llama: Path, tmp_path: Path, cli: Cli) -> None:
