@@ -1,43 +1,160 @@
 """The `llm-audit` command line. Data goes to stdout, progress and errors to stderr.
 
-Exit codes, which CI can believe: 0 success; 1 a `--fail-on` flag fired, and nothing else; 2 bad
-input or usage (one line on stderr naming the file or argument and the fix); 3 an unexpected
-exception, that is a bug in llm-audit (one line; the traceback with `--debug` or
-`LLM_AUDIT_DEBUG=1`); 130 interrupted (Ctrl-C), with how to resume.
+Parsing, `--help`, `--version` and the usage errors import no torch, pandas or calibration code:
+each command imports what it needs when it runs. Exit codes are `EXIT_HELP`'s.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import logging
 import math
 import os
+import re
 import sys
+import textwrap
 import traceback
 from pathlib import Path
 from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
-from llm_audit.report.files import check_report_folder, check_writable, report_lock
-from llm_audit.result import FORMATS, REPORT_FILES, check_formats
-from llm_audit.vocabulary import ESTIMATORS
+from llm_audit.vocabulary import ESTIMATORS, FAR_FROM_BASE, FLAGS, FORMATS, VERDICTS
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 DEBUG_ENV = "LLM_AUDIT_DEBUG"  # "1": print the traceback of an unexpected exception
+FAIL_ON_VALUES = (*FLAGS, *VERDICTS[1:])  # layer flags, and the verdicts worse than healthy
+
+DESCRIPTION = """\
+Audit a neural network's weight matrices by their eigenvalue spectra (Heavy-Tailed
+Self-Regularization): for every layer, the power-law exponent alpha of W^T W's spectrum and
+the correlation traps of its shuffled copy; for the model, a verdict on over-fitting
+(anti-grokking). Reads Hugging Face models (Hub ids, folders, safetensors), GGUF files and
+LoRA adapters, streamed tensor by tensor; writes JSON, CSV, Parquet and a self-contained page."""
+
+EXIT_HELP = f"""\
+exit codes:
+  {EXIT_OK}    done
+  {EXIT_FLAGGED}    a --fail-on flag fired (and nothing else gives 1)
+  {EXIT_BAD_INPUT}    bad input or usage: one line on stderr naming the file or option and the fix
+  {EXIT_BUG}    an unexpected error, a bug in llm-audit (--debug or {DEBUG_ENV}=1 for the traceback)
+  {EXIT_INTERRUPTED}  interrupted (Ctrl-C); scan and compare say how to --resume
+  {EXIT_PIPE_CLOSED}  stdout's reader closed the pipe (| head)"""
+
+EXAMPLES = {
+    None: [
+        "llm-audit scan                    # the bundled all-MiniLM-L6-v2, no network",
+        "llm-audit scan org/name --out reports/name",
+        "llm-audit describe model.gguf",
+        "llm-audit compare org/base org/fine-tune",
+        "llm-audit scan --help             # each command's options and examples",
+    ],
+    "scan": [
+        "llm-audit scan                    # the bundled all-MiniLM-L6-v2, no network",
+        "llm-audit scan sentence-transformers/all-mpnet-base-v2 --out reports/mpnet",
+        "llm-audit scan ./my-model --no-traps --layers 'mlp|attn'",
+        "llm-audit scan model.gguf --device cuda --fail-on pathological,correlation_trap",
+        "llm-audit scan org/name --stream --format json,html --resume",
+    ],
+    "describe": [
+        "llm-audit describe ./my-model",
+        "llm-audit describe org/name --revision main",
+        "llm-audit describe model.gguf",
+    ],
+    "compare": [
+        "llm-audit compare org/base org/fine-tune",
+        "llm-audit compare ./base ./lora-adapter --out reports/compare",
+        "llm-audit compare ./base ./ft-1 ./ft-2 --no-traps --fail-on correlation_trap",
+        "llm-audit compare org/base org/fine-tune --fail-on far_from_base",
+    ],
+    "render": [
+        "llm-audit render reports/all-MiniLM-L6-v2/audit.json",
+        "llm-audit render audit.json --out page.html",
+    ],
+    "calibrate": [
+        "llm-audit calibrate mnist          # about 7 minutes on a CPU",
+        "llm-audit calibrate modadd --config quick --out reports/calibration/modadd",
+        "llm-audit calibrate mnist --config paper --no-progress",
+        "llm-audit calibrate mnist --config long --out runs/long --reaudit --seeds 24 --jobs 2",
+    ],
+}
+
+
+def _epilog(command: str | None, values: str = "") -> str:
+    examples = "\n".join(f"  {line}" for line in EXAMPLES[command])
+    return f"examples:\n{examples}\n\n{values}{EXIT_HELP}"
+
+
+def _values(*, fail_on: bool, formats: bool) -> str:
+    """The valid values of the comma-list options, which argparse cannot list by itself."""
+    lines = [("--estimator", f"{', '.join(ESTIMATORS)} (default {ESTIMATORS[0]})")]
+    if fail_on:
+        lines.append(("--fail-on", f"any of {', '.join(FAIL_ON_VALUES)}"))
+    if formats:
+        lines.append(("--format", f"any of {', '.join(FORMATS)} (default all)"))
+    wrapped = [
+        textwrap.fill(text, 78, initial_indent=f"  {option:<13}", subsequent_indent=" " * 15)
+        for option, text in lines
+    ]
+    return "values:\n" + "\n".join(wrapped) + "\n\n"
+
+
+def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
+    """` (did you mean X?)` for the closest of `choices`, or nothing."""
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
+    return f" (did you mean {by_lower[close[0]]}?)" if close else ""
 
 
 class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line that points to this (sub)command's help, with a suggestion for a
+    mistyped choice."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(EXIT_BAD_INPUT, f"llm-audit: error: {message} (see llm-audit --help)\n")
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = [c.strip(" '") for c in choice[2].split(",")]
+            message += did_you_mean(choice[1], options)
+        self.exit(EXIT_BAD_INPUT, f"llm-audit: error: {message} (see {self.prog} --help)\n")
+
+    def unrecognized(self, extra: list[str]) -> None:
+        """Refuse the arguments no option took, suggesting this command's closest options."""
+        known = [o for action in self._actions for o in action.option_strings]
+        hints = [f"{arg}{did_you_mean(arg.split('=')[0], known)}" for arg in extra]
+        self.error(f"unrecognized arguments: {' '.join(hints)}")
+
+
+def _command(parser: argparse.ArgumentParser, name: str, help: str) -> Any:
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.add_parser(
+        name,
+        help=help,
+        description=help[0].upper() + help[1:] + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="llm-audit", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(
+        prog="llm-audit",
+        description=DESCRIPTION,
+        epilog=_epilog(None),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-V", "--version", action="store_true", help="print llm-audit's version and exit"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="with --version: also Python's and torch's versions and the devices torch sees",
+    )
+    parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
-    scan = sub.add_parser("scan", help="audit every weight matrix of a model")
+    scan = _command(parser, "scan", "audit every weight matrix of a model")
+    scan.epilog = _epilog("scan", _values(fail_on=True, formats=True))
     _add_model(scan, optional=True)
     scan.add_argument("--out", type=Path, help="output folder (default reports/<model-slug>)")
     _add_analysis_options(
@@ -58,22 +175,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--format",
-        default="json,csv,parquet,npz,html",
-        help="files to write: any of json,csv,parquet,npz,html (default all)",
+        default=",".join(FORMATS),
+        metavar="FMT,...",
+        help="which report files to write into --out (not what is printed): any of "
+        f"{','.join(FORMATS)} (default all). A rerun replaces the --out folder whole, so "
+        "files of formats not named this time are gone",
     )
 
-    describe = sub.add_parser(
-        "describe", help="list a model's layers from its headers, reading no weights"
-    )
+    describe = _command(parser, "describe", "list a model's layers from its headers, no weights")
+    describe.epilog = _epilog("describe")
     _add_model(describe, optional=False)
 
-    render = sub.add_parser("render", help="re-render report.html from audit.json and spectra.npz")
+    render = _command(parser, "render", "re-render report.html from audit.json and spectra.npz")
+    render.epilog = _epilog("render")
     render.add_argument("audit_json", type=Path, help="an audit.json written by scan")
     render.add_argument("--out", type=Path, help="output file (default report.html beside it)")
 
-    compare = sub.add_parser(
-        "compare", help="compare fine-tunes, merges or adapters with their base"
-    )
+    compare = _command(parser, "compare", "compare fine-tunes, merges or adapters with their base")
+    compare.epilog = _epilog("compare", _values(fail_on=True, formats=False))
     compare.add_argument("base", help="the base model (Hub id, folder or .safetensors file)")
     compare.add_argument(
         "others",
@@ -84,13 +203,13 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--revision", help="Hub revision of the base")
     compare.add_argument("--out", type=Path, help="output folder (default reports/compare-<base>)")
     _add_analysis_options(
-        compare, fail_on="exit 1 if any layer of an OTHER gains one of these flags"
+        compare, fail_on="exit 1 if any layer of an OTHER gains one of these layer flags"
     )
 
-    calibrate = sub.add_parser(
-        "calibrate",
-        help="train a grokking task, auditing its checkpoints (memorize, grok, collapse)",
+    calibrate = _command(
+        parser, "calibrate", "train a grokking task, auditing its checkpoints (grok, collapse)"
     )
+    calibrate.epilog = _epilog("calibrate")
     calibrate.add_argument("task", choices=("mnist", "modadd"), help="the calibration task")
     calibrate.add_argument(
         "--config", default="quick", help="quick (minutes on a CPU), paper (hours) or a YAML file"
@@ -98,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument(
         "--out", type=Path, help="output folder (default reports/calibration/TASK)"
     )
-    calibrate.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_progress(calibrate)
     calibrate.add_argument(
         "--reaudit",
         action="store_true",
@@ -121,6 +240,27 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"print the traceback of an unexpected error (a bug; also {DEBUG_ENV}=1)",
         )
     return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, or exit 2 with one line (exit 0 for --help)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        command: _Parser = sub.choices.get(args.command, parser)
+        command.unrecognized(extra)
+    if args.command is None and not args.version:
+        parser.error(f"choose a command: {', '.join(c for c in EXAMPLES if c)}")
+    return args
+
+
+def _add_progress(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (default: a bar on a terminal, a plain line per 10%% in a log)",
+    )
 
 
 def _add_analysis_options(p: argparse.ArgumentParser, *, fail_on: str) -> None:
@@ -153,14 +293,14 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, fail_on: str) -> None:
         "models and settings (every run journals there until its report is written)",
     )
     p.add_argument("--fail-on", metavar="FLAG,...", help=fail_on)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    _add_progress(p)
 
 
 def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:
     p.add_argument(
         "model",
         nargs="?" if optional else None,
-        help="Hub id (org/name), folder or .safetensors file"
+        help="Hub id (org/name), model folder, .safetensors or .gguf file"
         + (" (default: the bundled all-MiniLM-L6-v2)" if optional else ""),
     )
     p.add_argument("--revision", help="Hub branch, tag or commit")
@@ -172,7 +312,10 @@ def _add_model(p: argparse.ArgumentParser, *, optional: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
+    if args.version:
+        print(version_text(verbose=args.verbose))
+        return EXIT_OK
     # The command line owns stderr: one line per error, so the Hub client's retry chatter is muted.
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     commands = {
@@ -203,6 +346,30 @@ def main(argv: list[str] | None = None) -> int:
             own_line=drawing,
         )
         return EXIT_BUG
+
+
+def version_text(*, verbose: bool) -> str:
+    """`llm-audit X.Y.Z`; `verbose` adds Python, torch and the devices torch sees."""
+    from llm_audit import __version__
+
+    if not verbose:
+        return f"llm-audit {__version__}"
+    import platform
+
+    import torch
+
+    lines = [
+        f"llm-audit {__version__}",
+        f"python {platform.python_version()} on {platform.platform()}",
+        f"torch {torch.__version__} ({torch.get_num_threads()} CPU threads)",
+    ]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            props = torch.cuda.get_device_properties(i)
+            lines.append(f"cuda:{i} {props.name}, {props.total_memory / 2**30:.0f} GiB")
+    else:
+        lines.append("cuda: not available (scans run on the CPU)")
+    return "\n".join(lines)
 
 
 def _say(message: str, *, own_line: bool) -> None:
@@ -246,12 +413,16 @@ def _out_folder(args: argparse.Namespace) -> Path:
 
 
 def _scan(args: argparse.Namespace) -> int:
+    fail_on = comma_list("--fail-on", args.fail_on, FAIL_ON_VALUES, noun="flag")
+    formats = comma_list("--format", args.format, tuple(FORMATS), noun="format")
+    if not formats:
+        raise ConfigError(f"--format: name at least one of {', '.join(FORMATS)}")
     from llm_audit.distributed import is_primary
     from llm_audit.flags import parse_fail_on
+    from llm_audit.report.files import check_report_folder, report_lock
+    from llm_audit.result import REPORT_FILES
 
-    fail_on = parse_fail_on(args.fail_on)
-    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
-    check_formats(formats)
+    fail_on = parse_fail_on(",".join(fail_on))
     out = _out_folder(args)
     check_report_folder(out, REPORT_FILES)
     with report_lock(out) if is_primary() else contextlib.nullcontext():
@@ -303,6 +474,20 @@ def _scan_into(
     return EXIT_OK
 
 
+def comma_list(
+    option: str, spec: str | None, valid: tuple[str, ...], *, noun: str
+) -> tuple[str, ...]:
+    """`a,b` as ('a', 'b'), each one of `valid`, or a ConfigError that suggests the closest."""
+    items = tuple(s.strip() for s in (spec or "").split(",") if s.strip())
+    for item in items:
+        if item not in valid:
+            raise ConfigError(
+                f"{option}: unknown {noun} {item!r}{did_you_mean(item, valid)}; "
+                f"use any of {', '.join(valid)}"
+            )
+    return items
+
+
 def _devices(args: argparse.Namespace) -> list[str] | None:
     return None if args.devices is None else args.devices.split(",")
 
@@ -318,6 +503,8 @@ def _calibrate(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"calibrate needs {' and '.join(missing)}: pip install 'llm-audit[calibration]'"
         )
+
+    from llm_audit.report.files import check_writable
 
     cfg = run.load(args.task, args.config)
     out = args.out or Path("reports") / "calibration" / args.task
@@ -352,12 +539,13 @@ def _render(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
+    from llm_audit.architectures import model_family
     from llm_audit.layers import plan_layers
     from llm_audit.sources import open_source
 
     with open_source(args.model, revision=args.revision, allow_pickle=args.allow_pickle) as source:
         tensors = source.tensors()
-        layers, family = plan_layers(tensors, source.info.config, read=source.read)
+        layers, naming = plan_layers(tensors, source.info.config, read=source.read)
     rows = [
         [
             layer.name,
@@ -373,18 +561,18 @@ def _describe(args: argparse.Namespace) -> int:
     print(_table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
     total = sum(t.numel for t in tensors)
     print(
-        f"\n{source.info.id}: family {family}, {len(layers)} layers, {total:,} parameters "
-        f"in {len(tensors)} tensors"
+        f"\n{source.info.id}: family {model_family(source.info.config, naming)}, "
+        f"{len(layers)} layers, {total:,} parameters in {len(tensors)} tensors"
     )
     return EXIT_OK
 
 
 def _compare(args: argparse.Namespace) -> int:
     from llm_audit.distributed import is_primary
-    from llm_audit.flags import parse_fail_on
-    from llm_audit.vocabulary import FAR_FROM_BASE, FLAGS
+    from llm_audit.report.files import check_report_folder, report_lock
+    from llm_audit.result import REPORT_FILES
 
-    fail_on = parse_fail_on(args.fail_on)
+    fail_on = comma_list("--fail-on", args.fail_on, (*FAIL_ON_VALUES, FAR_FROM_BASE), noun="flag")
     if any(item not in (*FLAGS, FAR_FROM_BASE) for item in fail_on):
         raise ConfigError(
             "compare --fail-on takes layer flags and far_from_base: "

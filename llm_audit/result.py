@@ -27,15 +27,8 @@ from llm_audit.errors import ConfigError
 from llm_audit.quant import describe_config
 from llm_audit.report.files import replace_folder, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
-from llm_audit.vocabulary import SCHEMA_VERSION
+from llm_audit.vocabulary import FORMATS, SCHEMA_VERSION
 
-FORMATS = {  # --format name: file written
-    "json": "audit.json",
-    "csv": "layers.csv",
-    "parquet": "layers.parquet",
-    "npz": "spectra.npz",
-    "html": "report.html",
-}
 COMPARE_FILES = ("compare.json", "compare.csv", "compare.html")
 REPORT_FILES = frozenset((*FORMATS.values(), *COMPARE_FILES))  # what a report folder may hold
 

@@ -30,13 +30,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from llm_audit.allocator import return_freed_memory
 from llm_audit.analysis import Outcome, analyze, torch_threads
 from llm_audit.config import AuditConfig
 from llm_audit.jobs import Job
 from llm_audit.layers import Layer
+from llm_audit.progress import progress_bar
 from llm_audit.spectral.esd import Matrix, as_lazy, row_blocks
 
 # Workers (threads, each with its own CUDA stream) per GPU: torch's CUDA eigvalsh batches only
@@ -73,7 +73,7 @@ def schedule(
         upload = Uploader(device)
     return_freed_memory()
     results: dict[str, Outcome] = {}
-    bar = tqdm(total=total, unit="matrix", disable=not progress, desc=desc, leave=False)
+    bar = progress_bar(total, unit="matrix", enabled=progress, desc=desc)
     read_bytes = 0
     pending: list[tuple[Job, Future[Outcome]]] = []
 

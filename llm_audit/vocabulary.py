@@ -67,6 +67,15 @@ ALIGNMENTS = (ALIGNED, MISSING, EXTRA, SHAPE_CHANGED)
 # Power-law estimators (see spectral/powerlaw.py), the first being the default.
 ESTIMATORS = ("ww", "xmin_peak", "median", "clauset")
 
+# A scan's report files: --format name -> file written.
+FORMATS = {
+    "json": "audit.json",
+    "csv": "layers.csv",
+    "parquet": "layers.parquet",
+    "npz": "spectra.npz",
+    "html": "report.html",
+}
+
 
 def count_key(flag: str) -> str:
     """The summary's count of layers raising `flag` (`num_alpha_lt_2`)."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -285,8 +284,6 @@ def _writable(out: Path) -> None:
 
 
 def _bar(total: int, name: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from llm_audit.progress import progress_bar
 
-    return tqdm(
-        total=total, desc=f"calibrate {name}", disable=not enabled, file=sys.stderr, mininterval=1.0
-    )
+    return progress_bar(total, desc=f"calibrate {name}", unit="step", enabled=enabled)

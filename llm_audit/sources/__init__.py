@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -116,6 +117,14 @@ def _open_folder(folder: Path, *, allow_pickle: bool, kind: str) -> Source:
         _require_pickle_opt_in(allow_pickle, folder)
         info.files = [str(f) for f in pickles]
         return TorchBinSource(pickles, info)
+    ggufs = sorted(folder.glob("*.gguf"))
+    if ggufs:
+        more = f" (and {len(ggufs) - 1} more .gguf)" if len(ggufs) > 1 else ""
+        raise SourceNotFoundError(
+            f"holds no *.safetensors weights but a GGUF file, {ggufs[0].name}{more}; scan the "
+            f"file itself: llm-audit scan {shlex.quote(str(ggufs[0]))}",
+            path=str(folder),
+        )
     raise SourceNotFoundError(
         "holds no *.safetensors weights; point to a model folder or file", path=str(folder)
     )

@@ -1,12 +1,16 @@
 """GGUF files (llama.cpp): tensors listed from the header, read and dequantized one at a time.
 
+The header (metadata and tensor table) is read and checked by `gguf_header`, our own bounded
+parser; the `gguf` package is used only to dequantize.
+
 GGUF lists dimensions innermost first (ggml's `ne`: in_features, then out_features, then experts);
 shapes here are reversed to the (experts, out, in) order of PyTorch checkpoints. Float tensors
 (F32, F16, BF16) are read as they are; quantized ones (Q8_0, Q4_K, ...) are dequantized to float32
 by `gguf.quants.dequantize` (numpy, slow on large models), and types it cannot decode are left to
-the planner to report as `unsupported_dtype`. The file is memory-mapped, so a tensor's pages are
-read only when the tensor is. Every quantization block (32 or 256 values) lies within one row, so
-a block of rows is dequantized alone: a matrix is read row block by row block, never whole.
+the planner to report as `unsupported_dtype`. Every quantization block (32 or 256 values) lies
+within one row, so a block of rows is dequantized alone: a matrix is read row block by row block,
+never whole, and each read maps only the bytes of its rows (the map goes with the array, so a
+scan's file pages stay those of the tensors in flight).
 
 The trap shuffle reads elements from all over a matrix. For Q8_0 and Q4_0 (llama.cpp's usual types
 for large embeddings) `element_reader` decodes each element where it is stored, from its block's
@@ -25,11 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from llm_audit.errors import CheckpointFormatError, ConfigError
+from llm_audit.errors import CheckpointFormatError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
+from llm_audit.sources.gguf_header import GGUFTensor, parse_header
 from llm_audit.spectral.esd import Gather
 
 FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_NUMPY_TYPES: dict[str, np.dtype[Any]] = {
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+}  # else raw bytes
 
 
 @cache
@@ -52,58 +61,30 @@ def is_gguf(path: Path) -> bool:
 
 
 class GGUFSource(Source):
-    """The tensors of one GGUF file, memory-mapped."""
+    """The tensors of one GGUF file; each read maps only the bytes of the rows it decodes."""
 
     partial_reads = True
 
     def __init__(self, path: Path, info: SourceInfo):
-        try:
-            from gguf import GGUFReader
-        except ImportError:
-            raise ConfigError(
-                "reading GGUF files needs the gguf package; pip install gguf", path=str(path)
-            ) from None
         self.info = info
         self._path = path
+        self._file = path.open("rb")  # maps come from this handle: the file the header checked
         try:
-            reader: Any = GGUFReader(path)
-        except (ValueError, OSError, IndexError, KeyError) as exc:
-            raise CheckpointFormatError(
-                f"cannot be read as GGUF ({exc}); it is truncated or corrupt, download it again",
-                path=str(path),
-            ) from None
-        # The reader is not kept: its metadata (a 262k-token vocabulary for Gemma 3) is Python
-        # objects, ~500 MB of Gemma-3-270M's header; the tensors are views of the memory map.
-        self._raw = {t.name: t for t in reader.tensors}
-        self._check_extent()
-        arch = reader.get_field("general.architecture")
-        try:
-            arch_name = arch.contents() if arch is not None else None
-        except (UnicodeDecodeError, ValueError, IndexError):
-            raise CheckpointFormatError(
-                "general.architecture is not valid UTF-8 text; the file is corrupt",
-                path=str(path),
-            ) from None
+            header = parse_header(self._file, str(path))
+        except BaseException:
+            self._file.close()
+            raise
+        self._raw = {t.name: t for t in header.tensors}
+        arch = header.metadata.get("general.architecture")
+        arch_name = arch if isinstance(arch, str) else None
         self.info.config = {"model_type": "gguf", "gguf_architecture": arch_name}
-
-    def _check_extent(self) -> None:
-        """Refuse a file whose tensor data ends past the end of the file (a truncated download)."""
-        size = self._path.stat().st_size
-        for t in self._raw.values():
-            end = int(t.data_offset) + int(t.n_bytes)
-            if end > size:
-                raise CheckpointFormatError(
-                    f"tensor {t.name!r} ends at byte {end} but the file has {size} bytes; "
-                    "it is truncated, download it again",
-                    path=str(self._path),
-                )
 
     def tensors(self) -> list[TensorInfo]:
         return [
             TensorInfo(
                 name=t.name,
-                shape=tuple(int(d) for d in reversed(t.shape.tolist())),
-                dtype=t.tensor_type.name,
+                shape=tuple(reversed(t.dims)),
+                dtype=t.type_name,
                 file=str(self._path),
             )
             for t in self._raw.values()
@@ -111,26 +92,46 @@ class GGUFSource(Source):
 
     def read(self, tensor: TensorInfo) -> torch.Tensor:
         raw = self._raw[tensor.name]
-        return self._decode(raw.data, raw.tensor_type, tensor)
+        return self._decode(self._rows(raw, 0, _outer(raw)), raw, tensor).reshape(_torch_shape(raw))
 
     def read_slice(self, tensor: TensorInfo, index: int | slice) -> torch.Tensor:
         """One expert of a stacked `ffn_*_exps` tensor, or a block of rows; only those decoded."""
         raw = self._raw[tensor.name]
-        return self._decode(raw.data[index], raw.tensor_type, tensor)
+        if len(raw.dims) < 2:
+            return self.read(tensor)[index].clone()
+        first = len(raw.dims) - 1  # the outermost axis, in PyTorch order the first
+        picked = range(raw.dims[first])[index]
+        per_item = _outer(raw) // raw.dims[first] if raw.dims[first] else 0
+        if isinstance(picked, int):
+            data = self._rows(raw, picked * per_item, per_item)
+            return self._decode(data.reshape((*_torch_shape(raw)[1:-1], -1)), raw, tensor)
+        if picked.step != 1:
+            return self.read(tensor)[index].clone()
+        count = len(picked)
+        data = self._rows(raw, picked.start * per_item, count * per_item)
+        return self._decode(data.reshape((count, *_torch_shape(raw)[1:-1], -1)), raw, tensor)
 
     def read_rows(
         self, tensor: TensorInfo, start: int, stop: int, *, expert: int | None = None
     ) -> torch.Tensor:
         raw = self._raw[tensor.name]
-        data = raw.data if expert is None else raw.data[expert]
-        return self._decode(data[start:stop], raw.tensor_type, tensor)
+        rows_per_expert = raw.dims[1] if len(raw.dims) > 1 else 1
+        base = 0 if expert is None else expert * rows_per_expert
+        start, stop, _ = slice(start, stop).indices(
+            rows_per_expert if expert is not None else _outer(raw)
+        )
+        return self._decode(self._rows(raw, base + start, max(0, stop - start)), raw, tensor)
 
     def element_reader(self, tensor: TensorInfo, *, expert: int | None = None) -> Gather | None:
         raw = self._raw[tensor.name]
-        if raw.tensor_type.name not in _ELEMENT_TYPES:
+        if raw.type_name not in _ELEMENT_TYPES:
             return None
-        block_bytes, decode = _ELEMENT_TYPES[raw.tensor_type.name]
-        data = raw.data if expert is None else raw.data[expert]
+        block_bytes, decode = _ELEMENT_TYPES[raw.type_name]
+        rows_per_expert = raw.dims[1] if len(raw.dims) > 1 else 1
+        if expert is None:
+            data = self._rows(raw, 0, _outer(raw))
+        else:
+            data = self._rows(raw, expert * rows_per_expert, rows_per_expert)
         with warnings.catch_warnings():  # the map is read-only, and only ever read
             warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
             stored = torch.from_numpy(data).reshape(-1)
@@ -144,17 +145,36 @@ class GGUFSource(Source):
 
         return gather
 
-    def _decode(self, data: np.ndarray, qtype: Any, tensor: TensorInfo) -> torch.Tensor:
-        name = qtype.name
+    def close(self) -> None:
+        self._file.close()
+
+    def _rows(self, raw: GGUFTensor, first: int, count: int) -> np.ndarray:
+        """Innermost rows [first, first + count) as stored (uint8 bytes, or the float dtype),
+        shape (count, width), through a map of those bytes alone (dropped with the array)."""
+        width = raw.dims[0] if raw.dims else 1
+        dtype = _NUMPY_TYPES.get(raw.type_name)
+        if dtype is None:
+            dtype, width = np.dtype(np.uint8), raw.row_bytes
+        nbytes = count * raw.row_bytes
+        if nbytes == 0:
+            return np.empty((count, width), dtype=dtype)
+        data = np.memmap(
+            self._file, dtype=np.uint8, mode="r", offset=raw.offset + first * raw.row_bytes,
+            shape=(nbytes,),
+        )  # fmt: skip
+        return data.view(dtype).reshape(count, width)
+
+    def _decode(self, data: np.ndarray, raw: GGUFTensor, tensor: TensorInfo) -> torch.Tensor:
+        name = raw.type_name
         if name in FLOAT_TYPES:
-            if name == "BF16":  # numpy has no bfloat16: the reader yields raw uint8 bytes
-                raw = torch.from_numpy(np.ascontiguousarray(data).view(np.int16))
-                return raw.view(torch.bfloat16).clone()
+            if name == "BF16":  # numpy has no bfloat16: the rows are raw bytes
+                bits = torch.from_numpy(np.ascontiguousarray(data).view(np.int16))
+                return bits.view(torch.bfloat16).clone()
             return torch.from_numpy(np.array(data))
-        from gguf import quants
+        from gguf import GGMLQuantizationType, quants
 
         try:
-            values = quants.dequantize(np.asarray(data), qtype)
+            values = quants.dequantize(np.asarray(data), GGMLQuantizationType[name])
         except NotImplementedError:
             raise CheckpointFormatError(
                 f"GGUF type {name} cannot be dequantized by the gguf package",
@@ -162,6 +182,18 @@ class GGUFSource(Source):
                 tensor=tensor.name,
             ) from None
         return torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+
+
+def _outer(raw: GGUFTensor) -> int:
+    """The number of innermost rows: the product of every dimension but the first."""
+    count = 1
+    for d in raw.dims[1:]:
+        count *= d
+    return count
+
+
+def _torch_shape(raw: GGUFTensor) -> tuple[int, ...]:
+    return tuple(reversed(raw.dims))
 
 
 def _q8_0(stored: torch.Tensor, first: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
