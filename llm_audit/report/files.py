@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
-import math
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -30,9 +31,9 @@ import pandas as pd
 
 from llm_audit.errors import ConfigError, LlmAuditError, OutputError, SourceNotFoundError
 from llm_audit.journal import is_journal_name
-from llm_audit.report.html import check_audit, render_html
+from llm_audit.report.html import render_html
+from llm_audit.report.validate import checked_audit
 from llm_audit.untrusted import read_json, show
-from llm_audit.vocabulary import FLAGS
 
 MAX_AUDIT_BYTES = 1_000_000_000  # audit.json of a 10 000-layer model with trap entries: ~50 MB
 # OWASP's CSV-injection rule: a text cell starting with one of these is prefixed with "'".
@@ -193,7 +194,8 @@ def report_lock(folder: Path) -> Iterator[None]:
     finally:
         del _HELD[lock]
         with contextlib.suppress(OSError):
-            lock.unlink()
+            if _is_same_file(lock, fd):  # never another file put in its place
+                lock.unlink()
         os.close(fd)
         for empty in made:  # deepest first
             with contextlib.suppress(OSError):
@@ -204,7 +206,7 @@ def _acquire(lock: Path, folder: Path) -> int:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = _open_lock(lock, folder)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -216,7 +218,7 @@ def _acquire(lock: Path, folder: Path) -> int:
                     "wait for it to finish or choose another --out",
                     path=str(folder),
                 ) from None
-            if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            if _is_same_file(lock, fd):
                 break
             os.close(fd)  # the holder removed the file as we opened it: lock the new one
         os.ftruncate(fd, 0)
@@ -228,6 +230,44 @@ def _acquire(lock: Path, folder: Path) -> int:
         raise OutputError(
             f"cannot lock the report folder ({exc.strerror})", path=str(folder)
         ) from None
+
+
+def _open_lock(lock: Path, folder: Path) -> int:
+    """The lock file, opened without following a link: a link planted where the lock goes
+    would have the pid written into (and the file created at) whatever it points to. The file
+    must be a regular file with no other name (a hard link would be truncated); raises
+    `OutputError` naming the lock otherwise."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OutputError(
+            f"the lock file {lock.name} beside the report folder is a symbolic link, which is "
+            "not followed; remove it or choose another --out",
+            path=str(folder),
+        ) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise OutputError(
+            f"the lock file {lock.name} beside the report folder is not a plain file of its "
+            "own (another name links to it, or it is not a regular file); remove it or choose "
+            "another --out",
+            path=str(folder),
+        )
+    return fd
+
+
+def _is_same_file(path: Path, fd: int) -> bool:
+    """Whether `path` (not followed) still names the file open as `fd`."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 # ---- render ----------------------------------------------------------------------------------
@@ -259,35 +299,9 @@ def _read_audit(path: Path) -> dict[str, Any]:
         path, what="audit.json", fix=fix, limit=MAX_AUDIT_BYTES, missing=SourceNotFoundError
     )
     try:
-        check_audit(audit)
-        _check_layers(audit["layers"])
+        return checked_audit(audit)
     except ConfigError as exc:  # the same message, naming the file
         raise ConfigError(str(exc), path=str(path)) from None
-    return audit
-
-
-def _check_layers(layers: list[Any]) -> None:
-    """The fields the page draws from, typed as scan writes them (`flags` a list of flag names:
-    a string would be drawn one flag per character). Raises `ConfigError` naming the field."""
-    fix = "scan the model again to write a new audit.json"
-    numbers = ("alpha", "D", "num_traps", "rand_num_spikes", "lambda_max", "stable_rank")
-    for i, layer in enumerate(layers):
-        where = f"layers[{i}]"
-        if not isinstance(layer, dict):
-            raise ConfigError(f"{where} is {show(layer)}, not a mapping; {fix}")
-        for key in ("name", "role", "status"):
-            if not isinstance(layer.get(key), str):
-                raise ConfigError(f"{where}.{key} is {show(layer.get(key))}, not text; {fix}")
-        flags = layer.get("flags", [])
-        if not isinstance(flags, list) or not all(f in FLAGS for f in flags):
-            raise ConfigError(
-                f"{where}.flags is {show(flags)}, not a list of flags ({', '.join(FLAGS)}); {fix}"
-            )
-        for key in numbers:
-            value = layer.get(key)
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if value is not None and not (is_number and math.isfinite(value)):
-                raise ConfigError(f"{where}.{key} is {show(value)}, not a number or null; {fix}")
 
 
 def _read_spectra(path: Path) -> dict[str, dict[str, np.ndarray]] | None:

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from llm_audit.errors import ConfigError
 from llm_audit.report import page, plots
 from llm_audit.report.outlier_panel import (
     counts_outlier_dimensions,
     has_trap_kinds,
     outlier_panel,
 )
+from llm_audit.report.validate import checked_audit, checked_spectra
 from llm_audit.report.view import (
     COLUMN_HELP,
     TEXT_COLUMNS,
@@ -46,7 +46,6 @@ from llm_audit.vocabulary import (
     HEALTHY,
     OUTLIER_DIMENSION,
     PATHOLOGICAL,
-    SCHEMA_VERSION,
     WATCH,
     count_key,
 )
@@ -70,7 +69,7 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
     {"evals": ..., "rand_evals": ...} eigenvalue arrays, or None to leave out the ESD plots (the
     page says so). Raises `ConfigError` if `audit` is not an audit of a supported schema_version.
     """
-    check_audit(audit)
+    audit, spectra = checked_audit(audit), checked_spectra(spectra)  # the boundary
     records: list[Mapping[str, Any]] = [r for r in audit["layers"] if isinstance(r, Mapping)]
     views = [
         layer_view(i, r, spectra.get(str(r.get("name"))) if spectra is not None else None)
@@ -88,20 +87,6 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
         _flags_explained(audit),
     ]
     return page.document(title, body, scripts=("table.js", "report.js"), data={"layers": views})
-
-
-def check_audit(audit: Any) -> None:
-    """Raise `ConfigError` unless `audit` is an audit dict of the supported schema_version."""
-    if not isinstance(audit, Mapping) or not isinstance(audit.get("layers"), list):
-        raise ConfigError(
-            "not an llm-audit audit (no 'layers' list); pass the audit.json of a scan"
-        )
-    version = audit.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ConfigError(
-            f"schema_version {version!r} is not supported (this llm-audit reads {SCHEMA_VERSION}); "
-            "render it with the llm-audit version that wrote it, or scan the model again"
-        )
 
 
 # (1) provenance -----------------------------------------------------------------------------------
