@@ -321,6 +321,12 @@ def _render(args: argparse.Namespace) -> int:
     from llm_audit.report import render_file
 
     out = render_file(args.audit_json, args.out)
+    if not Path(args.audit_json).with_name("spectra.npz").is_file():
+        print(
+            "llm-audit: warning: no spectra.npz beside the audit.json, so the page has no ESD "
+            "plots; put it there and render again to have them",
+            file=sys.stderr,
+        )
     print(f"Report written to {out}")
     return EXIT_OK
 

@@ -15,12 +15,14 @@ import pickle
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from llm_audit.sources.safetensors_files import read_header
 from tests.conftest import run_cli_process
 from tests.corpus.make_corpus import ABSURD_CONFIGS, CASES, MARKER_NAME, make_corpus
+from tests.test_report import DevTools, browser  # noqa: F401 (browser: the Chromium fixture)
 
 COMMITTED = Path(__file__).parent / "corpus" / "files"
 Cli = Callable[..., tuple[int, str, str]]
@@ -133,3 +135,150 @@ def test_committed_corpus_matches_the_script(tmp_path: Path) -> None:
             tmp_path / name, COMMITTED / name, files, shallow=False
         )
         assert (mismatch, errors) == ([], []), f"{name}: rerun make_corpus.py --committed"
+
+
+# ---- render: a received audit.json is checked at one boundary, and its page runs no script -----
+
+PAYLOAD = (
+    "<img src=x onerror=\"document.title='pwned'\"></script><script>document.title='pwned'</script>"
+)
+
+
+def _audit(**changes: Any) -> dict[str, Any]:
+    """A small audit.json as scan writes it, with `changes` (dotted paths) applied."""
+    audit: dict[str, Any] = {
+        "schema_version": 1,
+        "model": {"id": "org/model", "source": "hub", "revision": "main", "files": ["a"]},
+        "settings": {"estimator": "ww", "seed": 0, "thresholds": {"alpha_low": 2.0}},
+        "summary": {
+            "num_layers": 1, "num_analyzed": 1, "num_trap_layers": 0, "total_traps": 0,
+            "mean_alpha": 3.0, "verdict": "healthy", "verdict_reason": "fine", "seconds": 1.0,
+        },
+        "layers": [
+            {"name": "blk.0.q.weight", "role": "q", "status": "success", "block": 0,
+             "shape": [4, 4], "alpha": 3.0, "num_traps": 1, "flags": ["correlation_trap"],
+             "trap_entries": [{"row": 1, "col": 2, "value": 0.5, "z": 9.0}]},
+        ],
+    }  # fmt: skip
+    for path, value in changes.items():
+        *parents, last = path.split(".")
+        node = audit
+        for part in parents:
+            node = node[int(part)] if isinstance(node, list) else node[part]
+        node[last] = value
+    return audit
+
+
+HOSTILE_AUDITS = {
+    "summary_counter_text": ({"summary.num_trap_layers": PAYLOAD}, "summary.num_trap_layers"),
+    "summary_401_digits": ({"summary.total_traps": 10**400}, "outside int64"),
+    "summary_seconds_text": ({"summary.seconds": "<b>1</b>"}, "summary.seconds"),
+    "alpha_1e400": ({"layers.0.alpha": float("inf")}, "finite"),
+    "shape_text": ({"layers.0.shape": "abc"}, "layers[0].shape"),
+    "trap_entries_text": ({"layers.0.trap_entries": "xx"}, "trap_entries"),
+    "name_70000_chars": ({"layers.0.name": "a" * 70_000}, "over 4096 characters"),
+    "verdict_unknown": ({"summary.verdict": PAYLOAD}, "summary.verdict"),
+    "thresholds_text": ({"settings.thresholds.alpha_low": "2"}, "alpha_low"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_AUDITS))
+def test_render_checks_every_field_at_the_boundary(case: str, tmp_path: Path, cli: Cli) -> None:
+    changes, says = HOSTILE_AUDITS[case]
+    path = tmp_path / "audit.json"
+    text = json.dumps(_audit(**changes)).replace("Infinity", "1e400")
+    path.write_text(text)
+    code, _, err = cli("render", path)
+    _assert_one_clean_line(code, err, names=path, says=says)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.json"]
+
+
+def test_render_says_what_a_file_is_when_it_is_not_an_audit(tmp_path: Path, cli: Cli) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("a note\n")
+    code, _, err = cli("render", notes)
+    _assert_one_clean_line(code, err, names=notes, says="is not JSON, so not an audit.json")
+    compare = tmp_path / "compare.json"
+    compare.write_text(json.dumps({"schema_version": 1, "base": {}, "others": [], "layers": []}))
+    code, _, err = cli("render", compare)
+    _assert_one_clean_line(code, err, names=compare, says="is a compare.json")
+    assert "compare.html" in err
+
+
+def test_render_without_spectra_warns_and_drops_the_pointer(tmp_path: Path, cli: Cli) -> None:
+    path = tmp_path / "audit.json"
+    path.write_text(json.dumps(_audit()))
+    code, _, err = cli("render", path)
+    assert (
+        code == 0 and err.startswith("llm-audit: warning: no spectra.npz") and err.count("\n") == 1
+    )
+    page = (tmp_path / "report.html").read_text()
+    assert "eigenvalues are in spectra.npz" not in page and 'id="no-spectra"' in page
+
+
+def test_an_npz_bomb_is_refused_before_it_inflates(tmp_path: Path, cli: Cli) -> None:
+    import zipfile
+
+    path = tmp_path / "audit.json"
+    path.write_text(json.dumps(_audit()))
+    claim = b"{'descr': '<f8', 'fortran_order': False, 'shape': (268435456,), }"
+    header = (b"\x93NUMPY\x01\x00v\x00" + claim).ljust(127, b" ") + b"\n"
+    member = "blk.0.q.weight/evals.npy"
+    with (
+        zipfile.ZipFile(tmp_path / "spectra.npz", "w", zipfile.ZIP_DEFLATED) as npz,
+        npz.open(member, "w", force_zip64=True) as fh,
+    ):
+        fh.write(header)
+        for _ in range(256):  # 2 GiB of zeros: a 2 MB file
+            fh.write(bytes(8 << 20))
+    assert (tmp_path / "spectra.npz").stat().st_size < 4_000_000
+    tracemalloc.start()
+    try:
+        code, _, err = cli("render", path)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    _assert_one_clean_line(code, err, names=tmp_path / "spectra.npz", says="claims")
+    assert peak < 50 * 2**20
+
+
+def test_names_with_controls_and_bidi_overrides_are_made_visible(tmp_path: Path) -> None:
+    from llm_audit.report import render_file
+
+    path = tmp_path / "audit.json"
+    name = "evil\u202eweiv.q\n\x1b[31m"
+    path.write_text(json.dumps(_audit(**{"layers.0.name": name, "model.id": "m\u2066x"})))
+    page = render_file(path).read_text()
+    assert "\u202e" not in page and "\u2066" not in page and "\x1b" not in page
+    assert "evil\\u202eweiv.<wbr>q\\n\\x1b[31m" in page
+
+
+@pytest.mark.slow
+def test_no_script_from_a_hostile_audit_runs_in_chromium(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    tools: DevTools = request.getfixturevalue("browser")
+    from llm_audit.report import render_file
+
+    strings = {  # every text field the page shows, each holding the payload
+        "model.id": PAYLOAD, "model.source": PAYLOAD, "model.revision": PAYLOAD,
+        "model.family": PAYLOAD, "model.files": [PAYLOAD], "settings.estimator": PAYLOAD,
+        "settings.device": PAYLOAD, "settings.started": PAYLOAD, "settings.eigensolver": PAYLOAD,
+        "settings.versions": {PAYLOAD: PAYLOAD}, "summary.verdict_reason": PAYLOAD,
+        "summary.excluded_from_summary": [PAYLOAD], "summary.worst_layers": [PAYLOAD],
+        "summary.skipped": {PAYLOAD: 1}, "summary.alpha_by_role": {PAYLOAD: {"count": 1}},
+        "layers.0.name": PAYLOAD, "layers.0.role": PAYLOAD, "layers.0.status": PAYLOAD,
+        "layers.0.reason": PAYLOAD, "layers.0.stack": PAYLOAD,
+    }  # fmt: skip
+    path = tmp_path / "audit.json"
+    path.write_text(json.dumps(_audit(**strings)))
+    pages = [render_file(path)]
+    # The CSP alone, should escaping ever fail: the payload pasted into the page as it is.
+    raw = tmp_path / "raw.html"
+    raw.write_text(pages[0].read_text().replace("<main>", f"<main><p>{PAYLOAD}</p>", 1))
+    pages.append(raw)
+    for page in pages:
+        tools.call("Page.navigate", url=page.as_uri())
+        tools.wait_for("Page.loadEventFired")
+        assert tools.js("document.title") != "pwned", page.name
+        assert tools.js("typeof llmAudit") == "object"  # the page's own script did run

@@ -33,7 +33,7 @@ from llm_audit.errors import ConfigError, LlmAuditError, OutputError, SourceNotF
 from llm_audit.journal import is_journal_name
 from llm_audit.report.html import render_html
 from llm_audit.report.validate import checked_audit
-from llm_audit.untrusted import read_json, show
+from llm_audit.untrusted import parse_json, read_bounded, show
 
 MAX_AUDIT_BYTES = 1_000_000_000  # audit.json of a 10 000-layer model with trap entries: ~50 MB
 # OWASP's CSV-injection rule: a text cell starting with one of these is prefixed with "'".
@@ -294,33 +294,74 @@ def render_file(audit_json: str | Path, out: str | Path | None = None) -> Path:
 
 
 def _read_audit(path: Path) -> dict[str, Any]:
+    """The checked audit in `path`; a file that is not an audit.json (not JSON at all, or a
+    compare.json) is named for what it is."""
     fix = "pass the audit.json written by `llm-audit scan`"
-    audit = read_json(
+    data = read_bounded(
         path, what="audit.json", fix=fix, limit=MAX_AUDIT_BYTES, missing=SourceNotFoundError
     )
+    if not data.lstrip()[:1] == b"{":
+        raise ConfigError(f"is not JSON, so not an audit.json; {fix}", path=str(path))
+    document = parse_json(data, what="audit.json", path=path, error=ConfigError)
+    if isinstance(document, dict) and {"base", "others"} <= document.keys():
+        raise ConfigError(
+            "is a compare.json (written by `llm-audit compare`), not an audit.json: its page is "
+            "the compare.html written beside it; rerun the same `llm-audit compare` to rebuild it",
+            path=str(path),
+        )
     try:
-        return checked_audit(audit)
+        return checked_audit(document)
     except ConfigError as exc:  # the same message, naming the file
         raise ConfigError(str(exc), path=str(path)) from None
 
 
 def _read_spectra(path: Path) -> dict[str, dict[str, np.ndarray]] | None:
-    """{layer name: {"evals": ..., "rand_evals": ...}} from spectra.npz, None if there is none."""
+    """{layer name: {"evals": ..., "rand_evals": ...}} from spectra.npz, None if there is none.
+
+    Sizes are bounded by the file, not by its claims: a member may inflate to at most
+    `MAX_INFLATION` times its stored bytes, and must hold one float64 vector that fills it, both
+    checked before anything is allocated (a 1 MB npz otherwise inflates to gigabytes).
+    """
     if not path.is_file():
         return None
     spectra: dict[str, dict[str, np.ndarray]] = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key in npz.files:
+        with zipfile.ZipFile(path) as npz:
+            for info in npz.infolist():
+                key = info.filename.removesuffix(".npy")
                 name, _, kind = key.rpartition("/")
-                spectra.setdefault(name, {})[kind] = npz[key]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                spectra.setdefault(name, {})[kind] = _member(npz, info)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(
             f"cannot read the spectra ({exc}); delete it to render without ESD plots, "
             "or scan again",
             path=str(path),
         ) from None
     return spectra
+
+
+MAX_INFLATION = 64  # float64 eigenvalues deflate by less than 2x; a zip bomb by up to 1032x
+
+
+def _member(npz: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One eigenvalue vector of spectra.npz, its sizes checked before it is inflated."""
+    member = show(info.filename)
+    if info.file_size > MAX_INFLATION * max(info.compress_size, 1024):
+        raise ValueError(f"{member} claims {info.file_size} bytes from {info.compress_size}")
+    with npz.open(info) as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(fh)
+        if dtype != np.dtype("<f8") or len(shape) != 1 or shape[0] * 8 > info.file_size:
+            raise ValueError(f"{member} is not a vector of float64 eigenvalues of its size")
+        data = fh.read(shape[0] * 8)
+    if len(data) != shape[0] * 8:
+        raise ValueError(f"{member} is cut short")
+    return np.frombuffer(data, dtype="<f8")
 
 
 def _write_atomic(out: Path, text: str) -> None:

@@ -84,7 +84,7 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
         _depth(audit, records),
         _table(records),
         _details(records, views, spectra is not None),
-        _flags_explained(audit),
+        _flags_explained(audit, spectra is not None),
     ]
     return page.document(title, body, scripts=("table.js", "report.js"), data={"layers": views})
 
@@ -457,7 +457,7 @@ def _trap_table(v: Mapping[str, Any]) -> str:
 # (6) what the flags mean ------------------------------------------------------------------------
 
 
-def _flags_explained(audit: Mapping[str, Any]) -> str:
+def _flags_explained(audit: Mapping[str, Any], have_spectra: bool) -> str:
     t, rule = thresholds(audit), verdict_rule(audit)
     low, high, traps = f"{t.alpha_low:g}", f"{t.alpha_high:g}", f"{t.min_traps:g}"
     flags = [
@@ -529,6 +529,7 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
         f"</tr></thead><tbody>{rows}</tbody></table>",
         verdicts,
         "<p><b>Caveats.</b></p><ul>" + "".join(f"<li>{c}</li>" for c in caveats) + "</ul>",
-        "<p class='muted'>Written by llm-audit. This page makes no network request; the raw "
-        "eigenvalues are in spectra.npz next to audit.json.</p>",
+        "<p class='muted'>Written by llm-audit. This page makes no network request"
+        + ("; the raw eigenvalues are in spectra.npz next to audit.json." if have_spectra else ".")
+        + "</p>",
     )

@@ -51,7 +51,7 @@ def checked_audit(audit: Any) -> dict[str, Any]:
             f"{SCHEMA_VERSION}); render it with the llm-audit version that wrote it, or scan the "
             "model again"
         )
-    return _AUDIT(audit, "audit.json")  # type: ignore[no-any-return]
+    return _AUDIT(audit, "audit.json")
 
 
 def checked_spectra(spectra: Mapping[str, Any] | None) -> dict[str, Any] | None:
