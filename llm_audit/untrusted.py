@@ -21,6 +21,7 @@ bytes beyond a short, escaped excerpt of a value that failed a check.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -294,6 +295,20 @@ def show(value: object, limit: int = 60) -> str:
         return f"<{type(value).__name__} of {len(value)} items>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def open_no_follow(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """A descriptor of `path` opened without following a link (a link raises `OSError` ELOOP),
+    checked with `fstat` to be a regular file with no other name (a hard link planted there
+    would be written through too); `OSError` (EEXIST, ELOOP, EMLINK) otherwise. For every file
+    llm-audit writes beside or inside `--out`."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        why = "is not a regular file" if not stat.S_ISREG(st.st_mode) else "has another name"
+        raise OSError(errno.EMLINK, f"{why}, so it is not written", str(path))
+    return fd
 
 
 def visible(text: str) -> str:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from llm_audit.result import FORMATS
 from llm_audit.sources.safetensors_files import SafetensorsSource
@@ -183,11 +184,11 @@ def test_hub_always_dropping_the_connection_is_one_line(hub_model: Path, tmp_pat
 
 
 @contextlib.contextmanager
-def _tiny_disk(folder: Path) -> Iterator[Path]:
+def _tiny_disk(folder: Path, size: str = "16k") -> Iterator[Path]:
     """A 16 kB tmpfs at `folder` (needs root); skips the test where it cannot be mounted."""
     folder.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
@@ -207,6 +208,22 @@ def test_full_output_disk_is_one_line_and_leaves_no_report(
         reports = [p.name for p in out.glob("*") if p.name in FORMATS.values()]
     _assert_one_line_error(code, err, str(out), "No space left on device")
     assert staging == [] and reports == []  # no half-written report (a resume journal may stay)
+
+
+def test_disk_full_at_the_first_journal_line_is_said_once_and_leaves_no_journal(
+    tmp_path: Path, cli: Cli
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    model = write_shards(  # each layer's journal line (record and spectra) is over 4 kB
+        tmp_path / "m", {"model.layers.0.mlp.up_proj.weight": torch.randn(128, 128, generator=g)}
+    )
+    with _tiny_disk(tmp_path / "disk", "4k") as disk:
+        out = disk / "report"
+        code, _, err = cli("scan", model, "--out", out, "--no-progress", "--no-traps")
+        left = sorted(p.name for p in disk.rglob("*"))
+    _assert_one_line_error(code, err, "resume journal", "No space left on device")
+    assert err.count("No space left on device") == 1
+    assert left == []  # no empty journal, no report folder, no lock
 
 
 def test_unwritable_output_folder_is_one_line(tiny_llama: Path, tmp_path: Path, cli: Cli) -> None:

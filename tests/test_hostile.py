@@ -282,3 +282,74 @@ def test_no_script_from_a_hostile_audit_runs_in_chromium(
         tools.wait_for("Page.loadEventFired")
         assert tools.js("document.title") != "pwned", page.name
         assert tools.js("typeof llmAudit") == "object"  # the page's own script did run
+
+
+# ---- resume journals: numbers bounded, lines streamed ------------------------------------------
+
+
+@pytest.fixture
+def journaled(tmp_path: Path) -> tuple[Path, Path]:
+    """A 2-layer model and the journal of its scan."""
+    import torch
+
+    import llm_audit
+    from tests.conftest import write_shards
+
+    g = torch.Generator().manual_seed(2)
+    tensors = {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(24, 24, generator=g)
+               for i in range(2)}  # fmt: skip
+    model = write_shards(tmp_path / "m", tensors, shards=1)
+    journal = tmp_path / "j.jsonl"
+    llm_audit.scan(model, journal=journal, traps=True, seed=0)
+    return model, journal
+
+
+JOURNAL_LINES = {  # a field of a job line, re-signed as a forger would
+    "trap_entries_text": ("trap_entries", "xx", "trap_entries are not a list"),
+    "alpha_1e400": ("alpha", "1e400", "infinite"),
+    "num_traps_401_digits": ("num_traps", "1" + "0" * 400, "outside int64"),
+    "shape_text": ("shape", '"abc"', "shape is not a list of counts"),
+    "name_with_nul": ("name", '"a\\u0000b"', "holds NUL"),
+}
+
+
+@pytest.mark.parametrize("case", list(JOURNAL_LINES))
+def test_a_resigned_journal_line_with_absurd_values_is_refused(
+    case: str, journaled: tuple[Path, Path]
+) -> None:
+    import llm_audit
+    from llm_audit.errors import ConfigError
+    from llm_audit.journal import _digest
+
+    model, journal = journaled
+    field, raw, says = JOURNAL_LINES[case]
+    lines = journal.read_text().splitlines(keepends=True)
+    entry = json.loads(lines[1])
+    entry["record"][field] = "@@"
+    text = json.dumps(entry).replace('"@@"', raw if field != "trap_entries" else '"xx"')
+    entry = json.loads(text)
+    entry["sha256"] = _digest(entry)
+    lines[1] = json.dumps(entry) + "\n"
+    journal.write_text("".join(lines))
+    with pytest.raises(ConfigError, match=f"line 2 of the resume journal .*{says}"):
+        llm_audit.scan(model, journal=journal, resume=True, traps=True, seed=0)
+
+
+def test_a_huge_journal_line_is_refused_as_it_streams(journaled: tuple[Path, Path]) -> None:
+    import llm_audit
+    from llm_audit.errors import ConfigError
+    from llm_audit.journal import MAX_LINE_BYTES
+
+    model, journal = journaled
+    header = journal.read_text().splitlines(keepends=True)[0]
+    journal.write_text(header)
+    with journal.open("r+b") as fh:
+        fh.truncate(1_200_000_000)  # sparse: 1.2 GB of NUL bytes and no newline
+    tracemalloc.start()
+    try:
+        with pytest.raises(ConfigError, match=f"over {MAX_LINE_BYTES} bytes"):
+            llm_audit.scan(model, journal=journal, resume=True, traps=True, seed=0)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < MAX_LINE_BYTES * 2.5
