@@ -353,3 +353,40 @@ def test_a_huge_journal_line_is_refused_as_it_streams(journaled: tuple[Path, Pat
     finally:
         tracemalloc.stop()
     assert peak < MAX_LINE_BYTES * 2.5
+
+
+# ---- no write through a link: the lock, the journal and the report stay inside --out ------------
+
+LINKS = {
+    "lock_link_to_a_file": (".out.lock", "symlink", "existing"),
+    "lock_link_to_nowhere": (".out.lock", "symlink", "missing"),
+    "lock_hard_link": (".out.lock", "hardlink", "existing"),
+    "journal_link": ("out/.journal.jsonl", "symlink", "existing"),
+    "journal_link_to_nowhere": ("out/.journal.jsonl", "symlink", "missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(LINKS))
+def test_nothing_is_written_through_a_planted_link(
+    case: str, tmp_path: Path, tiny_llama: Path, cli: Cli
+) -> None:
+    where, kind, target_state = LINKS[case]
+    victim = tmp_path / "victim" / "file.txt"
+    victim.parent.mkdir()
+    if target_state == "existing":
+        victim.write_text("precious\n")
+    base = tmp_path / "reports"
+    (base / "out").mkdir(parents=True)
+    link = base / where
+    if kind == "symlink":
+        link.symlink_to(victim)
+    else:
+        os.link(victim, link)
+    before = _tree(tmp_path / "victim")
+    code, _, err = cli("scan", tiny_llama, "--out", base / "out", "--no-progress", "--no-traps")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert _tree(tmp_path / "victim") == before  # not created, not written, not truncated
+    if target_state == "existing":
+        assert victim.read_text() == "precious\n"
+    assert os.path.lexists(link)  # the planted link is left for its owner to see
+    assert not [p for p in base.iterdir() if ".staging" in p.name]
