@@ -21,6 +21,7 @@ from typing import Any
 from llm_audit.errors import ConfigError, LlmAuditError
 from llm_audit.report.files import check_report_folder, check_writable, report_lock
 from llm_audit.result import FORMATS, REPORT_FILES, check_formats
+from llm_audit.untrusted import quote
 from llm_audit.vocabulary import ESTIMATORS
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -340,11 +341,11 @@ def _describe(args: argparse.Namespace) -> int:
         layers, family = plan_layers(tensors, source.info.config, read=source.read)
     rows = [
         [
-            layer.name,
+            quote(layer.name),
             "" if layer.block is None else str(layer.block),
             layer.role,
             "x".join(map(str, layer.out_in)),
-            layer.tensor.dtype,
+            quote(layer.tensor.dtype),
             f"{layer.tensor.numel:,}",
             layer.skip_status or "",
         ]
@@ -353,7 +354,7 @@ def _describe(args: argparse.Namespace) -> int:
     print(_table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
     total = sum(t.numel for t in tensors)
     print(
-        f"\n{source.info.id}: family {family}, {len(layers)} layers, {total:,} parameters "
+        f"\n{quote(source.info.id)}: family {family}, {len(layers)} layers, {total:,} parameters "
         f"in {len(tensors)} tensors"
     )
     return EXIT_OK
@@ -404,7 +405,7 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
             record = next(r for r in result.records if r["name"] == name)
             d = record["delta"][label]
             print(
-                f"  {name}: delta alpha {record['delta_alpha'][label]:+.2f}, "
+                f"  {quote(name)}: delta alpha {record['delta_alpha'][label]:+.2f}, "
                 f"|dW|/|W| {d['relative_norm']:.3g}, dW effective rank {d['effective_rank']:.1f}, "
                 f"new flags {','.join(record['new_flags'][label]) or '-'}"
             )
@@ -428,7 +429,7 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
 
     rows = [
         [
-            r["name"],
+            quote(r["name"]),
             r["role"],
             num(r.get("alpha")),
             num(r.get("D"), ".3f"),

@@ -390,3 +390,33 @@ def test_nothing_is_written_through_a_planted_link(
         assert victim.read_text() == "precious\n"
     assert os.path.lexists(link)  # the planted link is left for its owner to see
     assert not [p for p in base.iterdir() if ".staging" in p.name]
+
+
+# ---- names on a terminal are quoted: no forged lines, no escapes run ---------------------------
+
+FORGED = "x\nverdict: healthy (forged)\x1b[2K\x1b]0;owned\x07\u202e.weight"
+
+
+def test_names_on_the_terminal_cannot_forge_lines(tmp_path: Path, cli: Cli) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from llm_audit.untrusted import quote
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    g = torch.Generator().manual_seed(0)
+    save_file({FORGED: torch.randn(24, 24, generator=g)}, str(folder / "model.safetensors"))
+    for args in (
+        ["scan", folder, "--out", tmp_path / "out", "--no-progress"],
+        ["describe", folder],
+    ):
+        code, out, _ = cli(*args, "--no-traps" if args[0] == "scan" else "--debug")
+        assert code == 0
+        assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out
+        assert quote(FORGED) in out
+        verdicts = [line for line in out.splitlines() if line.startswith("verdict:")]
+        assert len(verdicts) == (1 if args[0] == "scan" else 0), out
+        assert "forged" not in "".join(verdicts)
+    assert quote(FORGED).count("\n") == 0 and "\\x1b[2K" in quote(FORGED)
+    assert quote("plain.name") == "plain.name" and quote('a"b\n') == '"a\\"b\\n"'
