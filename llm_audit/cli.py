@@ -3,7 +3,7 @@
 Exit codes, which CI can believe: 0 success; 1 a `--fail-on` flag fired, and nothing else; 2 bad
 input or usage (one line on stderr naming the file or argument and the fix); 3 an unexpected
 exception, that is a bug in llm-audit (one line; the traceback with `--debug` or
-`LLM_AUDIT_DEBUG=1`); 130 interrupted (Ctrl-C), with how to resume.
+`LLM_AUDIT_DEBUG=1`); 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM), with how to resume.
 """
 
 from __future__ import annotations
@@ -13,8 +13,11 @@ import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from llm_audit.untrusted import quote
 from llm_audit.vocabulary import ESTIMATORS
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what schedulers and `timeout` send
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 DEBUG_ENV = "LLM_AUDIT_DEBUG"  # "1": print the traceback of an unexpected exception
 
@@ -170,13 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     }
     drawing = not getattr(args, "no_progress", True)  # a progress bar may be half-drawn
     try:
-        return commands[args.command](args)
+        with _sigterm_as_interrupt():
+            return commands[args.command](args)
     except LlmAuditError as exc:
         _say(f"error{_rank()}: {exc}", own_line=False)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        _say(f"interrupted{_rank()}; {_resume_hint(args)}", own_line=drawing)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        _say(f"{what}{_rank()}; {_resume_hint(args)}", own_line=drawing)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout's reader went away (`| head`): not a flag, not a bug
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
         return EXIT_PIPE_CLOSED
@@ -189,6 +196,27 @@ def main(argv: list[str] | None = None) -> int:
             own_line=drawing,
         )
         return EXIT_BUG
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound as Ctrl-C is: staging removed, lock released, journal kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread for the block (elsewhere: left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _say(message: str, *, own_line: bool) -> None:
