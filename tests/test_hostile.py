@@ -420,3 +420,60 @@ def test_names_on_the_terminal_cannot_forge_lines(tmp_path: Path, cli: Cli) -> N
         assert "forged" not in "".join(verdicts)
     assert quote(FORGED).count("\n") == 0 and "\\x1b[2K" in quote(FORGED)
     assert quote("plain.name") == "plain.name" and quote('a"b\n') == '"a\\"b\\n"'
+
+
+# ---- counts in linear time: no search of every name per name -----------------------------------
+
+
+def test_an_index_checks_each_shard_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llm_audit.sources import safetensors_files
+
+    for i in range(3):
+        (tmp_path / f"s{i}.safetensors").write_bytes(b"")
+    weight_map = {f"t{i}.weight": f"s{i % 3}.safetensors" for i in range(3000)}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    calls = []
+    checked = safetensors_files._shard_path
+    monkeypatch.setattr(
+        safetensors_files, "_shard_path", lambda *a, **k: calls.append(a[2]) or checked(*a, **k)
+    )
+    files = safetensors_files.files_from_index(
+        tmp_path / "model.safetensors.index.json", suffix=".safetensors"
+    )
+    assert [f.name for f in files] == ["s0.safetensors", "s1.safetensors", "s2.safetensors"]
+    assert calls == ["s0.safetensors", "s1.safetensors", "s2.safetensors"]
+
+
+def test_the_bitsandbytes_lookup_reads_the_names_a_fixed_number_of_times() -> None:
+    from llm_audit.quant import bnb
+    from llm_audit.sources.base import TensorInfo
+
+    class Counting(dict):  # type: ignore[type-arg]
+        passes = 0
+
+        def items(self):  # type: ignore[no-untyped-def]
+            Counting.passes += 1
+            return super().items()
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            Counting.passes += 1
+            return super().__iter__()
+
+    names = [f"model.layers.{i}.mlp.up_proj.weight" for i in range(2000)]
+    by_name = Counting({n: TensorInfo(n, (0, 4), "U8", "x") for n in names})
+    assert list(bnb.find(by_name, {}, None)) == []
+    assert Counting.passes <= 2  # was one pass per name
+
+
+@pytest.mark.parametrize("name", ["a\0b.weight", "a" * 70_000 + ".weight"])
+def test_tensor_names_with_nul_or_over_the_bound_are_refused(
+    name: str, tmp_path: Path, cli: Cli
+) -> None:
+    import struct
+
+    header = json.dumps({name: {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}})
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header.encode() + bytes(16))
+    code, _, err = cli("scan", path, "--out", tmp_path / "out", "--no-progress")
+    _assert_one_clean_line(code, err, names=path, says="over 4096 characters long or holds NUL")
+    assert len(err) < 1000 and not (tmp_path / "out").exists()
