@@ -173,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": _calibrate,
     }
     drawing = not getattr(args, "no_progress", True)  # a progress bar may be half-drawn
+    if getattr(args, "no_progress", False) and args.command in ("scan", "compare", "describe"):
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # the Hub client's "Fetching 2 files" bars too
     try:
         with _sigterm_as_interrupt():
             return commands[args.command](args)
