@@ -182,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
             return commands[args.command](args)
     except LlmAuditError as exc:
         _say(f"error{_rank()}: {exc}", own_line=False)
+        hub = sys.modules.get("llm_audit.sources.hub")
+        if getattr(hub, "abandoned", False):  # a stalled download's threads would hold the exit
+            sys.stdout.flush()
+            os._exit(EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt as exc:
         terminated = isinstance(exc, Terminated)

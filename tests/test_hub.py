@@ -248,3 +248,32 @@ def test_stream_refuses_a_file_whose_header_is_not_the_announced_one(
     assert "differs from the one the Hub announced" in err and "Traceback" not in err
     assert not out.exists()
     assert not list((tmp_path / "cache").glob("models--*/snapshots/*/model.safetensors"))
+
+
+def test_a_server_error_is_not_blamed_on_offline_mode(
+    hub_repo: dict[str, Path], tmp_path: Path
+) -> None:
+    with HubServer({REPO: hub_repo}) as hub:
+        hub.fail("/api/models/*", status=500)
+        code, _, err = run_cli_process(
+            "scan", REPO, "--no-progress", "--out", str(tmp_path / "out"),
+            env=_env(hub, tmp_path / "cache"), timeout=120,
+        )  # fmt: skip
+    assert code == 2, err
+    last = err.splitlines()[-1]
+    assert "HTTP 500" in last and "server error" in last and "HF_HUB_OFFLINE" not in last, err
+
+
+def test_a_stalled_download_ends_at_the_deadline_and_leaves_no_partial_file(
+    hub_repo: dict[str, Path], tmp_path: Path
+) -> None:
+    with HubServer({REPO: hub_repo}) as hub:
+        hub.fail("/cdn/*.safetensors", delay=600)  # headers never come
+        code, _, err = run_cli_process(
+            "scan", REPO, "--no-progress", "--out", str(tmp_path / "out"),
+            env={**_env(hub, tmp_path / "cache"), "LLM_AUDIT_HUB_DEADLINE": "3"}, timeout=120,
+        )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert "did not deliver within 3 s" in err and "LLM_AUDIT_HUB_DEADLINE" in err
+    assert not list((tmp_path / "cache").rglob("*.incomplete"))
+    assert not (tmp_path / "out").exists()

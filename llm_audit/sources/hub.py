@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from llm_audit.errors import ConfigError, SourceNotFoundError
+from llm_audit.errors import ConfigError, LlmAuditError, SourceNotFoundError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 SAFE_PATTERNS = [
@@ -36,6 +36,9 @@ TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 # takes 17 minutes.
 DEADLINE_ENV = "LLM_AUDIT_HUB_DEADLINE"
 DEFAULT_DEADLINE_S = 3600.0
+# Set when a download was abandoned at its deadline: the client's own worker threads, which the
+# interpreter joins at exit, are still waiting on the server, so the CLI ends the process at once.
+abandoned = False
 
 
 def looks_like_hub_id(spec: str) -> bool:
@@ -119,6 +122,8 @@ def _within_deadline(repo_id: str, call: Callable[[], str]) -> str:
     worker.start()
     worker.join(seconds)
     if worker.is_alive():
+        global abandoned
+        abandoned = True
         remove_incomplete(repo_id)
         raise SourceNotFoundError(
             f"the Hub did not deliver within {seconds:g} s (the server is too slow or stalled); "
@@ -154,6 +159,8 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
 
     try:
         yield
+    except LlmAuditError:  # ours already (a deadline): one line as it is
+        raise
     except HFValidationError:
         raise SourceNotFoundError(
             "not a valid Hub id or revision (org/name, at most 96 characters each); check it",
