@@ -300,9 +300,12 @@ def _read_audit(path: Path) -> dict[str, Any]:
     data = read_bounded(
         path, what="audit.json", fix=fix, limit=MAX_AUDIT_BYTES, missing=SourceNotFoundError
     )
-    if not data.lstrip()[:1] == b"{":
-        raise ConfigError(f"is not JSON, so not an audit.json; {fix}", path=str(path))
-    document = parse_json(data, what="audit.json", path=path, error=ConfigError)
+    try:
+        document = parse_json(data, what="audit.json", path=path, error=ConfigError)
+    except ConfigError:
+        if data.lstrip()[:1] in (b"{", b"["):  # JSON cut short or damaged: say what failed
+            raise
+        raise ConfigError(f"is not JSON, so not an audit.json; {fix}", path=str(path)) from None
     if isinstance(document, dict) and {"base", "others"} <= document.keys():
         raise ConfigError(
             "is a compare.json (written by `llm-audit compare`), not an audit.json: its page is "
