@@ -1,7 +1,12 @@
 """The `llm-audit` command line. Data goes to stdout, progress and errors to stderr.
 
 Parsing, `--help`, `--version` and the usage errors import no torch, pandas or calibration code:
-each command imports what it needs when it runs. Exit codes are `EXIT_HELP`'s.
+each command imports what it needs when it runs.
+
+Exit codes, which CI can believe (`EXIT_HELP` prints them): 0 success; 1 a `--fail-on` flag fired, and nothing else; 2 bad
+input or usage (one line on stderr naming the file or argument and the fix); 3 an unexpected
+exception, that is a bug in llm-audit (one line; the traceback with `--debug` or
+`LLM_AUDIT_DEBUG=1`); 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM), with how to resume.
 """
 
 from __future__ import annotations
@@ -13,16 +18,21 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
 import textwrap
+import threading
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
+from llm_audit.untrusted import quote
 from llm_audit.vocabulary import ESTIMATORS, FAR_FROM_BASE, FLAGS, FORMATS, VERDICTS
 
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, what schedulers and `timeout` send
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 DEBUG_ENV = "LLM_AUDIT_DEBUG"  # "1": print the traceback of an unexpected exception
 FAIL_ON_VALUES = (*FLAGS, *VERDICTS[1:])  # layer flags, and the verdicts worse than healthy
@@ -41,6 +51,7 @@ exit codes:
   {EXIT_BAD_INPUT}    bad input or usage: one line on stderr naming the file or option and the fix
   {EXIT_BUG}    an unexpected error, a bug in llm-audit (--debug or {DEBUG_ENV}=1 for the traceback)
   {EXIT_INTERRUPTED}  interrupted (Ctrl-C); scan and compare say how to --resume
+  {EXIT_TERMINATED}  terminated (SIGTERM, as schedulers and `timeout` send); the same
   {EXIT_PIPE_CLOSED}  stdout's reader closed the pipe (| head)"""
 
 EXAMPLES = {
@@ -326,14 +337,25 @@ def main(argv: list[str] | None = None) -> int:
         "calibrate": _calibrate,
     }
     drawing = not getattr(args, "no_progress", True)  # a progress bar may be half-drawn
+    if getattr(args, "no_progress", False) and args.command in ("scan", "compare", "describe"):
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()  # the Hub client's "Fetching 2 files" bars too
     try:
-        return commands[args.command](args)
+        with _sigterm_as_interrupt():
+            return commands[args.command](args)
     except LlmAuditError as exc:
         _say(f"error{_rank()}: {exc}", own_line=False)
+        hub = sys.modules.get("llm_audit.sources.hub")
+        if getattr(hub, "abandoned", False):  # a stalled download's threads would hold the exit
+            sys.stdout.flush()
+            os._exit(EXIT_BAD_INPUT)
         return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        _say(f"interrupted{_rank()}; {_resume_hint(args)}", own_line=drawing)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted"
+        _say(f"{what}{_rank()}; {_resume_hint(args)}", own_line=drawing)
+        return EXIT_TERMINATED if terminated else EXIT_INTERRUPTED
     except BrokenPipeError:  # stdout's reader went away (`| head`): not a flag, not a bug
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # for the exit's flush
         return EXIT_PIPE_CLOSED
@@ -370,6 +392,27 @@ def version_text(*, verbose: bool) -> str:
     else:
         lines.append("cuda: not available (scans run on the CPU)")
     return "\n".join(lines)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, unwound as Ctrl-C is: staging removed, lock released, journal kept."""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises `Terminated` in the main thread for the block (elsewhere: left alone)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _say(message: str, *, own_line: bool) -> None:
@@ -534,6 +577,12 @@ def _render(args: argparse.Namespace) -> int:
     from llm_audit.report import render_file
 
     out = render_file(args.audit_json, args.out)
+    if not Path(args.audit_json).with_name("spectra.npz").is_file():
+        print(
+            "llm-audit: warning: no spectra.npz beside the audit.json, so the page has no ESD "
+            "plots; put it there and render again to have them",
+            file=sys.stderr,
+        )
     print(f"Report written to {out}")
     return EXIT_OK
 
@@ -548,11 +597,11 @@ def _describe(args: argparse.Namespace) -> int:
         layers, naming = plan_layers(tensors, source.info.config, read=source.read)
     rows = [
         [
-            layer.name,
+            quote(layer.name),
             "" if layer.block is None else str(layer.block),
             layer.role,
             "x".join(map(str, layer.out_in)),
-            layer.tensor.dtype,
+            quote(layer.tensor.dtype),
             f"{layer.tensor.numel:,}",
             layer.skip_status or "",
         ]
@@ -561,7 +610,7 @@ def _describe(args: argparse.Namespace) -> int:
     print(_table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
     total = sum(t.numel for t in tensors)
     print(
-        f"\n{source.info.id}: family {model_family(source.info.config, naming)}, "
+        f"\n{quote(source.info.id)}: family {model_family(source.info.config, naming)}, "
         f"{len(layers)} layers, {total:,} parameters in {len(tensors)} tensors"
     )
     return EXIT_OK
@@ -623,7 +672,7 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
             record = next(r for r in result.records if r["name"] == name)
             d = record["delta"][label]
             print(
-                f"  {name}: delta alpha {record['delta_alpha'][label]:+.2f}, "
+                f"  {quote(name)}: delta alpha {record['delta_alpha'][label]:+.2f}, "
                 f"|dW|/|W| {d['relative_norm']:.3g}, dW effective rank {d['effective_rank']:.1f}, "
                 f"new flags {','.join(record['new_flags'][label]) or '-'}"
             )
@@ -652,7 +701,7 @@ def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> st
 
     rows = [
         [
-            r["name"],
+            quote(r["name"]),
             r["role"],
             num(r.get("alpha")),
             num(r.get("D"), ".3f"),

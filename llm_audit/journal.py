@@ -29,6 +29,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import math
 import os
 import queue
 import threading
@@ -42,11 +43,13 @@ from llm_audit.analysis import Outcome
 from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError, OutputError
 from llm_audit.sources import SourceInfo
-from llm_audit.untrusted import parse_json
+from llm_audit.untrusted import MAX_NAME_CHARS, open_no_follow, parse_json
 
 JOURNAL_NAME = ".journal.jsonl"
 JOURNAL_VERSION = 3
-MAX_LINE_BYTES = 256_000_000  # a line holds a layer's spectra: 2 x 8 bytes x N eigenvalues, base64
+# A line holds a layer's record and spectra: 2 x 8 bytes x M eigenvalues in base64, about 22 bytes
+# per eigenvalue: 1.4 MB for M = 65 536, far above any real weight's smaller side.
+MAX_LINE_BYTES = 64_000_000
 # Record columns that flags, the verdict and the summary are computed from: numbers or null.
 _NUMBER_COLUMNS = (
     "alpha", "alpha_weighted", "D", "xmin", "xmax", "lambda_max", "log_norm",
@@ -137,7 +140,7 @@ class Journal:
             self.done.update(done)
             if file == self.path:
                 self.held = set(done)
-                self._fh = self.path.open("r+b")
+                self._fh = self._open(os.O_RDWR)
                 self._fh.truncate(good)  # drop a half-written last line
                 self._fh.seek(good)
 
@@ -165,16 +168,35 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _write(self, entry: dict[str, Any]) -> None:
+    def _open(self, flags: int) -> IO[bytes]:
+        """The journal file, never through a link (see `untrusted.open_no_follow`)."""
         try:
-            if self._fh is None:  # created with the first finished job: a failed run leaves none
+            return os.fdopen(open_no_follow(self.path, flags), "r+b" if flags & os.O_RDWR else "wb")
+        except OSError as exc:
+            raise OutputError(
+                f"cannot open the resume journal ({exc.strerror or exc})", path=str(self.path)
+            ) from None
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        created = self._fh is None
+        parents = (self.path.parent, *self.path.parent.parents) if created else ()
+        made = [p for p in parents if not p.exists()]
+        if self._fh is None:  # created with the first finished job: a failed run leaves none
+            with contextlib.suppress(OSError):  # an error to come names the real problem
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._fh = self.path.open("wb")
-                self._write(self._header)
-            self._fh.write((json.dumps(entry, default=_plain) + "\n").encode())
+            self._fh = self._open(os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        lines = [self._header, entry] if created else [entry]
+        try:
+            for line in lines:
+                self._fh.write((json.dumps(line, default=_plain) + "\n").encode())
             self._fh.flush()
             os.fsync(self._fh.fileno())
         except OSError as exc:
+            if created:  # nothing of use in it: leave no empty journal (nor its folders) behind
+                self.remove()
+                for folder in made:  # deepest first
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
             raise OutputError(
                 f"cannot write the resume journal ({exc.strerror or exc})", path=str(self.path)
             ) from None
@@ -183,9 +205,10 @@ class Journal:
 def _read(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Outcome], int]:
     """Finished jobs by key, and the byte length of the journal's complete lines."""
     lines = _lines(path)
-    if not lines:
+    first = next(lines, None)
+    if first is None:
         raise ConfigError("the resume journal has no header; drop --resume", path=str(path))
-    header = _parse(lines[0], 1, path)
+    header = _parse(first, 1, path)
     if header.get("journal") != JOURNAL_VERSION or header.get("fingerprint") != expected:
         changed = _first_change(header.get("fingerprint") or {}, expected)
         raise ConfigError(
@@ -194,7 +217,8 @@ def _read(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Outcome], int
             path=str(path),
         )
     done: dict[str, Outcome] = {}
-    for number, line in enumerate(lines[1:], start=2):
+    good = len(first) + 1
+    for number, line in enumerate(lines, start=2):
         entry = _parse(line, number, path)
         problem = _schema_problem(entry) or (
             "fails its checksum" if entry["sha256"] != _digest(entry) else None
@@ -208,19 +232,29 @@ def _read(path: Path, expected: dict[str, Any]) -> tuple[dict[str, Outcome], int
             )
         spectra = {k: _decode(v) for k, v in entry["spectra"].items()}
         done[entry["key"]] = Outcome(dict(entry["record"]), spectra)
-    return done, sum(len(line) + 1 for line in lines)
+        good += len(line) + 1
+    return done, good
 
 
-def _lines(path: Path) -> list[bytes]:
-    """The journal's complete lines (a last one without its newline is left out), each bounded."""
-    with path.open("rb") as fh:
-        lines = list(iter(lambda: fh.readline(MAX_LINE_BYTES + 1), b""))
-    if any(len(line) > MAX_LINE_BYTES for line in lines):
+def _lines(path: Path) -> Iterator[bytes]:
+    """The journal's complete lines, streamed (a last one without its newline is left out); a
+    line over `MAX_LINE_BYTES` is refused when that many bytes are read, before any more are."""
+    try:
+        fh = os.fdopen(open_no_follow(path, os.O_RDONLY), "rb")
+    except OSError as exc:
         raise ConfigError(
-            f"a line of the resume journal is over {MAX_LINE_BYTES} bytes; drop --resume",
+            f"cannot read the resume journal ({exc.strerror or exc}); drop --resume",
             path=str(path),
-        )
-    return [line[:-1] for line in lines if line.endswith(b"\n")]
+        ) from None
+    with fh:
+        while line := fh.readline(MAX_LINE_BYTES + 1):
+            if len(line) > MAX_LINE_BYTES:
+                raise ConfigError(
+                    f"a line of the resume journal is over {MAX_LINE_BYTES} bytes; drop --resume",
+                    path=str(path),
+                )
+            if line.endswith(b"\n"):
+                yield line[:-1]
 
 
 def _parse(line: bytes, number: int, path: Path) -> dict[str, Any]:
@@ -254,10 +288,59 @@ def _schema_problem(entry: dict[str, Any]) -> str | None:
         value = record.get(column)
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
             return f"has a record whose {column} is not a number"
+    problem = _record_problem(record)
+    if problem:
+        return f"has a record whose {problem}"
     for kind, text in spectra.items():
         if not isinstance(text, str) or _decoded_size(text) % 8:
             return f"has spectra {kind!r} that are not base64 float64 values"
     return None
+
+
+def _record_problem(record: dict[str, Any]) -> str | None:
+    """What is wrong with the shapes and sizes of a record's fields, or None: names bounded,
+    every integer within int64 and every float finite or NaN (JSON allows 1e400 and a 401-digit
+    integer), `shape` a list of counts, `trap_entries` a list of entries at (row, col)."""
+    if len(record["name"]) > MAX_NAME_CHARS or "\0" in record["name"]:
+        return f"name is over {MAX_NAME_CHARS} characters or holds NUL"
+    for column, value in record.items():
+        if not _sane_numbers(value):
+            return f"{column} holds a number outside int64 or an infinite one"
+    shape = record.get("shape")
+    if not (isinstance(shape, list) and all(_is_count(d) for d in shape)):
+        return "shape is not a list of counts"
+    entries = record.get("trap_entries", [])
+    if not isinstance(entries, list) or not all(_is_entry(e) for e in entries):
+        return "trap_entries are not a list of {row, col, value, z} entries"
+    if not all(record.get(k) is None or _is_count(record[k]) for k in ("block", "expert")):
+        return "block or expert is not a count"
+    return None
+
+
+def _sane_numbers(value: Any) -> bool:
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return True
+    if isinstance(value, int):
+        return -(2**63) <= value < 2**63
+    if isinstance(value, float):
+        return not math.isinf(value)  # NaN: a failed fit
+    if isinstance(value, list):
+        return all(_sane_numbers(v) for v in value)
+    if isinstance(value, dict):
+        return all(_sane_numbers(v) for v in value.values())
+    return False
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _is_entry(entry: Any) -> bool:
+    numbers = isinstance(entry, dict) and all(
+        isinstance(entry.get(k), (int, float)) and not isinstance(entry.get(k), bool)
+        for k in ("value", "z")
+    )
+    return numbers and _is_count(entry.get("row")) and _is_count(entry.get("col"))
 
 
 def _decoded_size(text: str) -> int:

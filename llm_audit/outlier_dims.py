@@ -82,7 +82,7 @@ def hidden_size(
     for where in (config or {}, (config or {}).get("text_config") or {}):
         for key in HIDDEN_SIZE_KEYS:
             value = where.get(key) if isinstance(where, Mapping) else None
-            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            if isinstance(value, int) and not isinstance(value, bool) and 0 < value < 2**63:
                 return value
     widths = [r["shape"][1] for r in records if r.get("role") == "embed" and r.get("shape")]
     return int(widths[0]) if widths else None

@@ -21,6 +21,7 @@ bytes beyond a short, escaped excerpt of a value that failed a check.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -40,6 +41,7 @@ MAX_JSON_BYTES = 100_000_000  # an index of 100 000 tensors is about 10 MB
 MAX_CONFIG_BYTES = 16_000_000  # config.json, adapter_config.json, a --config YAML
 MAX_DEPTH = 64  # the deepest real config (a quantization_config) nests about 5 levels
 MAX_YAML_NODES = 10_000  # nodes after alias expansion; the shipped default.yaml has about 40
+MAX_NAME_CHARS = 4096  # a tensor name; real ones are under 200, a zip member name is at most 65535
 
 _JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
 _CHUNK = 1 << 20
@@ -293,6 +295,38 @@ def show(value: object, limit: int = 60) -> str:
         return f"<{type(value).__name__} of {len(value)} items>"
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def open_no_follow(path: str | os.PathLike[str], flags: int, mode: int = 0o644) -> int:
+    """A descriptor of `path` opened without following a link (a link raises `OSError` ELOOP),
+    checked with `fstat` to be a regular file with no other name (a hard link planted there
+    would be written through too); `OSError` (EEXIST, ELOOP, EMLINK) otherwise. For every file
+    llm-audit writes beside or inside `--out`."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        why = "is not a regular file" if not stat.S_ISREG(st.st_mode) else "has another name"
+        raise OSError(errno.EMLINK, f"{why}, so it is not written", str(path))
+    return fd
+
+
+def visible(text: str) -> str:
+    """`text` with every character that is not printable (newlines, escapes such as ANSI's ESC,
+    bidi overrides such as U+202E, other format characters) written as its Python escape, so
+    that a name from a file can neither forge lines nor reorder what is shown around it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def quote(text: str) -> str:
+    """A name for a terminal: as it is when every character prints, else in double quotes with
+    backslash, quote and every unprintable character escaped (`"a\\nb"`), as git and ls do."""
+    if text.isprintable():
+        return text
+    marked = {"\\": "\\\\", '"': '\\"'}
+    return '"' + "".join(marked.get(c) or visible(c) for c in text) + '"'
 
 
 def check_model_file(path: Path, folder: Path) -> None:

@@ -118,6 +118,9 @@ class HubServer:
         self._lock = threading.Lock()
         self._requests: list[tuple[str, str, str | None]] = []
         self._faults: list[_Fault] = []
+        # file name -> another file whose bytes answer Range requests (a header read remotely)
+        # while a whole-file GET gets the real one: a server whose two answers disagree.
+        self.ranges_from: dict[str, Path] = {}
         self._servers: list[tuple[_HTTPServer, threading.Thread]] = []
 
     def commit(self, repo_id: str, revision: str = "main") -> str:
@@ -316,13 +319,15 @@ class _Handler(BaseHTTPRequestHandler):
             return
         data, status, headers["Accept-Ranges"] = f.path.read_bytes(), 200, "bytes"
         if (r := _RANGE.fullmatch(self.headers.get("Range", "").strip())) and any(r.groups()):
-            start = int(r[1]) if r[1] else max(f.size - int(r[2]), 0)
-            end = min(int(r[2]), f.size - 1) if r[1] and r[2] else f.size - 1
+            data = self.server.hub.ranges_from.get(name, f.path).read_bytes()
+            size = len(data)
+            start = int(r[1]) if r[1] else max(size - int(r[2]), 0)
+            end = min(int(r[2]), size - 1) if r[1] and r[2] else size - 1
             if start > end:
-                self._send(416, b"", headers | {"Content-Range": f"bytes */{f.size}"})
+                self._send(416, b"", headers | {"Content-Range": f"bytes */{size}"})
                 return
             data, status = data[start : end + 1], 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{f.size}"
+            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
         path = unquote(urlsplit(self.path).path)
         fault = self.server.hub._take_fault(path, body=True) if self.command == "GET" else None
         self._send(status, data, headers, fault.drop_after if fault else None)

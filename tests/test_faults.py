@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 
 from llm_audit.result import FORMATS
 from llm_audit.sources.safetensors_files import SafetensorsSource
@@ -183,11 +184,11 @@ def test_hub_always_dropping_the_connection_is_one_line(hub_model: Path, tmp_pat
 
 
 @contextlib.contextmanager
-def _tiny_disk(folder: Path) -> Iterator[Path]:
+def _tiny_disk(folder: Path, size: str = "16k") -> Iterator[Path]:
     """A 16 kB tmpfs at `folder` (needs root); skips the test where it cannot be mounted."""
     folder.mkdir()
     mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(folder)], capture_output=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
     )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
@@ -209,9 +210,83 @@ def test_full_output_disk_is_one_line_and_leaves_no_report(
     assert staging == [] and reports == []  # no half-written report (a resume journal may stay)
 
 
+def test_disk_full_at_the_first_journal_line_is_said_once_and_leaves_no_journal(
+    tmp_path: Path, cli: Cli
+) -> None:
+    g = torch.Generator().manual_seed(0)
+    model = write_shards(  # each layer's journal line (record and spectra) is over 4 kB
+        tmp_path / "m", {"model.layers.0.mlp.up_proj.weight": torch.randn(128, 128, generator=g)}
+    )
+    with _tiny_disk(tmp_path / "disk", "4k") as disk:
+        out = disk / "report"
+        code, _, err = cli("scan", model, "--out", out, "--no-progress", "--no-traps")
+        left = sorted(p.name for p in disk.rglob("*"))
+    _assert_one_line_error(code, err, "resume journal", "No space left on device")
+    assert err.count("No space left on device") == 1
+    assert left == []  # no empty journal, no report folder, no lock
+
+
 def test_unwritable_output_folder_is_one_line(tiny_llama: Path, tmp_path: Path, cli: Cli) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     code, _, err = cli("scan", tiny_llama, "--out", blocker / "report", "--no-progress")
     _assert_one_line_error(code, err, str(blocker / "report"), "cannot create the folder")
     assert blocker.read_text() == "not a folder"
+
+
+# --- SIGTERM, as schedulers and `timeout` send it ----------------------------------------------
+
+
+def test_sigterm_while_the_report_is_staged_is_one_line_and_leaves_it_resumable(
+    tiny_llama: Path, tmp_path: Path, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+
+    def terminated_while_staging(table: object, path: Path) -> None:
+        path.write_text("half")  # a file of the staged report, then the signal arrives
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "reports" / "out"
+    monkeypatch.setattr("llm_audit.result.write_csv", terminated_while_staging)
+    code, _, err = cli("scan", tiny_llama, "--out", out, "--no-progress", "--no-traps")
+    assert code == 143, err
+    assert err.count("\n") == 1 and err.startswith("llm-audit: terminated (SIGTERM); ")
+    assert "--resume" in err
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert left == ["out"]  # no staging folder, no lock file
+    assert sorted(p.name for p in out.iterdir()) == [".journal.jsonl"]
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is the CLI's only
+    monkeypatch.undo()
+    code, _, err = cli("scan", tiny_llama, "--out", out, "--no-progress", "--no-traps", "--resume")
+    assert code == 0, err
+    assert (out / "audit.json").exists() and not (out / ".journal.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_real_sigterm_mid_scan_exits_143_with_one_line(tmp_path: Path) -> None:
+    import signal
+    import sys
+    import time
+
+    g = torch.Generator().manual_seed(0)
+    model = write_shards(
+        tmp_path / "m",
+        {f"model.layers.{i}.mlp.up_proj.weight": torch.randn(512, 512, generator=g)
+         for i in range(40)},
+    )  # fmt: skip
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_audit", "scan", str(model), "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    journal, deadline = out / ".journal.jsonl", time.monotonic() + 180
+    while not (journal.exists() and journal.read_bytes().count(b"\n") > 2):
+        assert proc.poll() is None and time.monotonic() < deadline, "the scan ended first"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=10)  # within 10 s
+    assert proc.returncode == 143, err
+    ours = [line for line in err.split("\n") if "llm-audit:" in line]
+    assert len(ours) == 1 and ours[0].startswith("llm-audit: terminated (SIGTERM); "), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "out"]  # no lock, no staging
+    assert journal.exists()

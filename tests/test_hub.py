@@ -224,3 +224,56 @@ def test_stream_keeps_shards_that_were_already_cached(
 def test_stream_of_a_local_folder_is_refused(cli, tiny_llama: Path, tmp_path: Path) -> None:
     code, _, err = cli("scan", tiny_llama, "--stream", "--out", tmp_path / "x")
     assert code == 2 and "--stream applies to Hub ids only" in err
+
+
+@pytest.mark.parametrize(("announced_rows", "real_rows"), [(16, 64), (64, 16)])
+def test_stream_refuses_a_file_whose_header_is_not_the_announced_one(
+    announced_rows: int, real_rows: int, tmp_path: Path
+) -> None:
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(0)
+    name = "model.layers.0.mlp.up_proj.weight"
+    real = write_shards(tmp_path / "real", {name: torch.randn(real_rows, 64, generator=g)})
+    lie = tmp_path / "lie.safetensors"
+    save_file({name: torch.randn(announced_rows, 64, generator=g)}, str(lie))
+    out = tmp_path / "out"
+    with HubServer({REPO: real}) as hub:
+        hub.ranges_from["model.safetensors"] = lie
+        code, _, err = run_cli_process(
+            "scan", REPO, "--stream", "--no-progress", "--out", str(out),
+            env=_env(hub, tmp_path / "cache"), timeout=120,
+        )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert "differs from the one the Hub announced" in err and "Traceback" not in err
+    assert not out.exists()
+    assert not list((tmp_path / "cache").glob("models--*/snapshots/*/model.safetensors"))
+
+
+def test_a_server_error_is_not_blamed_on_offline_mode(
+    hub_repo: dict[str, Path], tmp_path: Path
+) -> None:
+    with HubServer({REPO: hub_repo}) as hub:
+        hub.fail("/api/models/*", status=500)
+        code, _, err = run_cli_process(
+            "scan", REPO, "--no-progress", "--out", str(tmp_path / "out"),
+            env=_env(hub, tmp_path / "cache"), timeout=120,
+        )  # fmt: skip
+    assert code == 2, err
+    last = err.splitlines()[-1]
+    assert "HTTP 500" in last and "server error" in last and "HF_HUB_OFFLINE" not in last, err
+
+
+def test_a_stalled_download_ends_at_the_deadline_and_leaves_no_partial_file(
+    hub_repo: dict[str, Path], tmp_path: Path
+) -> None:
+    with HubServer({REPO: hub_repo}) as hub:
+        hub.fail("/cdn/*.safetensors", delay=600)  # headers never come
+        code, _, err = run_cli_process(
+            "scan", REPO, "--no-progress", "--out", str(tmp_path / "out"),
+            env={**_env(hub, tmp_path / "cache"), "LLM_AUDIT_HUB_DEADLINE": "3"}, timeout=120,
+        )  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert "did not deliver within 3 s" in err and "LLM_AUDIT_HUB_DEADLINE" in err
+    assert not list((tmp_path / "cache").rglob("*.incomplete"))
+    assert not (tmp_path / "out").exists()

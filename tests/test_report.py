@@ -372,7 +372,7 @@ def test_render_file_errors(saved: Path, tmp_path: Path) -> None:
         render_file(tmp_path / "nothere.json")
     bad = tmp_path / "bad.json"
     bad.write_text("not json {")
-    with pytest.raises(ConfigError, match=r"bad\.json.*not valid JSON"):
+    with pytest.raises(ConfigError, match=r"bad\.json: is not JSON, so not an audit\.json"):
         render_file(bad)
     audit = json.loads(saved.read_text())
     audit["schema_version"] = SCHEMA_VERSION + 1

@@ -12,7 +12,7 @@ import pytest
 
 from llm_audit.config import Thresholds, VerdictRule
 from llm_audit.report.histogram import BINS, drawn, log_counts, log_densities, log_edges
-from llm_audit.report.page import CSP, document, json_for_script
+from llm_audit.report.page import asset, csp, document, json_for_script
 from llm_audit.report.plots import DepthPoint, depth_panel, depth_panels, medians
 from llm_audit.report.svg import Axes, Box, linear_ticks, log_ticks, tick_label
 from llm_audit.report.view import thresholds, verdict_rule
@@ -143,7 +143,8 @@ def test_depth_panels_share_axes_and_say_when_there_is_nothing() -> None:
 
 def test_document_is_self_contained_and_its_data_cannot_close_the_script() -> None:
     html = document("t <b>", ["<p>body</p>"], data={"name": "</script><b>", "x": math.nan})
-    assert CSP in html and "<title>t &lt;b&gt;</title>" in html
+    assert csp(asset("table.js")) in html and "<title>t &lt;b&gt;</title>" in html
+    assert "'unsafe-inline'; img-src" not in html and "script-src 'sha256-" in html
     assert html.count("<script") == 2 and html.count("</script>") == 2
     data = html.split('id="page-data">', 1)[1].split("</script>", 1)[0]
     assert json.loads(data) == {"name": "</script><b>", "x": None}

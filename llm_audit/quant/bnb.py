@@ -116,6 +116,7 @@ def find(
     by_name: dict[str, TensorInfo], qconfig: dict[str, Any], read: Reader | None
 ) -> Iterator[QuantizedWeight | NotDecoded]:
     """Every 4-bit weight with its quant_state, and every int8 weight with its SCB."""
+    states_of = _states_by_weight(by_name)
     for name, weight in by_name.items():
         stem = name.removesuffix(".weight")
         if name.endswith(".weight") and weight.dtype == "I8" and stem + ".SCB" in by_name:
@@ -127,7 +128,7 @@ def find(
                 continue
             yield Int8Weight(name, weight, (scb,), weight.shape, False, METHOD, 8, None)
             continue
-        states = [by_name[n] for n in by_name if n.startswith(name + STATE)]
+        states = states_of.get(name, [])
         if weight.dtype != "U8" or len(states) != 1:
             continue
         parts = {p: by_name.get(f"{name}.{p}") for p in PARTS}
@@ -139,6 +140,18 @@ def find(
 
 
 PARTS = ("quant_map", "absmax", "nested_quant_map", "nested_absmax")
+
+
+def _states_by_weight(by_name: dict[str, TensorInfo]) -> dict[str, list[TensorInfo]]:
+    """The quant_state tensors (`NAME.quant_state.*`) of every NAME, in one pass over the names:
+    searching all names for each weight took minutes on a header of 100 000 tensors."""
+    states: dict[str, list[TensorInfo]] = {}
+    for n, t in by_name.items():
+        at = n.find(STATE)
+        while at >= 0:
+            states.setdefault(n[:at], []).append(t)
+            at = n.find(STATE, at + 1)
+    return states
 
 
 def four_bit(

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fcntl
-import math
 import os
 import secrets
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -30,9 +31,9 @@ import pandas as pd
 
 from llm_audit.errors import ConfigError, LlmAuditError, OutputError, SourceNotFoundError
 from llm_audit.journal import is_journal_name
-from llm_audit.report.html import check_audit, render_html
-from llm_audit.untrusted import read_json, show
-from llm_audit.vocabulary import FLAGS
+from llm_audit.report.html import render_html
+from llm_audit.report.validate import checked_audit
+from llm_audit.untrusted import parse_json, read_bounded, show
 
 MAX_AUDIT_BYTES = 1_000_000_000  # audit.json of a 10 000-layer model with trap entries: ~50 MB
 # OWASP's CSV-injection rule: a text cell starting with one of these is prefixed with "'".
@@ -193,7 +194,8 @@ def report_lock(folder: Path) -> Iterator[None]:
     finally:
         del _HELD[lock]
         with contextlib.suppress(OSError):
-            lock.unlink()
+            if _is_same_file(lock, fd):  # never another file put in its place
+                lock.unlink()
         os.close(fd)
         for empty in made:  # deepest first
             with contextlib.suppress(OSError):
@@ -204,7 +206,7 @@ def _acquire(lock: Path, folder: Path) -> int:
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         while True:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+            fd = _open_lock(lock, folder)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -216,7 +218,7 @@ def _acquire(lock: Path, folder: Path) -> int:
                     "wait for it to finish or choose another --out",
                     path=str(folder),
                 ) from None
-            if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            if _is_same_file(lock, fd):
                 break
             os.close(fd)  # the holder removed the file as we opened it: lock the new one
         os.ftruncate(fd, 0)
@@ -228,6 +230,44 @@ def _acquire(lock: Path, folder: Path) -> int:
         raise OutputError(
             f"cannot lock the report folder ({exc.strerror})", path=str(folder)
         ) from None
+
+
+def _open_lock(lock: Path, folder: Path) -> int:
+    """The lock file, opened without following a link: a link planted where the lock goes
+    would have the pid written into (and the file created at) whatever it points to. The file
+    must be a regular file with no other name (a hard link would be truncated); raises
+    `OutputError` naming the lock otherwise."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(lock, flags, 0o644)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        raise OutputError(
+            f"the lock file {lock.name} beside the report folder is a symbolic link, which is "
+            "not followed; remove it or choose another --out",
+            path=str(folder),
+        ) from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise OutputError(
+            f"the lock file {lock.name} beside the report folder is not a plain file of its "
+            "own (another name links to it, or it is not a regular file); remove it or choose "
+            "another --out",
+            path=str(folder),
+        )
+    return fd
+
+
+def _is_same_file(path: Path, fd: int) -> bool:
+    """Whether `path` (not followed) still names the file open as `fd`."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (held.st_dev, held.st_ino)
 
 
 # ---- render ----------------------------------------------------------------------------------
@@ -254,59 +294,77 @@ def render_file(audit_json: str | Path, out: str | Path | None = None) -> Path:
 
 
 def _read_audit(path: Path) -> dict[str, Any]:
+    """The checked audit in `path`; a file that is not an audit.json (not JSON at all, or a
+    compare.json) is named for what it is."""
     fix = "pass the audit.json written by `llm-audit scan`"
-    audit = read_json(
+    data = read_bounded(
         path, what="audit.json", fix=fix, limit=MAX_AUDIT_BYTES, missing=SourceNotFoundError
     )
     try:
-        check_audit(audit)
-        _check_layers(audit["layers"])
+        document = parse_json(data, what="audit.json", path=path, error=ConfigError)
+    except ConfigError:
+        if data.lstrip()[:1] in (b"{", b"["):  # JSON cut short or damaged: say what failed
+            raise
+        raise ConfigError(f"is not JSON, so not an audit.json; {fix}", path=str(path)) from None
+    if isinstance(document, dict) and {"base", "others"} <= document.keys():
+        raise ConfigError(
+            "is a compare.json (written by `llm-audit compare`), not an audit.json: its page is "
+            "the compare.html written beside it; rerun the same `llm-audit compare` to rebuild it",
+            path=str(path),
+        )
+    try:
+        return checked_audit(document)
     except ConfigError as exc:  # the same message, naming the file
         raise ConfigError(str(exc), path=str(path)) from None
-    return audit
-
-
-def _check_layers(layers: list[Any]) -> None:
-    """The fields the page draws from, typed as scan writes them (`flags` a list of flag names:
-    a string would be drawn one flag per character). Raises `ConfigError` naming the field."""
-    fix = "scan the model again to write a new audit.json"
-    numbers = ("alpha", "D", "num_traps", "rand_num_spikes", "lambda_max", "stable_rank")
-    for i, layer in enumerate(layers):
-        where = f"layers[{i}]"
-        if not isinstance(layer, dict):
-            raise ConfigError(f"{where} is {show(layer)}, not a mapping; {fix}")
-        for key in ("name", "role", "status"):
-            if not isinstance(layer.get(key), str):
-                raise ConfigError(f"{where}.{key} is {show(layer.get(key))}, not text; {fix}")
-        flags = layer.get("flags", [])
-        if not isinstance(flags, list) or not all(f in FLAGS for f in flags):
-            raise ConfigError(
-                f"{where}.flags is {show(flags)}, not a list of flags ({', '.join(FLAGS)}); {fix}"
-            )
-        for key in numbers:
-            value = layer.get(key)
-            is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if value is not None and not (is_number and math.isfinite(value)):
-                raise ConfigError(f"{where}.{key} is {show(value)}, not a number or null; {fix}")
 
 
 def _read_spectra(path: Path) -> dict[str, dict[str, np.ndarray]] | None:
-    """{layer name: {"evals": ..., "rand_evals": ...}} from spectra.npz, None if there is none."""
+    """{layer name: {"evals": ..., "rand_evals": ...}} from spectra.npz, None if there is none.
+
+    Sizes are bounded by the file, not by its claims: a member may inflate to at most
+    `MAX_INFLATION` times its stored bytes, and must hold one float64 vector that fills it, both
+    checked before anything is allocated (a 1 MB npz otherwise inflates to gigabytes).
+    """
     if not path.is_file():
         return None
     spectra: dict[str, dict[str, np.ndarray]] = {}
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            for key in npz.files:
+        with zipfile.ZipFile(path) as npz:
+            for info in npz.infolist():
+                key = info.filename.removesuffix(".npy")
                 name, _, kind = key.rpartition("/")
-                spectra.setdefault(name, {})[kind] = npz[key]
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+                spectra.setdefault(name, {})[kind] = _member(npz, info)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
         raise ConfigError(
             f"cannot read the spectra ({exc}); delete it to render without ESD plots, "
             "or scan again",
             path=str(path),
         ) from None
     return spectra
+
+
+MAX_INFLATION = 64  # float64 eigenvalues deflate by less than 2x; a zip bomb by up to 1032x
+
+
+def _member(npz: zipfile.ZipFile, info: zipfile.ZipInfo) -> np.ndarray:
+    """One eigenvalue vector of spectra.npz, its sizes checked before it is inflated."""
+    member = show(info.filename)
+    if info.file_size > MAX_INFLATION * max(info.compress_size, 1024):
+        raise ValueError(f"{member} claims {info.file_size} bytes from {info.compress_size}")
+    with npz.open(info) as fh:
+        major, _ = np.lib.format.read_magic(fh)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if major == 1
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(fh)
+        if dtype != np.dtype("<f8") or len(shape) != 1 or shape[0] * 8 > info.file_size:
+            raise ValueError(f"{member} is not a vector of float64 eigenvalues of its size")
+        data = fh.read(shape[0] * 8)
+    if len(data) != shape[0] * 8:
+        raise ValueError(f"{member} is cut short")
+    return np.frombuffer(data, dtype="<f8")
 
 
 def _write_atomic(out: Path, text: str) -> None:

@@ -16,13 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from llm_audit.errors import ConfigError
 from llm_audit.report import page, plots
 from llm_audit.report.outlier_panel import (
     counts_outlier_dimensions,
     has_trap_kinds,
     outlier_panel,
 )
+from llm_audit.report.validate import checked_audit, checked_spectra
 from llm_audit.report.view import (
     COLUMN_HELP,
     TEXT_COLUMNS,
@@ -46,7 +46,6 @@ from llm_audit.vocabulary import (
     HEALTHY,
     OUTLIER_DIMENSION,
     PATHOLOGICAL,
-    SCHEMA_VERSION,
     WATCH,
     count_key,
 )
@@ -70,7 +69,7 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
     {"evals": ..., "rand_evals": ...} eigenvalue arrays, or None to leave out the ESD plots (the
     page says so). Raises `ConfigError` if `audit` is not an audit of a supported schema_version.
     """
-    check_audit(audit)
+    audit, spectra = checked_audit(audit), checked_spectra(spectra)  # the boundary
     records: list[Mapping[str, Any]] = [r for r in audit["layers"] if isinstance(r, Mapping)]
     views = [
         layer_view(i, r, spectra.get(str(r.get("name"))) if spectra is not None else None)
@@ -85,23 +84,9 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
         _depth(audit, records),
         _table(records),
         _details(records, views, spectra is not None),
-        _flags_explained(audit),
+        _flags_explained(audit, spectra is not None),
     ]
     return page.document(title, body, scripts=("table.js", "report.js"), data={"layers": views})
-
-
-def check_audit(audit: Any) -> None:
-    """Raise `ConfigError` unless `audit` is an audit dict of the supported schema_version."""
-    if not isinstance(audit, Mapping) or not isinstance(audit.get("layers"), list):
-        raise ConfigError(
-            "not an llm-audit audit (no 'layers' list); pass the audit.json of a scan"
-        )
-    version = audit.get("schema_version")
-    if version != SCHEMA_VERSION:
-        raise ConfigError(
-            f"schema_version {version!r} is not supported (this llm-audit reads {SCHEMA_VERSION}); "
-            "render it with the llm-audit version that wrote it, or scan the model again"
-        )
 
 
 # (1) provenance -----------------------------------------------------------------------------------
@@ -472,7 +457,7 @@ def _trap_table(v: Mapping[str, Any]) -> str:
 # (6) what the flags mean ------------------------------------------------------------------------
 
 
-def _flags_explained(audit: Mapping[str, Any]) -> str:
+def _flags_explained(audit: Mapping[str, Any], have_spectra: bool) -> str:
     t, rule = thresholds(audit), verdict_rule(audit)
     low, high, traps = f"{t.alpha_low:g}", f"{t.alpha_high:g}", f"{t.min_traps:g}"
     flags = [
@@ -544,6 +529,7 @@ def _flags_explained(audit: Mapping[str, Any]) -> str:
         f"</tr></thead><tbody>{rows}</tbody></table>",
         verdicts,
         "<p><b>Caveats.</b></p><ul>" + "".join(f"<li>{c}</li>" for c in caveats) + "</ul>",
-        "<p class='muted'>Written by llm-audit. This page makes no network request; the raw "
-        "eigenvalues are in spectra.npz next to audit.json.</p>",
+        "<p class='muted'>Written by llm-audit. This page makes no network request"
+        + ("; the raw eigenvalues are in spectra.npz next to audit.json." if have_spectra else ".")
+        + "</p>",
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from html import escape
 from typing import Any
 
 import numpy as np
@@ -81,9 +82,9 @@ def rounded(value: Any, digits: int = 4) -> float | None:
 
 
 def fmt(value: Any, key: str = "") -> str:
-    """A metric as the page prints it; "—" when missing or not finite."""
+    """A metric as the page prints it (HTML-escaped); "—" when missing or not finite."""
     if isinstance(value, str):
-        return value
+        return escape(value)
     v = num(value)
     if v is None:
         return "—"

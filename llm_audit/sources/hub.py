@@ -7,12 +7,15 @@ Only the weights (`*.safetensors`, and `*.bin` when the user opted in to pickles
 from __future__ import annotations
 
 import contextlib
+import math
+import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from llm_audit.errors import SourceNotFoundError
+from llm_audit.errors import ConfigError, LlmAuditError, SourceNotFoundError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 SAFE_PATTERNS = [
@@ -27,6 +30,15 @@ PICKLE_PATTERNS = ["*.bin", "pytorch_model.bin.index.json"]
 TRIES = 4
 BACKOFF_S = 0.5  # waits 0.5, 1, 2 s between the tries
 TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# A server that drips one byte a second never trips the client's read timeout (10 s between
+# bytes, HF_HUB_DOWNLOAD_TIMEOUT): each download (a snapshot or a file, all its tries) must end
+# within this many seconds, LLM_AUDIT_HUB_DEADLINE to change it; a 10 GB shard at 10 MB/s
+# takes 17 minutes.
+DEADLINE_ENV = "LLM_AUDIT_HUB_DEADLINE"
+DEFAULT_DEADLINE_S = 3600.0
+# Set when a download was abandoned at its deadline: the client's own worker threads, which the
+# interpreter joins at exit, are still waiting on the server, so the CLI ends the process at once.
+abandoned = False
 
 
 def looks_like_hub_id(spec: str) -> bool:
@@ -59,10 +71,13 @@ def download(repo_id: str, *, revision: str | None, allow_pickle: bool) -> tuple
     patterns = SAFE_PATTERNS + (PICKLE_PATTERNS if allow_pickle else [])
     with hub_errors(repo_id, revision):
         folder = Path(
-            _retrying(
-                lambda: snapshot_download(
-                    repo_id, revision=revision, allow_patterns=patterns, repo_type="model"
-                )
+            _within_deadline(
+                repo_id,
+                lambda: _retrying(
+                    lambda: snapshot_download(
+                        repo_id, revision=revision, allow_patterns=patterns, repo_type="model"
+                    )
+                ),
             )
         )
     return folder, folder.name
@@ -73,7 +88,62 @@ def download_file(repo_id: str, filename: str, *, revision: str) -> str:
     from huggingface_hub import hf_hub_download
 
     with hub_errors(repo_id, revision):
-        return _retrying(lambda: hf_hub_download(repo_id, filename, revision=revision))
+        fetch = lambda: hf_hub_download(repo_id, filename, revision=revision)  # noqa: E731
+        return _within_deadline(repo_id, lambda: _retrying(fetch))
+
+
+def deadline_s() -> float:
+    """The deadline of one download, from `LLM_AUDIT_HUB_DEADLINE` (seconds), else the default."""
+    text = os.environ.get(DEADLINE_ENV, "")
+    try:
+        value = float(text) if text else DEFAULT_DEADLINE_S
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{DEADLINE_ENV}={text!r} is not a number of seconds above 0")
+    return value
+
+
+def _within_deadline(repo_id: str, call: Callable[[], str]) -> str:
+    """`call()`, on a thread of its own, given `deadline_s()` seconds: past them the download is
+    abandoned (the thread dies with the process), its `.incomplete` files are removed, and
+    `SourceNotFoundError` says so."""
+    seconds = deadline_s()
+    done: list[str] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            done.append(call())
+        except BaseException as exc:  # raised again on the caller's thread
+            failed.append(exc)
+
+    worker = threading.Thread(target=run, name="llm-audit-hub", daemon=True)
+    worker.start()
+    worker.join(seconds)
+    if worker.is_alive():
+        global abandoned
+        abandoned = True
+        remove_incomplete(repo_id)
+        raise SourceNotFoundError(
+            f"the Hub did not deliver within {seconds:g} s (the server is too slow or stalled); "
+            f"try again later, or give it longer with {DEADLINE_ENV}=SECONDS",
+            path=repo_id,
+        )
+    if failed:
+        remove_incomplete(repo_id)
+        raise failed[0]
+    return done[0]
+
+
+def remove_incomplete(repo_id: str) -> None:
+    """Delete the partial downloads (`blobs/*.incomplete`) of `repo_id` in the Hub cache."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    blobs = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    for partial in (blobs / "blobs").glob("*.incomplete"):
+        partial.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -89,6 +159,8 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
 
     try:
         yield
+    except LlmAuditError:  # ours already (a deadline): one line as it is
+        raise
     except HFValidationError:
         raise SourceNotFoundError(
             "not a valid Hub id or revision (org/name, at most 96 characters each); check it",
@@ -104,23 +176,62 @@ def hub_errors(repo_id: str, revision: str | None) -> Iterator[None]:
             "check the name",
             path=repo_id,
         ) from None
-    except LocalEntryNotFoundError:
-        raise SourceNotFoundError(
-            "no such local path, and not in the Hugging Face cache while offline; "
-            "check the name, or download the model first (unset HF_HUB_OFFLINE)",
-            path=repo_id,
-        ) from None
+    except LocalEntryNotFoundError as exc:
+        raise SourceNotFoundError(_not_reached(exc), path=repo_id) from None
     except EntryNotFoundError as exc:
         raise SourceNotFoundError(f"file not found in the repo ({exc})", path=repo_id) from None
+    except ValueError as exc:  # the client's refusal of a repo file name such as ../../x
+        if "Invalid filename" not in str(exc):
+            raise
+        raise SourceNotFoundError(
+            "the repository lists a file whose name would leave the download folder (an "
+            "absolute path or '..'), which the Hub client refuses; do not use this repository",
+            path=repo_id,
+        ) from None
     except Exception as exc:  # HTTP and transport errors of huggingface_hub's client, OSError
         if not _is_network_error(exc):
             raise
-        reason = str(exc).strip().split("\n")[0] or type(exc).__name__
         raise SourceNotFoundError(
-            f"cannot fetch from the Hub after {TRIES} tries ({reason}); check the connection and "
-            "run again (files already fetched stay in the cache)",
+            f"cannot fetch from the Hub after {TRIES} tries ({_reason(exc)}); check the "
+            "connection and run again (files already fetched stay in the cache)",
             path=repo_id,
         ) from None
+
+
+def _not_reached(exc: BaseException) -> str:
+    """Why the Hub gave nothing and the cache had nothing: offline by setting, a server error,
+    or no network. The client raises the same exception for the three; its cause tells them
+    apart."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return (
+            "not in the Hugging Face cache, and the Hub is not asked because HF_HUB_OFFLINE is "
+            "set; unset it to download the model, or check the name"
+        )
+    cause = _cause(exc)
+    status = getattr(getattr(cause, "response", None), "status_code", None)
+    if isinstance(status, int) and status >= 500:
+        return (
+            f"the Hub answered HTTP {status} (a server error) and the model is not in the "
+            "cache; try again later"
+        )
+    return (
+        f"cannot reach the Hub ({_reason(cause)}) and the model is not in the cache; check the "
+        "network connection (or HF_ENDPOINT), then run again"
+    )
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The first error behind `exc` (its `__cause__`/`__context__` chain), else `exc`."""
+    seen = exc
+    while (nxt := seen.__cause__ or seen.__context__) is not None and nxt is not seen:
+        seen = nxt
+    return seen
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc).strip().split("\n")[0][:200] or type(exc).__name__
 
 
 def _retrying(call: Callable[[], str]) -> str:

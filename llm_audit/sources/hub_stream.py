@@ -21,7 +21,7 @@ from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.hub import download_file, hub_errors
 from llm_audit.sources.safetensors_files import read_header, read_tensor
-from llm_audit.untrusted import read_json
+from llm_audit.untrusted import read_json, show
 
 
 class StreamingHubSource(Source):
@@ -42,6 +42,11 @@ class StreamingHubSource(Source):
             for filename in files
             for name, t in meta.files_metadata[filename].tensors.items()
         ]
+        self._announced: dict[str, set[tuple[str, tuple[int, ...], str]]] = {
+            f: set() for f in files
+        }
+        for t in self._tensors:
+            self._announced[str(t.file)].add((t.name, t.shape, t.dtype))
         self._left: Counter[str | None] = Counter()  # reads still to come per file: plan_reads
         self._local: dict[str, tuple[Path, bool]] = {}  # file -> (path, was cached before)
         self.info = SourceInfo(
@@ -87,9 +92,30 @@ class StreamingHubSource(Source):
                 try_to_load_from_cache(self.repo_id, filename, revision=self.commit), str
             )
             path = Path(download_file(self.repo_id, filename, revision=self.commit))
-            read_header(path)  # the downloaded file must agree with what the Hub announced
             self._local[filename] = (path, cached)
+            self._check_announced(filename, path)
         return self._local[filename][0]
+
+    def _check_announced(self, filename: str, path: Path) -> None:
+        """The downloaded file's header must declare exactly the tensors (names, shapes, dtypes)
+        that the header read by range request announced and the scan was planned from: else a
+        server could announce 16 rows and deliver 64 (16 analysed, silently) or the reverse."""
+        try:
+            found = {(t.name, t.shape, t.dtype) for t in read_header(path)}
+        except CheckpointFormatError:
+            self._drop(filename)
+            raise
+        announced = self._announced[filename]
+        if found != announced:
+            name, shape, dtype = min(found ^ announced)
+            self._drop(filename)
+            raise CheckpointFormatError(
+                f"the downloaded file's header differs from the one the Hub announced (tensor "
+                f"{show(name)}: {dtype} {list(shape)} in one, not the other); the repository "
+                "changed during the scan or the server is not consistent: scan again without "
+                "--stream",
+                path=f"{self.repo_id}/{filename}",
+            )
 
     def _drop(self, filename: str) -> None:
         """Delete a shard this scan downloaded (its snapshot link and its blob)."""

@@ -20,7 +20,7 @@ from safetensors import SafetensorError, safe_open
 
 from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
-from llm_audit.untrusted import check_model_file, parse_json, read_json
+from llm_audit.untrusted import MAX_NAME_CHARS, check_model_file, parse_json, read_json
 
 # Bytes per element of every dtype the safetensors format defines.
 DTYPE_SIZES = {
@@ -90,6 +90,13 @@ def _check_entries(header: dict[str, Any], *, data_size: int, path: Path) -> lis
                     "__metadata__ must map strings to strings", path=str(path)
                 )
             continue
+        if len(name) > MAX_NAME_CHARS or "\0" in name:
+            raise CheckpointFormatError(
+                f"a tensor name is over {MAX_NAME_CHARS} characters long or holds NUL; "
+                "the file is corrupt or hostile",
+                path=str(path),
+                tensor=name,
+            )
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise CheckpointFormatError(
                 "malformed header entry: expected exactly dtype, shape and data_offsets",
@@ -211,12 +218,11 @@ def files_from_index(index: Path, *, suffix: str) -> list[Path]:
             "not a valid index: expected a JSON object with a 'weight_map' mapping",
             path=str(index),
         )
-    files: list[Path] = []
+    checked: dict[str, Path] = {}  # by the name as written: each shard checked once, in order
     for tensor, shard in weight_map.items():
-        target = _shard_path(index, tensor, shard, suffix=suffix)
-        if target not in files:
-            files.append(target)
-    return files
+        if not (isinstance(shard, str) and shard in checked):
+            checked[shard] = _shard_path(index, tensor, shard, suffix=suffix)
+    return list(dict.fromkeys(checked.values()))
 
 
 def _shard_path(index: Path, tensor: str, shard: object, *, suffix: str) -> Path:
