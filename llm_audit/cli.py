@@ -3,10 +3,11 @@
 Parsing, `--help`, `--version` and the usage errors import no torch, pandas or calibration code:
 each command imports what it needs when it runs.
 
-Exit codes, which CI can believe (`EXIT_HELP` prints them): 0 success; 1 a `--fail-on` flag fired, and nothing else; 2 bad
-input or usage (one line on stderr naming the file or argument and the fix); 3 an unexpected
-exception, that is a bug in llm-audit (one line; the traceback with `--debug` or
-`LLM_AUDIT_DEBUG=1`); 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM), with how to resume.
+Exit codes, which CI can believe (`EXIT_HELP` prints them): 0 success; 1 a `--fail-on` flag
+fired, and nothing else; 2 bad input or usage (one line on stderr naming the file or argument and
+the fix); 3 an unexpected exception, that is a bug in llm-audit (one line; the traceback with
+`--debug` or `LLM_AUDIT_DEBUG=1`); 130 interrupted (Ctrl-C) and 143 terminated (SIGTERM), with how
+to resume.
 """
 
 from __future__ import annotations
