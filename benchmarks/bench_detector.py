@@ -182,7 +182,9 @@ def main() -> None:
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
     gaussian = [r["upper95"] for r in result["nulls"] if r["entries"] == "gaussian"]
-    print(f"wrote {args.out}.md/.json; largest Gaussian bound {max(gaussian, default=math.nan):.2g}")
+    print(
+        f"wrote {args.out}.md/.json; largest Gaussian bound {max(gaussian, default=math.nan):.2g}"
+    )
 
 
 if __name__ == "__main__":
