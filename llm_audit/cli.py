@@ -11,15 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
 
 from llm_audit.errors import ConfigError, LlmAuditError
 from llm_audit.report.files import check_report_folder, check_writable, report_lock
+from llm_audit.report.terminal import format_comparison, format_summary, table
 from llm_audit.result import FORMATS, REPORT_FILES, check_formats
 from llm_audit.vocabulary import ESTIMATORS
 
@@ -278,7 +277,7 @@ def _scan_into(
         return EXIT_OK  # rank 0 writes the report and says what fired
     result.save(out, formats)
     journal.discard(out / journal.JOURNAL_NAME)  # the report now holds it all
-    print(format_summary(result.summary, result.records))
+    print(format_summary(result.summary, result.records, result.settings))
     files = ", ".join(FORMATS[f] for f in formats)
     print(f"\nReport written to {out}/ ({files})")
     fired = failing(fail_on, result.summary, result.records)
@@ -344,7 +343,7 @@ def _describe(args: argparse.Namespace) -> int:
         ]
         for layer in layers
     ]
-    print(_table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
+    print(table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
     total = sum(t.numel for t in tensors)
     print(
         f"\n{source.info.id}: family {family}, {len(layers)} layers, {total:,} parameters "
@@ -391,17 +390,7 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
         return EXIT_OK
     result.save(out)
     journal.discard(out / journal.JOURNAL_NAME)
-    for label, info in result.summary["others"].items():
-        new = ", ".join(f"{k}: {v}" for k, v in info["new_flags"].items()) or "none"
-        print(f"{label}: {info['alignment']['aligned']} layers aligned; new flags: {new}")
-        for name in info["most_changed"][:5]:
-            record = next(r for r in result.records if r["name"] == name)
-            d = record["delta"][label]
-            print(
-                f"  {name}: delta alpha {record['delta_alpha'][label]:+.2f}, "
-                f"|dW|/|W| {d['relative_norm']:.3g}, dW effective rank {d['effective_rank']:.1f}, "
-                f"new flags {','.join(record['new_flags'][label]) or '-'}"
-            )
+    print(format_comparison(result.to_json()))
     print(f"\nComparison written to {out}/ (compare.json, compare.csv, compare.html)")
     fired = sorted(
         {f for info in result.summary["others"].values() for f in info["new_flags"]} & set(fail_on)
@@ -410,55 +399,6 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
         print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)
         return EXIT_FLAGGED
     return EXIT_OK
-
-
-def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    """A compact table of the layers plus the summary lines, for stdout."""
-
-    def num(v: Any, fmt: str = ".2f") -> str:
-        return (
-            "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
-        )
-
-    rows = [
-        [
-            r["name"],
-            r["role"],
-            num(r.get("alpha")),
-            num(r.get("D"), ".3f"),
-            str(r.get("num_traps", "-")),
-            ",".join(r.get("flags", [])) or r["status"],
-        ]
-        for r in records
-    ]
-    lines = [_table(["layer", "role", "alpha", "D", "traps", "flags/status"], rows), ""]
-    lines.append(f"verdict: {summary['verdict']} ({summary['verdict_reason']})")
-    lines.append(
-        f"layers: {summary['num_analyzed']} analyzed of {summary['num_layers']}; "
-        f"mean alpha {num(summary['mean_alpha'])}, median {num(summary['median_alpha'])} "
-        f"(excluding {', '.join(summary['excluded_from_summary']) or 'nothing'})"
-    )
-    lines.append(
-        f"alpha<2: {summary['num_alpha_lt_2']}  alpha>6: {summary['num_alpha_gt_6']}  "
-        f"trap layers: {summary['num_trap_layers']} ({summary['total_traps']} traps)  "
-        f"fit failed: {summary['num_alpha_fit_failed']}  time: {summary['seconds']:.1f} s"
-    )
-    dimensions = summary.get("outlier_dimensions") or []
-    if dimensions:
-        where = ", ".join(f"{d['index']} ({len(d['layers'])} layers)" for d in dimensions)
-        lines.append(
-            f"outlier dimensions (informational): {where}; "
-            f"{summary['total_outlier_dimension_traps']} traps lie on them"
-        )
-    return "\n".join(lines)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), *(fmt.format(*r) for r in rows)])
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 from llm_audit.errors import ConfigError
 from llm_audit.untrusted import read_yaml, show
-from llm_audit.vocabulary import ESTIMATORS
+from llm_audit.vocabulary import ESTIMATORS, FINDINGS
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,12 @@ class VerdictRule:
     pathological_alpha_lt_2_fraction: float = 0.1
     pathological_trap_fraction: float = 0.25
     count_outlier_dimensions: bool = False
+    count_alpha_gt_6: bool = False
+
+    def counts(self, flag: str) -> bool:
+        """Whether the verdict counts `flag`: always, unless it is a finding not asked for."""
+        key = FINDINGS.get(flag)
+        return key is None or bool(getattr(self, key))
 
 
 @dataclass(frozen=True)
