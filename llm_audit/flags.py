@@ -19,6 +19,7 @@ from llm_audit.vocabulary import (
     ALPHA_GT_6,
     ALPHA_LT_2,
     ANALYZED,
+    FINDINGS,
     FIT_FAILED,
     FLAGS,
     HEALTHY,
@@ -63,7 +64,8 @@ def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
     name, reason = _verdict(counted, cfg)
     found = Counter(f for r in counted for f in findings(r, cfg.verdict))
     if found:
-        reason += "; findings, not counted: " + ", ".join(f"{n} {f}" for f, n in found.items())
+        listed = ", ".join(f"{found[f]} {f}" for f in FINDINGS if found[f])
+        reason += f"; findings, not counted: {listed}"
     return name, reason
 
 

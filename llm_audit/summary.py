@@ -87,7 +87,6 @@ def summarize(
         "num_flagged": sum(bool(verdict_flags(r, rule)) for r in counted),
         "num_with_findings": sum(bool(findings(r, rule)) for r in counted),
         "findings": [],  # filled below from the counts
-
         "num_flagged_outside": sum(bool(r["flags"]) for r in analyzed if r not in counted),
         **{count_key(flag): sum(flag in r["flags"] for r in counted) for flag in FLAGS},
         "num_trap_layers": len(trap_layers),

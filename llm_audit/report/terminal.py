@@ -86,12 +86,13 @@ def format_comparison(result: Mapping[str, Any]) -> str:
     lines = []
     for label, m in models.items():
         lines.append(f"{label}: {m['verdict']} ({m['verdict_reason']})")
+        info = (summary.get("others") or {}).get(label)
+        if info is not None:
+            lines.append(f"  changed: {'; '.join(info['changes'])}")
         found = "; ".join(f["text"] for f in m.get("findings") or [])
         lines.append(f"  findings (not counted): {found or 'none'}")
-        info = (summary.get("others") or {}).get(label)
         if info is None:
             continue
-        lines.append(f"  changed: {'; '.join(info['changes'])}")
         lines.append(f"  layers aligned with the base: {info['alignment']['aligned']}")
         for name in info["most_changed"][:5]:
             record = by_name[name]
