@@ -18,6 +18,7 @@ from pathlib import Path
 
 from llm_audit.errors import ConfigError, LlmAuditError
 from llm_audit.report.files import check_report_folder, check_writable, report_lock
+from llm_audit.report.markdown import compare_markdown, scan_markdown
 from llm_audit.report.terminal import format_comparison, format_summary, table
 from llm_audit.result import FORMATS, REPORT_FILES, check_formats
 from llm_audit.vocabulary import ESTIMATORS
@@ -25,6 +26,7 @@ from llm_audit.vocabulary import ESTIMATORS
 EXIT_OK, EXIT_FLAGGED, EXIT_BAD_INPUT, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 EXIT_PIPE_CLOSED = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader left
 DEBUG_ENV = "LLM_AUDIT_DEBUG"  # "1": print the traceback of an unexpected exception
+STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"  # a file: scan and compare append summary.md to it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     scan.add_argument(
         "--format",
-        default="json,csv,parquet,npz,html",
-        help="files to write: any of json,csv,parquet,npz,html (default all)",
+        default="json,csv,parquet,npz,html,md",
+        help="files to write: any of json,csv,parquet,npz,html,md (md: summary.md; default all)",
     )
 
     describe = sub.add_parser(
@@ -278,6 +280,7 @@ def _scan_into(
     result.save(out, formats)
     journal.discard(out / journal.JOURNAL_NAME)  # the report now holds it all
     print(format_summary(result.summary, result.records, result.settings))
+    _step_summary(scan_markdown(result.to_json()))
     files = ", ".join(FORMATS[f] for f in formats)
     print(f"\nReport written to {out}/ ({files})")
     fired = failing(fail_on, result.summary, result.records)
@@ -285,6 +288,14 @@ def _scan_into(
         print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)
         return EXIT_FLAGGED
     return EXIT_OK
+
+
+def _step_summary(markdown: str) -> None:
+    """Append the Markdown summary to a CI job's summary file, when the job gives one."""
+    path = os.environ.get(STEP_SUMMARY_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")
 
 
 def _devices(args: argparse.Namespace) -> list[str] | None:
@@ -391,7 +402,8 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
     result.save(out)
     journal.discard(out / journal.JOURNAL_NAME)
     print(format_comparison(result.to_json()))
-    print(f"\nComparison written to {out}/ (compare.json, compare.csv, compare.html)")
+    _step_summary(compare_markdown(result.to_json()))
+    print(f"\nComparison written to {out}/ (compare.json, compare.csv, compare.html, summary.md)")
     fired = sorted(
         {f for info in result.summary["others"].values() for f in info["new_flags"]} & set(fail_on)
     )
