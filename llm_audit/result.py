@@ -59,7 +59,7 @@ class AuditResult:
 
         frame = pd.DataFrame(self.records)
         for column in frame.columns:
-            values = [v for v in frame[column] if v is not None and v == v]
+            values = [r[column] for r in self.records if r.get(column) is not None]
             if values and all(
                 isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
             ):

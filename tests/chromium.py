@@ -169,7 +169,7 @@ class DevTools:
             mobile=width < 600,
         )
         self.events.clear()
-        self.call("Page.navigate", url=path.as_uri())
+        self.call("Page.navigate", url=path.resolve().as_uri())
         self.wait_for("Page.loadEventFired")
 
 
