@@ -226,13 +226,16 @@ def test_summary_sections_and_provenance(
     roles = {r["role"] for r in minilm_result.records if r["block"] is not None}
     assert static(minilm_html).count('<svg class="depth"') == len(roles)
     assert static(minilm_html).count('class="threshold"') == 2 * len(roles)
-    # ringed: layers flagged against the verdict (traps on outlier dimensions are informational)
+    # ringed: layers with a flag the verdict counts; MiniLM's (alpha > 6, traps on outlier
+    # dimensions) are all findings, so none; with alpha > 6 counted, its 3 in the blocks
+    assert static(minilm_html).count('class="mkr sr0 flagged') == 0
+    audit = minilm_result.to_json()
+    audit["settings"]["verdict"]["count_alpha_gt_6"] = True
+    counting = static(render_html(audit, minilm_result.spectra))
     flagged_in_blocks = sum(
-        bool(set(r["flags"]) - {"outlier_dimension"})
-        for r in minilm_result.records
-        if r["block"] is not None
+        "alpha_gt_6" in r["flags"] for r in minilm_result.records if r["block"] is not None
     )
-    assert static(minilm_html).count('class="mkr sr0 flagged') == flagged_in_blocks == 3
+    assert counting.count('class="mkr sr0 flagged') == flagged_in_blocks == 3
     # the outlier-dimension panel: MiniLM's four dimensions, 267 among them
     assert 'id="outliers"' in minilm_html and "<td>267</td>" in minilm_html
 

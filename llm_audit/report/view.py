@@ -172,7 +172,9 @@ def thresholds(document: Mapping[str, Any]) -> Thresholds:
 def verdict_rule(document: Mapping[str, Any]) -> VerdictRule:
     """The verdict rule an audit was made with; the defaults where not given."""
     given = (document.get("settings") or {}).get("verdict") or {}
-    return dataclasses.replace(VerdictRule(), **_numbers(given, VerdictRule))
+    fields = [f.name for f in dataclasses.fields(VerdictRule)]
+    switches = {k: given[k] for k in fields if isinstance(given.get(k), bool)}  # count_*
+    return dataclasses.replace(VerdictRule(), **_numbers(given, VerdictRule), **switches)
 
 
 def _numbers(given: Mapping[str, Any], cls: type) -> dict[str, Any]:
