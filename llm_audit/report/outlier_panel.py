@@ -57,7 +57,7 @@ def outlier_panel(summary: Mapping[str, Any], records: list[Mapping[str, Any]]) 
 def _split(layers: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
     """ "5 counted trap layers (and 1 outside the summary)": the summary's counts, and the rest."""
     inside = sum(is_counted(r, summary) for r in layers)
-    text = f"{inside} counted trap layer" + ("" if inside == 1 else "s")
+    text = f"{inside} counted trap layer(s)"
     rest = len(layers) - inside
     return text + (f" (and {rest} outside the summary)" if rest else "")
 
