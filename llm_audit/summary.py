@@ -157,7 +157,7 @@ def count_lines(
         (flag_label(ALPHA_FIT_FAILED, t), str(n(count_key(ALPHA_FIT_FAILED)))),
         ("trap layers", f"{n('num_trap_layers')} ({n('total_traps')} traps)"),
     ]
-    found = []
+    found: list[tuple[str, str]] = []
     for flag in FINDINGS:
         value = str(n(count_key(flag)))
         if flag in INFORMATIONAL_TRAP_KINDS:
