@@ -4,7 +4,7 @@ the verdict uses and the findings beside it, in the words of `summary.count_line
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llm_audit.report.view import thresholds, verdict_rule
@@ -22,7 +22,7 @@ def _pairs(pairs: list[tuple[str, str]]) -> str:
 
 def format_summary(
     summary: Mapping[str, Any],
-    records: list[Mapping[str, Any]],
+    records: Sequence[Mapping[str, Any]],
     settings: Mapping[str, Any] | None = None,
 ) -> str:
     """A compact table of the layers plus the summary lines; `settings` gives the thresholds
