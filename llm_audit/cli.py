@@ -16,7 +16,6 @@ import argparse
 import contextlib
 import difflib
 import logging
-import math
 import os
 import re
 import signal
@@ -118,6 +117,9 @@ def did_you_mean(word: str, choices: list[str] | tuple[str, ...]) -> str:
     by_lower = {c.lower(): c for c in choices}
     close = difflib.get_close_matches(word.lower(), list(by_lower), n=1, cutoff=0.6)
     return f" (did you mean {by_lower[close[0]]}?)" if close else ""
+
+
+STEP_SUMMARY_ENV = "GITHUB_STEP_SUMMARY"  # a file: scan and compare append summary.md to it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -508,7 +510,11 @@ def _scan_into(
         return EXIT_OK  # rank 0 writes the report and says what fired
     result.save(out, formats)
     journal.discard(out / journal.JOURNAL_NAME)  # the report now holds it all
-    print(format_summary(result.summary, result.records))
+    from llm_audit.report.markdown import scan_markdown
+    from llm_audit.report.terminal import format_summary
+
+    print(format_summary(result.summary, result.records, result.settings))
+    _step_summary(scan_markdown(result.to_json()))
     files = ", ".join(FORMATS[f] for f in formats)
     print(f"\nReport written to {out}/ ({files})")
     fired = failing(fail_on, result.summary, result.records)
@@ -530,6 +536,14 @@ def comma_list(
                 f"use any of {', '.join(valid)}"
             )
     return items
+
+
+def _step_summary(markdown: str) -> None:
+    """Append the Markdown summary to a CI job's summary file, when the job gives one."""
+    path = os.environ.get(STEP_SUMMARY_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(markdown + "\n")
 
 
 def _devices(args: argparse.Namespace) -> list[str] | None:
@@ -591,6 +605,7 @@ def _render(args: argparse.Namespace) -> int:
 def _describe(args: argparse.Namespace) -> int:
     from llm_audit.architectures import model_family
     from llm_audit.layers import plan_layers
+    from llm_audit.report.terminal import table
     from llm_audit.sources import open_source
 
     with open_source(args.model, revision=args.revision, allow_pickle=args.allow_pickle) as source:
@@ -608,7 +623,7 @@ def _describe(args: argparse.Namespace) -> int:
         ]
         for layer in layers
     ]
-    print(_table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
+    print(table(["name", "block", "role", "out x in", "dtype", "params", "skip"], rows))
     total = sum(t.numel for t in tensors)
     print(
         f"\n{quote(source.info.id)}: family {model_family(source.info.config, naming)}, "
@@ -658,26 +673,12 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
         return EXIT_OK
     result.save(out)
     journal.discard(out / journal.JOURNAL_NAME)
-    for label, info in result.summary["others"].items():
-        moved = info["distance"]
-        print(
-            f"{label}: {'FAR FROM BASE' if moved['far_from_base'] else 'near its base'}: "
-            f"{moved['far_layers']} of {moved['layers']} layers moved beyond |dW|/|W| "
-            f"{moved['bounds']['relative_norm']:g} or |delta alpha| "
-            f"{moved['bounds']['delta_alpha']:g} "
-            f"(median |dW|/|W| {moved['median_relative_norm']:.3g})"
-        )
-        new = ", ".join(f"{k}: {v}" for k, v in info["new_flags"].items()) or "none"
-        print(f"{label}: {info['alignment']['aligned']} layers aligned; new flags: {new}")
-        for name in info["most_changed"][:5]:
-            record = next(r for r in result.records if r["name"] == name)
-            d = record["delta"][label]
-            print(
-                f"  {quote(name)}: delta alpha {record['delta_alpha'][label]:+.2f}, "
-                f"|dW|/|W| {d['relative_norm']:.3g}, dW effective rank {d['effective_rank']:.1f}, "
-                f"new flags {','.join(record['new_flags'][label]) or '-'}"
-            )
-    print(f"\nComparison written to {out}/ (compare.json, compare.csv, compare.html)")
+    from llm_audit.report.markdown import compare_markdown
+    from llm_audit.report.terminal import format_comparison
+
+    print(format_comparison(result.to_json()))
+    _step_summary(compare_markdown(result.to_json()))
+    print(f"\nComparison written to {out}/ (compare.json, compare.csv, compare.html, summary.md)")
     fired = sorted(
         {
             f
@@ -690,55 +691,6 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
         print(f"llm-audit: --fail-on fired: {', '.join(fired)}", file=sys.stderr)
         return EXIT_FLAGGED
     return EXIT_OK
-
-
-def format_summary(summary: dict[str, Any], records: list[dict[str, Any]]) -> str:
-    """A compact table of the layers plus the summary lines, for stdout."""
-
-    def num(v: Any, fmt: str = ".2f") -> str:
-        return (
-            "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else format(v, fmt)
-        )
-
-    rows = [
-        [
-            quote(r["name"]),
-            r["role"],
-            num(r.get("alpha")),
-            num(r.get("D"), ".3f"),
-            str(r.get("num_traps", "-")),
-            ",".join(r.get("flags", [])) or r["status"],
-        ]
-        for r in records
-    ]
-    lines = [_table(["layer", "role", "alpha", "D", "traps", "flags/status"], rows), ""]
-    lines.append(f"verdict: {summary['verdict']} ({summary['verdict_reason']})")
-    lines.append(
-        f"layers: {summary['num_analyzed']} analyzed of {summary['num_layers']}; "
-        f"mean alpha {num(summary['mean_alpha'])}, median {num(summary['median_alpha'])} "
-        f"(excluding {', '.join(summary['excluded_from_summary']) or 'nothing'})"
-    )
-    lines.append(
-        f"alpha<2: {summary['num_alpha_lt_2']}  alpha>6: {summary['num_alpha_gt_6']}  "
-        f"trap layers: {summary['num_trap_layers']} ({summary['total_traps']} traps)  "
-        f"fit failed: {summary['num_alpha_fit_failed']}  time: {summary['seconds']:.1f} s"
-    )
-    dimensions = summary.get("outlier_dimensions") or []
-    if dimensions:
-        where = ", ".join(f"{d['index']} ({len(d['layers'])} layers)" for d in dimensions)
-        lines.append(
-            f"outlier dimensions (informational): {where}; "
-            f"{summary['total_outlier_dimension_traps']} traps lie on them"
-        )
-    return "\n".join(lines)
-
-
-def _table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), *(fmt.format(*r) for r in rows)])
 
 
 if __name__ == "__main__":

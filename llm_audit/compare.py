@@ -26,7 +26,7 @@ import torch
 from llm_audit import runner
 from llm_audit.analysis import Outcome
 from llm_audit.config import AuditConfig
-from llm_audit.distance import distance, findings
+from llm_audit.distance import as_finding, distance, findings
 from llm_audit.errors import CheckpointFormatError, ConfigError
 from llm_audit.flags import flagged
 from llm_audit.jobs import Job, cost, difference_job, layer_job, oriented
@@ -38,6 +38,7 @@ from llm_audit.result import DELTA_COLUMNS, ComparisonResult, provenance, run_se
 from llm_audit.scan import layer_filter, settings, slug
 from llm_audit.sources import Source, TensorInfo, open_source
 from llm_audit.sources.peft import LoraAdapterSource
+from llm_audit.summary import summarize
 from llm_audit.vocabulary import (
     ALIGNED,
     ALIGNMENTS,
@@ -396,6 +397,9 @@ def _summary(
     seconds: float,
     cfg: AuditConfig,
 ) -> dict[str, Any]:
+    """Per model (the base and each other) its verdict and counts as a scan would give them;
+    per other model how it aligns, what changed (`changes`, said first), which flags it gained."""
+    verdicts = {label: model_summary(records, label, cfg) for label in ["base", *alignment]}
     per_other = {}
     for m in models:
         label = m.label
@@ -403,16 +407,23 @@ def _summary(
         changed = sorted(scored, key=lambda r: -r["change_score"][label])
         counts = {a: sum(1 for s in alignment[label].values() if s == a) for a in ALIGNMENTS}
         new: dict[str, int] = {}
+        vanished: dict[str, int] = {}
         for r in records:
             for flag in r["new_flags"].get(label, []):
                 new[flag] = new.get(flag, 0) + 1
+            for flag in r["vanished_flags"].get(label, []):
+                vanished[flag] = vanished.get(flag, 0) + 1
         moved = distance(records, label, cfg)
+        if moved["far_from_base"]:
+            verdicts[label]["findings"] = [as_finding(moved), *verdicts[label]["findings"]]
         per_other[label] = {
             "findings": findings(moved),
             "distance": moved,
+            "changes": changes(verdicts["base"], verdicts[label], new, vanished),
             "alignment": counts,
             "not_aligned": {n: s for n, s in alignment[label].items() if s != ALIGNED},
             "new_flags": new,
+            "vanished_flags": vanished,
             "most_changed": [r["name"] for r in changed[:10]],
             "layers_with_new_traps": [
                 r["name"] for r in records if CORRELATION_TRAP in r["new_flags"].get(label, [])
@@ -421,4 +432,32 @@ def _summary(
                 r["name"] for r in records if OUTLIER_DIMENSION in r["new_flags"].get(label, [])
             ],
         }
-    return {"others": per_other, "seconds": seconds}
+    return {"models": verdicts, "others": per_other, "seconds": seconds}
+
+
+MODEL_SUMMARY_LEFT_OUT = ("seconds", "hidden_size", "outlier_dimensions", "experts")
+
+
+def model_summary(records: list[dict[str, Any]], label: str, cfg: AuditConfig) -> dict[str, Any]:
+    """One model's summary in a comparison (verdict, counts, `findings`), from its own layers as
+    a scan of it alone would count them."""
+    mine = [
+        {**r["models"][label], "name": r["name"], "role": r["role"]}
+        for r in records
+        if label in r["models"]
+    ]
+    summary = summarize(mine, cfg, 0.0)
+    return {k: v for k, v in summary.items() if k not in MODEL_SUMMARY_LEFT_OUT}
+
+
+def changes(
+    base: dict[str, Any], other: dict[str, Any], new: dict[str, int], vanished: dict[str, int]
+) -> list[str]:
+    """What changed from the base to the other model, in a few sentences, the verdict first."""
+    if base["verdict"] == other["verdict"]:
+        out = [f"verdict unchanged: {other['verdict']}"]
+    else:
+        out = [f"verdict {base['verdict']} → {other['verdict']}"]
+    out += [f"{flag} gained in {n} layer{'s' * (n != 1)}" for flag, n in new.items()]
+    out += [f"{flag} lost in {n} layer{'s' * (n != 1)}" for flag, n in vanished.items()]
+    return out

@@ -15,7 +15,7 @@ from typing import Any
 
 from llm_audit.errors import ConfigError
 from llm_audit.untrusted import read_yaml, show
-from llm_audit.vocabulary import ESTIMATORS
+from llm_audit.vocabulary import ESTIMATORS, FINDINGS
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,15 @@ class Thresholds:
 class VerdictRule:
     pathological_trap_layers: int = 1
     pathological_alpha_lt_2_fraction: float = 0.1
-    pathological_trap_fraction: float = 0.25
+    pathological_trap_fraction: float = 0.5
     count_outlier_dimensions: bool = False
+    count_alpha_gt_6: bool = False
+    count_structured: bool = False
+
+    def counts(self, flag: str) -> bool:
+        """Whether the verdict counts `flag`: always, unless it is a finding not asked for."""
+        key = FINDINGS.get(flag)
+        return key is None or bool(getattr(self, key))
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,18 @@ def distance(records: list[dict[str, Any]], label: str, cfg: AuditConfig) -> dic
 def findings(block: dict[str, Any]) -> list[str]:
     """The compare findings of one model's distance block."""
     return [FAR_FROM_BASE] if block["far_from_base"] else []
+
+
+def as_finding(block: dict[str, Any]) -> dict[str, Any]:
+    """The distance block as an entry of a model summary's `findings` (shown first)."""
+    bounds = block["bounds"]
+    return {
+        "name": FAR_FROM_BASE,
+        "layers": block["far_layers"],
+        "text": (
+            f"far from its base: {block['far_layers']} of {block['layers']} layers moved beyond "
+            f"|ΔW|/|W| {bounds['relative_norm']:g} or |Δalpha| {bounds['delta_alpha']:g} "
+            f"(median |ΔW|/|W| {block['median_relative_norm']:.3g}); the spectra may still "
+            "read healthy"
+        ),
+    }

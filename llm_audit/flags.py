@@ -1,15 +1,17 @@
 """Thresholds to per-layer flags, and flags to a model verdict. The rules live in the config.
 
-A trap layer raises `correlation_trap` when its extreme entries are scattered (the pathology),
-`outlier_dimension` when they lie on the model's outlier dimensions and `structured_trap` when they
-share a few rows and columns of the layer (its `trap_kind`, set by `outlier_dims.place_traps`);
-the last two are informational and count against the verdict only with
-`verdict.count_outlier_dimensions`.
+The verdict answers one question: do the spectra show an over-fitting / anti-grokking signature?
+It counts alpha_lt_2, scattered traps (`correlation_trap`) and failed fits. Findings (alpha_gt_6;
+traps whose entries lie on the model's outlier dimensions, or share a few rows and columns of
+their layer: `vocabulary.FINDINGS`) are flagged per layer and listed beside the verdict, and count
+against it only when the config says so. A trap layer's flag follows its `trap_kind`, set by
+`outlier_dims.place_traps`.
 """
 
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from llm_audit.config import AuditConfig, Thresholds, VerdictRule
@@ -18,17 +20,16 @@ from llm_audit.vocabulary import (
     ALPHA_GT_6,
     ALPHA_LT_2,
     ANALYZED,
-    CORRELATION_TRAP,
     FAR_FROM_BASE,
+    FINDINGS,
     FIT_FAILED,
     FLAGS,
     HEALTHY,
-    INFORMATIONAL,
     PATHOLOGICAL,
-    SCATTERED,
-    TRAP_KIND_FLAGS,
+    TRAP_FLAGS,
     VERDICTS,
     WATCH,
+    trap_flag,
 )
 
 
@@ -46,25 +47,37 @@ def layer_flags(record: dict[str, Any], t: Thresholds) -> list[str]:
     elif alpha > t.alpha_high:
         flags.append(ALPHA_GT_6)
     if record.get("num_traps", 0) >= t.min_traps:
-        flags.append(TRAP_KIND_FLAGS.get(record.get("trap_kind") or SCATTERED, CORRELATION_TRAP))
+        flags.append(trap_flag(record.get("trap_kind")))
     return flags
 
 
 def verdict_flags(record: dict[str, Any], rule: VerdictRule) -> list[str]:
-    """The flags of a layer that count against the verdict (informational ones only if asked)."""
-    if rule.count_outlier_dimensions:
-        return list(record["flags"])
-    return [f for f in record["flags"] if f not in INFORMATIONAL]
+    """The flags of a layer that count against the verdict (findings only when configured)."""
+    return [f for f in record["flags"] if rule.counts(f)]
+
+
+def findings(record: dict[str, Any], rule: VerdictRule) -> list[str]:
+    """The flags of a layer that the verdict does not count: its findings."""
+    return [f for f in record["flags"] if not rule.counts(f)]
 
 
 def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
     """`healthy`, `watch` or `pathological`, and the reason, for the layers the summary counts."""
+    name, reason = _verdict(counted, cfg)
+    found = Counter(f for r in counted for f in findings(r, cfg.verdict))
+    if found:
+        listed = ", ".join(f"{found[f]} {f}" for f in FINDINGS if found[f])
+        reason += f"; findings, not counted: {listed}"
+    return name, reason
+
+
+def _verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
     n = len(counted)
     if n == 0:
         return WATCH, "no layer could be analyzed"
     rule = cfg.verdict
     counting = [verdict_flags(r, rule) for r in counted]
-    trap_layers = sum(CORRELATION_TRAP in f or any(i in f for i in INFORMATIONAL) for f in counting)
+    trap_layers = sum(any(f in TRAP_FLAGS for f in flags) for flags in counting)
     low = sum(ALPHA_LT_2 in f for f in counting)
     if (
         trap_layers >= rule.pathological_trap_layers
@@ -72,19 +85,13 @@ def verdict(counted: list[dict[str, Any]], cfg: AuditConfig) -> tuple[str, str]:
     ):
         return PATHOLOGICAL, (
             f"{trap_layers} layer(s) with correlation traps and {low} of {n} with alpha < "
-            f"{cfg.thresholds.alpha_low}: the anti-grokking signature"
+            f"{cfg.thresholds.alpha_low:g}: the anti-grokking signature"
         )
     if trap_layers / n >= rule.pathological_trap_fraction:
         return PATHOLOGICAL, f"{trap_layers} of {n} layers have correlation traps"
     flagged = sum(bool(f) for f in counting)
     if flagged:
-        return WATCH, f"{flagged} of {n} layers flagged; see the flags column"
-    informational = sum(bool(r["flags"]) for r in counted)
-    if informational:
-        return HEALTHY, (
-            f"none of {n} layers flagged; {informational} have traps on outlier dimensions, "
-            "which are informational"
-        )
+        return WATCH, f"{flagged} of {n} layers flagged, below the pathological thresholds"
     return HEALTHY, f"none of {n} layers flagged"
 
 

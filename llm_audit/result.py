@@ -29,7 +29,7 @@ from llm_audit.report.files import replace_folder, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
 from llm_audit.vocabulary import FORMATS, SCHEMA_VERSION
 
-COMPARE_FILES = ("compare.json", "compare.csv", "compare.html")
+COMPARE_FILES = ("compare.json", "compare.csv", "compare.html", "summary.md")
 REPORT_FILES = frozenset((*FORMATS.values(), *COMPARE_FILES))  # what a report folder may hold
 
 
@@ -45,9 +45,20 @@ class AuditResult:
 
     @property
     def layers(self) -> pd.DataFrame:
+        """The per-layer table (layers.csv, layers.parquet): integer counts stay integers where a
+        skipped layer has none, and `counted` says whether the summary and verdict count the row."""
+        from llm_audit.summary import is_counted
+
         frame = pd.DataFrame(self.records)
+        for column in frame.columns:
+            values = [r[column] for r in self.records if r.get(column) is not None]
+            if values and all(
+                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+            ):
+                frame[column] = frame[column].astype("Int64")
         if "flags" in frame:
             frame["flags"] = frame["flags"].map(lambda f: ",".join(f))
+        frame["counted"] = [is_counted(r, self.summary) for r in self.records]
         return frame.drop(columns=["trap_entries"], errors="ignore")
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +95,10 @@ class AuditResult:
 
             html = render_html(_clean(self.to_json()), self.spectra)
             (folder / "report.html").write_text(html, encoding="utf-8")
+        if "md" in formats:
+            from llm_audit.report.markdown import scan_markdown
+
+            (folder / "summary.md").write_text(scan_markdown(_clean(self.to_json())))
 
 
 @dataclass
@@ -108,14 +123,16 @@ class ComparisonResult:
         }
 
     def save(self, folder: str | Path) -> Path:
-        """Write compare.json, compare.csv and the page compare.html into `folder`."""
+        """Write compare.json, compare.csv, the page compare.html and summary.md into `folder`."""
         from llm_audit.report.compare_page import render_compare_html
+        from llm_audit.report.markdown import compare_markdown
 
         def write(staging: Path) -> None:
             write_json(staging / "compare.json", self.to_json())
             write_csv(pd.DataFrame(self.table()), staging / "compare.csv")
             page = render_compare_html(self.to_json(), self.spectra)
             (staging / "compare.html").write_text(page, encoding="utf-8")
+            (staging / "summary.md").write_text(compare_markdown(_clean(self.to_json())))
 
         return replace_folder(Path(folder), write, REPORT_FILES)
 

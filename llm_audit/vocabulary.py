@@ -32,30 +32,35 @@ SKIP_STATUSES = (
 # A fit's own status (power law, MP): SUCCESS, or FAILED with a reason.
 FAILED = "failed"
 
-# Per-layer flags, and the model verdict.
+# Per-layer flags, and the model verdict. The verdict answers one question, whether the spectra
+# show an over-fitting / anti-grokking signature: it counts alpha_lt_2, scattered traps and failed
+# fits. Every other flag is a *finding*: flagged per layer and counted in the summary, listed beside
+# the verdict, and counted against it only when the config's `verdict.<FINDINGS[flag]>` is true.
 ALPHA_LT_2 = "alpha_lt_2"  # over-fit: the anti-grokking signal
 ALPHA_GT_6 = "alpha_gt_6"  # under-trained
 CORRELATION_TRAP = "correlation_trap"  # traps from scattered extreme entries: a pathology
 OUTLIER_DIMENSION = "outlier_dimension"  # traps on the residual stream's outlier dimensions
-STRUCTURED_TRAP = "structured_trap"  # traps whose entries share a few rows and columns of a layer
 ALPHA_FIT_FAILED = "alpha_fit_failed"
-FLAGS = (
-    ALPHA_LT_2,
-    ALPHA_GT_6,
-    CORRELATION_TRAP,
-    OUTLIER_DIMENSION,
-    STRUCTURED_TRAP,
-    ALPHA_FIT_FAILED,
-)
-INFORMATIONAL = (OUTLIER_DIMENSION, STRUCTURED_TRAP)  # not counted unless configured
 HEALTHY, WATCH, PATHOLOGICAL = "healthy", "watch", "pathological"
-
-# A trap layer's `trap_kind` (see outlier_dims.py): where its extreme entries lie.
-SCATTERED = "scattered"
-STRUCTURED = "structured"
-TRAP_KINDS = (OUTLIER_DIMENSION, STRUCTURED, SCATTERED)
-TRAP_KIND_FLAGS = {OUTLIER_DIMENSION: OUTLIER_DIMENSION, STRUCTURED: STRUCTURED_TRAP}
 VERDICTS = (HEALTHY, WATCH, PATHOLOGICAL)
+
+# A trap layer's `trap_kind` (see outlier_dims.py): where its extreme entries lie. Scattered
+# entries raise correlation_trap, the pathology; every other kind is a finding whose flag is the
+# kind's own name. A new kind is one more name in INFORMATIONAL_TRAP_KINDS and in FINDINGS.
+SCATTERED = "scattered"
+STRUCTURED = "structured"  # trap entries that share a few rows and columns of their layer
+INFORMATIONAL_TRAP_KINDS = (OUTLIER_DIMENSION, STRUCTURED)
+TRAP_KINDS = (SCATTERED, *INFORMATIONAL_TRAP_KINDS)
+TRAP_FLAGS = (CORRELATION_TRAP, *INFORMATIONAL_TRAP_KINDS)  # the flags of trap layers
+
+# Findings, each with the `verdict` config key that makes the verdict count it.
+FINDINGS = {
+    ALPHA_GT_6: "count_alpha_gt_6",
+    OUTLIER_DIMENSION: "count_outlier_dimensions",
+    STRUCTURED: "count_structured",
+}
+COUNTED_FLAGS = (ALPHA_LT_2, CORRELATION_TRAP, ALPHA_FIT_FAILED)  # always counted by the verdict
+FLAGS = (*COUNTED_FLAGS, *FINDINGS)
 
 # A compare finding about a whole compared model (see distance.py); `--fail-on` takes it.
 FAR_FROM_BASE = "far_from_base"
@@ -74,9 +79,20 @@ FORMATS = {
     "parquet": "layers.parquet",
     "npz": "spectra.npz",
     "html": "report.html",
+    "md": "summary.md",
 }
 
 
 def count_key(flag: str) -> str:
-    """The summary's count of layers raising `flag` (`num_alpha_lt_2`)."""
+    """The summary's count of counted layers raising `flag` (`num_alpha_lt_2`)."""
     return f"num_{flag}"
+
+
+def traps_key(flag: str) -> str:
+    """The summary's count of traps in counted layers raising finding `flag`."""
+    return f"total_{flag}_traps"
+
+
+def trap_flag(trap_kind: str | None) -> str:
+    """The flag a trap layer raises for its `trap_kind` (unplaced traps count as scattered)."""
+    return trap_kind if trap_kind in INFORMATIONAL_TRAP_KINDS else CORRELATION_TRAP

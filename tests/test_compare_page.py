@@ -231,7 +231,7 @@ def test_no_external_references(html: str) -> None:
 
 def test_save_writes_the_page_beside_json_and_csv(result: ComparisonResult, saved: Path) -> None:
     names = sorted(p.name for p in saved.iterdir())
-    assert names == ["compare.csv", "compare.html", "compare.json"]
+    assert names == ["compare.csv", "compare.html", "compare.json", "summary.md"]
     data = json.loads((saved / "compare.json").read_text())
     assert (saved / "compare.html").read_text() == render_compare_html(data, result.spectra)
 

@@ -157,7 +157,7 @@ def test_outlier_dimension_flag_is_informational_unless_configured() -> None:
     assert _flagged(None, traps=0)["flags"] == []
     layers = [_flagged(None, traps=0) for _ in range(6)] + [_flagged("outlier_dimension")] * 2
     name, reason = verdict(layers, AuditConfig())
-    assert name == "healthy" and "2 have traps on outlier dimensions" in reason
+    assert name == "healthy" and reason.endswith("findings, not counted: 2 outlier_dimension")
     counting = AuditConfig(verdict=VerdictRule(count_outlier_dimensions=True))
     assert verdict(layers, counting)[0] == "pathological"  # 2 of 8 trap layers: the 25% rule
     scattered = [*layers[:6], _flagged("scattered"), _flagged("scattered")]
@@ -323,8 +323,8 @@ def test_report_panel_lists_dimensions_and_scattered_layers() -> None:
     assert "<td>7</td><td>11</td><td>50</td><td>2.0e-09</td>" in panel
     assert 'href="#L0"' in panel and 'href="#L1"' in panel  # the layers link to their cards
     assert evil not in html and "&lt;b&gt;" in panel
-    assert "1 trap layer(s) have every trap entry on these dimensions" in panel
-    assert "1 have scattered ones" in panel and 'href="#outliers"' in html
+    assert "1 counted trap layer(s) have every trap entry on these dimensions" in panel
+    assert "1 counted trap layer(s) have scattered ones" in panel and 'href="#outliers"' in html
     # no trap layer: no panel and no link to it
     quiet = [{"name": "l0.o", "role": "o", "status": "success", "flags": [], "trap_kind": None}]
     html = render_html(_audit_with(quiet, []))

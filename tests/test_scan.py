@@ -72,6 +72,7 @@ def test_save_writes_consistent_files(minilm_result: llm_audit.AuditResult, tmp_
         "layers.parquet",
         "report.html",
         "spectra.npz",
+        "summary.md",
     ]
     audit = json.loads((out / "audit.json").read_text())
     assert audit["schema_version"] == 1
@@ -136,7 +137,9 @@ def test_gaussian_layers_are_flagged_under_trained() -> None:
         {f"l{i}.weight": torch.randn(1000, 500, generator=g) for i in range(2)}, traps=False
     )
     assert all(r["alpha"] > 6 and r["flags"] == ["alpha_gt_6"] for r in result.records)
-    assert result.summary["verdict"] == "watch"
+    # alpha > 6 is a finding: flagged and counted, not held against the verdict
+    assert result.summary["verdict"] == "healthy"
+    assert result.summary["num_alpha_gt_6"] == len(result.records)
 
 
 def test_module_source_and_layer_filter() -> None:

@@ -13,7 +13,7 @@ from html import escape
 from typing import Any
 
 from llm_audit.config import Thresholds
-from llm_audit.report.page import document, section, sort_cell, sort_header
+from llm_audit.report.page import document, section, setup, sort_cell, sort_header
 from llm_audit.report.plots import series_class
 from llm_audit.report.svg import Axes, Box, linear_ticks, log_ticks, tick_label
 
@@ -44,12 +44,9 @@ def render_page(data: dict[str, Any]) -> str:
             "traps", "Correlation traps per layer", rows, {n: f"num_traps[{n}]" for n in layers}
         ),
         _table(rows, layers),
-        section(
-            "config",
-            "Config",
-            "<pre>" + escape("\n".join(f"{k}: {v}" for k, v in data["config"].items())) + "</pre>",
-        ),
     ]
+    config = escape("\n".join(f"{k}: {v}" for k, v in data["config"].items()))
+    body.insert(1, setup("the run's config", f"<pre>{config}</pre>"))
     return document(f"Calibration: {task}", body)
 
 

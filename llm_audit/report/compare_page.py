@@ -18,8 +18,18 @@ from llm_audit.errors import ConfigError
 from llm_audit.report import page, plots
 from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
 from llm_audit.report.plots import series_class, series_key
-from llm_audit.report.view import block_of, fmt, num, panel_of, sort_key, thresholds
-from llm_audit.vocabulary import ALIGNED
+from llm_audit.report.view import (
+    block_of,
+    fmt,
+    num,
+    panel_of,
+    quantization_note,
+    sort_key,
+    thresholds,
+    verdict_rule,
+)
+from llm_audit.summary import count_lines
+from llm_audit.vocabulary import ALIGNED, TRAP_FLAGS
 
 Spectra = Mapping[str, Mapping[str, np.ndarray]]
 Record = Mapping[str, Any]
@@ -64,6 +74,8 @@ def render_compare_html(result_json: Mapping[str, Any], spectra: Spectra) -> str
     anchors = {key: f"O{i}" for i, key in enumerate(k for ks in overlays.values() for k in ks)}
     base_id = str((result_json.get("base") or {}).get("id", "base"))
     body = [
+        _title(result_json),
+        _verdicts(result_json, labels),
         _header(result_json, labels),
         _summary((result_json.get("summary") or {}).get("others") or {}, records, labels, anchors),
         _depth(result_json, records, labels, anchors),
@@ -95,7 +107,7 @@ def check_comparison(result_json: Any) -> None:
 def _fmt(value: Any, key: str = "") -> str:
     """`fmt`, without the minus of a difference that rounds to zero ("-0.00")."""
     text = fmt(value, key)
-    return text[1:] if text.startswith("-0") and not text.strip("-0.") else text
+    return text[1:] if text.startswith("-") and not text.strip("-0.") else text
 
 
 def _models(result_json: Mapping[str, Any], labels: list[str]) -> list[tuple[str, Mapping]]:
@@ -105,6 +117,56 @@ def _models(result_json: Mapping[str, Any], labels: list[str]) -> list[tuple[str
 
 
 # (1) provenance and settings --------------------------------------------------------------------
+
+
+def _title(result_json: Mapping[str, Any]) -> str:
+    base_id = str((result_json.get("base") or {}).get("id", "base"))
+    return (
+        f'<header id="top"><h1>Comparison with the base <code>{escape(base_id)}</code></h1>'
+        '<nav><a href="#verdicts">verdicts</a><a href="#setup">setup</a>'
+        '<a href="#summary">what changed most</a><a href="#depth">alpha by depth</a>'
+        '<a href="#changes">layer changes</a><a href="#spectra">spectra</a>'
+        '<a href="#howto">how to read this</a></nav></header>'
+    )
+
+
+def _verdicts(result_json: Mapping[str, Any], labels: list[str]) -> str:
+    """Per model, the base first: its verdict, what changed from the base, its findings and the
+    counts behind them (`summary.count_lines`), as a scan of that model alone would give them."""
+    summary = result_json.get("summary") or {}
+    models = summary.get("models") or {}
+    others = summary.get("others") or {}
+    t, rule = thresholds(result_json), verdict_rule(result_json)
+    cards = []
+    for k, (label, description) in enumerate(_models(result_json, labels)):
+        m = models.get(label) or {}
+        verdict = str(m.get("verdict", "unknown"))
+        changed = [str(c) for c in (others.get(label) or {}).get("changes") or []]
+        found = [f for f in m.get("findings") or [] if isinstance(f, Mapping)]
+        counted, _ = count_lines(m, t, rule)
+        cards.append(
+            f'<div class="verdict v-{escape(verdict)}"><h3>{series_key(k)}{escape(label)}</h3>'
+            f'<span class="verdict-name">{escape(verdict)}</span>'
+            f"<p class='reason'>{escape(str(m.get('verdict_reason', '—')))}</p>"
+            + (_items("Changed from the base", changed) if k else "")
+            + _items("Findings (not counted by the verdict)", [str(f.get("text")) for f in found])
+            + page.counts(counted)
+            + quantization_note(description)
+            + "</div>"
+        )
+    return page.section(
+        "verdicts",
+        "Verdicts",
+        "<p class='muted'>Each model judged on its own, as <code>llm-audit scan</code> would: "
+        "does its spectrum show the over-fitting or anti-grokking signature? Then what changed "
+        "from the base.</p>",
+        f'<div class="verdicts">{"".join(cards)}</div>',
+    )
+
+
+def _items(title: str, items: list[str]) -> str:
+    listed = "".join(f"<li>{escape(i)}</li>" for i in items) or "<li>none</li>"
+    return f"<p><b>{title}:</b></p><ul class='findings'>{listed}</ul>"
 
 
 def _header(result_json: Mapping[str, Any], labels: list[str]) -> str:
@@ -118,15 +180,12 @@ def _header(result_json: Mapping[str, Any], labels: list[str]) -> str:
     )
     settings = result_json.get("settings") or {}
     items = [(escape(str(k)), escape(_setting(v))) for k, v in settings.items()]
-    base_id = str((result_json.get("base") or {}).get("id", "base"))
-    return (
-        f'<header id="top"><h1>Comparison with the base <code>{escape(base_id)}</code></h1>'
-        '<nav><a href="#summary">what changed most</a><a href="#depth">alpha by depth</a>'
-        '<a href="#changes">layer changes</a><a href="#spectra">spectra</a>'
-        '<a href="#howto">how to read this</a></nav><div class="provenance">'
-        "<table class='mini models'><thead><tr><th>series</th><th>label</th><th>id</th>"
-        "<th>source</th><th>revision</th><th>files</th><th>adapter scale</th></tr></thead>"
-        f"<tbody>{rows}</tbody></table>{page.dl(items, 'pairs')}</div></header>"
+    return page.setup(
+        "models, settings and versions",
+        "<div class='scroll'><table class='mini models'><thead><tr><th>series</th><th>label</th>"
+        "<th>id</th><th>source</th><th>revision</th><th>files</th><th>adapter scale</th></tr>"
+        f"</thead><tbody>{rows}</tbody></table></div>",
+        page.dl(items, "pairs"),
     )
 
 
@@ -211,9 +270,10 @@ def _top_changed(top: list[Record], label: str, anchors: dict[tuple[str, str], s
             f"<td>{fmt((r.get('change_score') or {}).get(label))}</td></tr>"
         )
     return (
+        "<div class='scroll'>"
         "<table class='mini top-changed'><thead><tr><th>layer</th><th>Δalpha</th>"
         "<th>ΔW rel. norm</th><th>ΔW eff. rank</th><th>new flags</th><th>change score</th>"
-        f"</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+        f"</tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
     )
 
 
@@ -243,8 +303,14 @@ def _depth(
         for k, (s, a) in enumerate(zip(series, alphas, strict=True)):
             if a is not None:
                 link = anchors.get((name, s)) if k else None
-                title = f"{name} · {s}: alpha {fmt(a, 'alpha')}"
-                panel[k].append(plots.DepthPoint(block, a, title, href=f"#{link}" if link else ""))
+                gained = [str(f) for f in (r.get("new_flags") or {}).get(s) or []] if k else []
+                title = f"{name} · {s}: alpha {fmt(a, 'alpha')}" + (
+                    f" (gained {', '.join(gained)})" if gained else ""
+                )
+                trap = any(f in TRAP_FLAGS for f in gained)
+                marks = ("flagged trap" if trap else "flagged") if gained else ""
+                href = f"#{link}" if link else ""
+                panel[k].append(plots.DepthPoint(block, a, title, href=href, marks=marks))
     legend = " ".join(
         f'<span class="li">{series_key(k)}{escape(s)}</span>' for k, s in enumerate(series)
     )
@@ -259,7 +325,8 @@ def _depth(
         "Alpha by depth",
         f"<p class='muted'>One panel per role, one series per model (a line through each model's "
         f"per-block median). Shaded: alpha below {t.alpha_low:g} or above {t.alpha_high:g}. "
-        "Hollow markers at the top: alpha above the axis. Click a marker of a compared model to "
+        "Ringed in red: a compared model's layer that gained a flag (purple: a trap). Hollow "
+        "markers at the top: alpha above the axis. Click a marker of a compared model to "
         "see its spectra, where they are shown.</p>",
         f'<p class="legend">{legend}</p>',
         plots.depth_panels(points, (t.alpha_low, t.alpha_high)),

@@ -16,12 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from llm_audit.config import VerdictRule
 from llm_audit.report import page, plots
-from llm_audit.report.outlier_panel import (
-    counts_outlier_dimensions,
-    has_trap_kinds,
-    outlier_panel,
-)
+from llm_audit.report.outlier_panel import has_trap_kinds, outlier_panel
 from llm_audit.report.validate import checked_audit, checked_spectra
 from llm_audit.report.view import (
     COLUMN_HELP,
@@ -33,32 +30,36 @@ from llm_audit.report.view import (
     layer_view,
     num,
     panel_of,
+    quantization_note,
     role_order,
     thresholds,
     verdict_rule,
 )
+from llm_audit.summary import WORST_RULE, count_lines
 from llm_audit.vocabulary import (
     ALPHA_FIT_FAILED,
     ALPHA_GT_6,
     ALPHA_LT_2,
     ANALYZED,
     CORRELATION_TRAP,
+    FINDINGS,
     HEALTHY,
     OUTLIER_DIMENSION,
     PATHOLOGICAL,
+    TRAP_FLAGS,
     WATCH,
-    count_key,
 )
 
 Spectra = Mapping[str, Mapping[str, np.ndarray]]
 
 VERDICT_ADVICE = {
-    HEALTHY: "No counted layer crosses a threshold. As far as weight spectra can tell, nothing "
-    "here argues against shipping.",
-    WATCH: "Some layers cross a threshold. Look at the flagged layers below before you ship or "
-    "decide to fine-tune further.",
-    PATHOLOGICAL: "The spectra show the signature of over-training or correlation traps. "
-    "Investigate the flagged layers before shipping this model.",
+    HEALTHY: "No counted layer shows the over-fitting or anti-grokking signature (alpha below the "
+    "threshold, scattered correlation traps, failed fits): as far as weight spectra can tell, "
+    "nothing here argues against shipping. Findings, if any, are for information.",
+    WATCH: "Some counted layers show part of that signature, below the pathological thresholds: "
+    "look at the flagged layers before you ship, and audit again after further training.",
+    PATHOLOGICAL: "The spectra show the over-fitting or anti-grokking signature: investigate the "
+    "flagged layers, and prefer an earlier checkpoint, before shipping this model.",
 }
 
 
@@ -78,8 +79,9 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
     model = audit.get("model") or {}
     title = f"llm-audit: {model.get('id', 'model')}"
     body = [
-        _header(audit),
+        _title(audit),
         _verdict(audit, records),
+        _setup(audit),
         outlier_panel(audit.get("summary") or {}, records),
         _depth(audit, records),
         _table(records),
@@ -92,17 +94,21 @@ def render_html(audit: Mapping[str, Any], spectra: Spectra | None = None) -> str
 # (1) provenance -----------------------------------------------------------------------------------
 
 
-def _quantization(quant: Any) -> list[tuple[str, str]]:
-    """A provenance line for weights read from a quantized checkpoint (none for a float one)."""
-    if not isinstance(quant, Mapping):
-        return []
-    bits = quant.get("bits")
-    what = f"{quant.get('method')}" + (f", {bits} bits" if bits else "")
-    note = "spectra are of the dequantized weights and include quantization noise"
-    return [("quantization", f"{escape(what)}: {note}")]
+def _title(audit: Mapping[str, Any]) -> str:
+    model = audit.get("model") or {}
+    return (
+        '<header id="top"><h1>Weight-spectrum audit of '
+        f"<code>{escape(str(model.get('id', 'model')))}</code></h1>"
+        '<nav><a href="#verdict">verdict</a><a href="#setup">setup</a>'
+        + ('<a href="#outliers">outlier dimensions</a>' if has_trap_kinds(audit) else "")
+        + '<a href="#depth">alpha by depth</a>'
+        '<a href="#layers">layers</a><a href="#details">layer details</a>'
+        '<a href="#flags">what the flags mean</a></nav></header>'
+    )
 
 
-def _header(audit: Mapping[str, Any]) -> str:
+def _setup(audit: Mapping[str, Any]) -> str:
+    """Model, settings and versions, folded: the verdict comes first."""
     model = audit.get("model") or {}
     settings = audit.get("settings") or {}
     summary = audit.get("summary") or {}
@@ -111,6 +117,7 @@ def _header(audit: Mapping[str, Any]) -> str:
     dtype = model.get("dtype")
     dtype = ", ".join(map(str, dtype)) if isinstance(dtype, list) else dtype
     params = num(model.get("num_parameters"))
+    quant = model.get("quantization")
     items = [
         ("model", f"<code>{escape(str(model.get('id', '—')))}</code>"),
         ("source", escape(str(model.get("source") or "—"))),
@@ -118,7 +125,11 @@ def _header(audit: Mapping[str, Any]) -> str:
         ("family", escape(str(model.get("family") or "—"))),
         ("parameters", f"{params / 1e6:,.1f} M ({int(params):,})" if params is not None else "—"),
         ("dtype", escape(str(dtype or "—"))),
-        *_quantization(model.get("quantization")),
+        *(
+            [("quantization", escape(", ".join(f"{k} {v}" for k, v in quant.items())))]
+            if isinstance(quant, Mapping)
+            else []
+        ),
         ("estimator", escape(str(settings.get("estimator", "—")))),
         ("device", escape(str(settings.get("device", "—")))),
         ("seed", escape(str(settings.get("seed", "—")))),
@@ -130,20 +141,12 @@ def _header(audit: Mapping[str, Any]) -> str:
     ]
     file_list = "".join(f"<li><code>{escape(str(f))}</code></li>" for f in files)
     lib_list = ", ".join(f"{escape(str(k))} {escape(str(v))}" for k, v in versions.items())
-    more = (
-        f"<details><summary>files ({len(files)}) and library versions</summary>"
+    return page.setup(
+        "model, settings and versions",
+        page.dl(items, "pairs"),
+        f"<p>files ({len(files)}):</p>"
         f"<ul class='files'>{file_list or '<li>none (in-memory model)</li>'}</ul>"
-        f"<p class='muted'>{lib_list}</p></details>"
-    )
-    return (
-        '<header id="top"><h1>Weight-spectrum audit of '
-        f"<code>{escape(str(model.get('id', 'model')))}</code></h1>"
-        '<nav><a href="#verdict">verdict</a>'
-        + ('<a href="#outliers">outlier dimensions</a>' if has_trap_kinds(audit) else "")
-        + '<a href="#depth">alpha by depth</a>'
-        '<a href="#layers">layers</a><a href="#details">layer details</a>'
-        '<a href="#flags">what the flags mean</a></nav>'
-        f'<div class="provenance">{page.dl(items, "pairs")}{more}</div></header>'
+        f"<p class='muted'>{lib_list}</p>",
     )
 
 
@@ -162,7 +165,8 @@ def _date(started: Any) -> str:
 def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
     s = audit.get("summary") or {}
     verdict = str(s.get("verdict", "unknown"))
-    t = thresholds(audit)
+    t, rule = thresholds(audit), verdict_rule(audit)
+    counted, found = count_lines(s, t, rule)
     skipped = [r for r in records if r.get("status") not in ANALYZED]
     reasons = Counter(f"{r.get('status')}: {r.get('reason') or 'no reason given'}" for r in skipped)
     skipped_text = (
@@ -171,12 +175,34 @@ def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
         else "<p class='muted'>none</p>"
     )
     excluded = ", ".join(map(str, s.get("excluded_from_summary") or [])) or "none"
+    outside = s.get("num_flagged_outside") or 0
+    items = [f for f in s.get("findings") or [] if isinstance(f, Mapping)]
+    finding_text = (
+        "<ul class='findings'>"
+        + "".join(f"<li>{escape(str(f.get('text', f.get('name'))))}</li>" for f in items)
+        + "</ul>"
+        if items
+        else "<p class='muted'>none</p>"
+    )
     cards = [
+        _card(
+            "counted by the verdict",
+            f"{fmt(s.get('num_flagged'))} <small>of {fmt(s.get('num_counted'))} layers "
+            "flagged</small>",
+            page.counts(counted[1:]),
+        ),
+        _card(
+            "findings, not counted",
+            f"{fmt(s.get('num_with_findings'))} <small>layers with findings</small>",
+            page.counts(found),
+        ),
         _card(
             "layers",
             f"{fmt(s.get('num_analyzed'))} <small>of {fmt(s.get('num_layers'))} analyzed</small>",
             f"<p>{fmt(s.get('num_counted'))} counted in the summary (excluded roles: "
-            f"{escape(excluded)})</p><p>skipped:</p>{skipped_text}",
+            f"{escape(excluded)}"
+            + (f"; {fmt(outside)} of those have flags, shown in the table" if outside else "")
+            + f")</p><p>skipped:</p>{skipped_text}",
         ),
         _card(
             "alpha",
@@ -185,41 +211,28 @@ def _verdict(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
             _by_role(s.get("alpha_by_role") or {}),
         ),
         _card(
-            "flags",
-            f"{sum(bool(r.get('flags')) for r in records)} <small>flagged layers, "
-            f"{_counted_flagged(records, s)} of them counted</small>",
-            page.dl(
-                [
-                    (f"alpha &lt; {t.alpha_low:g}", fmt(s.get(count_key(ALPHA_LT_2)))),
-                    (f"alpha &gt; {t.alpha_high:g}", fmt(s.get(count_key(ALPHA_GT_6)))),
-                    ("fit failed", fmt(s.get(count_key(ALPHA_FIT_FAILED)))),
-                    ("trap layers", fmt(s.get("num_trap_layers"))),
-                    ("traps in total", fmt(s.get("total_traps"))),
-                    (
-                        "layers with traps on outlier dimensions",
-                        fmt(s.get(count_key(OUTLIER_DIMENSION))),
-                    ),
-                ]
-            ),
+            "worst layers",
+            "",
+            f"<p class='muted'>Counted layers with flags, ranked: "
+            f"{escape(WORST_RULE.format(low=t.alpha_low, high=t.alpha_high))}.</p>"
+            + _worst(s.get("worst_layers") or [], records),
         ),
-        _card("worst layers", "", _worst(s.get("worst_layers") or [], records)),
     ]
     return (
         f'<section id="verdict"><h2>Verdict</h2><div class="verdict v-{escape(verdict)}">'
         f'<span class="verdict-name">{escape(verdict)}</span>'
         f"<p class='reason'>{escape(str(s.get('verdict_reason', '')))}</p>"
-        f"<p>{VERDICT_ADVICE.get(verdict, '')}</p></div>"
+        f"<p>{VERDICT_ADVICE.get(verdict, '')}</p>"
+        f"<p><b>Findings</b> (listed beside the verdict, not counted by it):</p>{finding_text}"
+        f"{quantization_note(audit.get('model') or {})}</div>"
         f'<div class="cards">{"".join(cards)}</div></section>'
     )
 
 
-def _counted_flagged(records: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> int:
-    excluded = set(map(str, summary.get("excluded_from_summary") or []))
-    return sum(bool(r.get("flags")) and str(r.get("role")) not in excluded for r in records)
-
-
 def _card(title: str, big: str, body: str) -> str:
-    return f'<div class="card"><h3>{title}</h3><p class="big">{big}</p>{body}</div>'
+    head = f'<p class="big">{big}</p>' if big else ""
+    cls = "card wide" if title == "worst layers" else "card"
+    return f'<div class="{cls}"><h3>{title}</h3>{head}{body}</div>'
 
 
 def _by_role(by_role: Mapping[str, Any]) -> str:
@@ -231,8 +244,9 @@ def _by_role(by_role: Mapping[str, Any]) -> str:
         if isinstance(by_role[role], Mapping)
     )
     return (
+        "<div class='scroll'>"
         "<table class='mini'><thead><tr><th>role</th><th>n</th><th>mean</th><th>median</th>"
-        f"</tr></thead><tbody>{rows}</tbody></table>"
+        f"</tr></thead><tbody>{rows}</tbody></table></div>"
     )
 
 
@@ -245,17 +259,19 @@ def _worst(names: list[Any], records: list[Mapping[str, Any]]) -> str:
             continue
         r = records[i]
         items.append(
-            f'<li><a href="#L{i}"><code>{page.tensor_name(str(name))}</code></a> '
-            f"alpha {fmt(r.get('alpha'), 'alpha')}, traps {fmt(r.get('num_traps'))}</li>"
+            f'<li><a href="#L{i}" data-pick="{i}"><code>{page.tensor_name(str(name))}</code></a> '
+            f"<span class='n'>alpha {fmt(r.get('alpha'), 'alpha')}</span>, "
+            f"<span class='n'>traps {fmt(r.get('num_traps'))}</span> "
+            f"{page.flag_badges(r.get('flags') or [])}</li>"
         )
-    return f"<ol class='worst'>{''.join(items)}</ol>" if items else "<p class='muted'>none</p>"
+    return f"<ol class='worst'>{''.join(items)}</ol>" if items else "<p>none</p>"
 
 
 # (3) alpha by depth -----------------------------------------------------------------------------
 
 
 def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
-    t = thresholds(audit)
+    t, rule = thresholds(audit), verdict_rule(audit)
     points: dict[str, list[plots.DepthPoint]] = {}
     loose = []
     for i, r in enumerate(records):
@@ -269,8 +285,8 @@ def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
         title = f"{r.get('name')}: alpha {fmt(alpha, 'alpha')}" + (
             f" ({', '.join(flags)})" if flags else ""
         )
-        counted = [f for f in flags if f != OUTLIER_DIMENSION or counts_outlier_dimensions(audit)]
-        trap = CORRELATION_TRAP in counted or OUTLIER_DIMENSION in counted
+        counted = [f for f in flags if rule.counts(f)]
+        trap = any(f in TRAP_FLAGS for f in counted)
         marks = ("flagged trap" if trap else "flagged") if counted else ""
         points.setdefault(panel_of(r), []).append(
             plots.DepthPoint(block, alpha, title, href=f"#L{i}", pick=i, marks=marks)
@@ -288,8 +304,8 @@ def _depth(audit: Mapping[str, Any], records: list[Mapping[str, Any]]) -> str:
         "Alpha by depth",
         f"<p class='muted'>One panel per role; a dot per layer, the line through the per-block "
         f"median. Shaded: alpha below {t.alpha_low:g} or above {t.alpha_high:g}. Ringed in "
-        "red: flagged layers; purple ring: correlation traps. Hollow dots at the top: alpha "
-        "above the axis. Click a dot to see its spectrum.</p>",
+        "red: layers with a flag the verdict counts; purple ring: correlation traps. Hollow "
+        "dots at the top: alpha above the axis. Click a dot to see its spectrum.</p>",
         panels,
         f"<p>Layers outside the blocks:</p><ul>{outside}</ul>" if outside else "",
     )
@@ -449,12 +465,20 @@ def _trap_table(v: Mapping[str, Any]) -> str:
     )
     return (
         "<div class='traps'><p title='the matrix elements behind the traps'><b>trap entries</b>, "
-        "largest |z| first</p><table class='mini'><thead><tr><th>row</th><th>col</th>"
-        f"<th>value</th><th>z</th></tr></thead><tbody>{rows}</tbody></table>{more}</div>"
+        "largest |z| first</p><div class='scroll'>"
+        "<table class='mini'><thead><tr><th>row</th><th>col</th>"
+        f"<th>value</th><th>z</th></tr></thead><tbody>{rows}</tbody></table></div>{more}</div>"
     )
 
 
 # (6) what the flags mean ------------------------------------------------------------------------
+
+
+def _counted_text(rule: VerdictRule, flag: str) -> str:
+    key = FINDINGS[flag]
+    if rule.counts(flag):
+        return f"counted against the verdict here (setting {key})."
+    return f"not counted against the verdict (setting {key})."
 
 
 def _flags_explained(audit: Mapping[str, Any], have_spectra: bool) -> str:
@@ -467,7 +491,8 @@ def _flags_explained(audit: Mapping[str, Any], have_spectra: bool) -> str:
          "signature (a model that generalized and is now over-training)."),
         (ALPHA_GT_6, f"alpha &gt; {high}",
          "The spectrum is close to that of a random matrix: the layer learned little structure. "
-         "It may be under-trained, or matter little to the model."),
+         "It may be under-trained, or matter little to the model; released models have a few. "
+         "A finding: " + _counted_text(rule, ALPHA_GT_6)),
         (CORRELATION_TRAP, f"num_traps ≥ {traps}, scattered",
          "After shuffling the matrix's entries (which destroys learned correlations) "
          "eigenvalues still stand above the Marchenko–Pastur bulk edge. Such a spike comes from "
@@ -483,9 +508,8 @@ def _flags_explained(audit: Mapping[str, Any], have_spectra: bool) -> str:
          f"(chance at most {t.outlier_dimension_chance:g}; see 'Outlier dimensions'). Trained "
          "transformers have a few such dimensions; they are healthy, and the reason int8 "
          "quantization keeps some dimensions in higher precision (LLM.int8()): a hint for "
-         "quantizing, not a training problem. Informational: "
-         + ("counted as a trap by the verdict (count_outlier_dimensions)."
-            if counts_outlier_dimensions(audit) else "not counted against the verdict.")),
+         "quantizing, not a training problem. A finding: "
+         + _counted_text(rule, OUTLIER_DIMENSION)),
         (ALPHA_FIT_FAILED, "no fit",
          "The power-law fit could not be made (too few eigenvalues in the tail, a degenerate "
          "spectrum); alpha is left empty and the status reason says why."),
@@ -495,18 +519,15 @@ def _flags_explained(audit: Mapping[str, Any], have_spectra: bool) -> str:
         for f, when, what in flags
     )
     verdicts = (
-        f"<p><b>Verdict.</b> <i>pathological</i> when at least "
+        "<p><b>Verdict.</b> It answers one question: do the spectra show the over-fitting or "
+        f"anti-grokking signature? <i>pathological</i> when at least "
         f"{rule.pathological_trap_layers:g} layer(s) have traps and at least "
         f"{rule.pathological_alpha_lt_2_fraction * 100:g}% of the counted layers have "
         f"alpha &lt; {low}, or when at least {rule.pathological_trap_fraction * 100:g}% "
-        "of them have traps; <i>watch</i> when any counted layer is flagged; <i>healthy</i> "
-        "otherwise. Traps on outlier dimensions "
-        + (
-            "count as traps and flags here."
-            if counts_outlier_dimensions(audit)
-            else "count neither as traps nor as flags here (setting count_outlier_dimensions)."
-        )
-        + "</p>"
+        "of them have traps; <i>watch</i> when a counted layer is flagged below those "
+        "thresholds; <i>healthy</i> otherwise. Findings (" + ", ".join(FINDINGS) + ") are "
+        "flagged and counted in the summary, and listed beside the verdict; each counts against "
+        "it only when its setting is on (" + ", ".join(FINDINGS.values()) + ").</p>"
     )
     caveats = [
         "The thresholds are heuristics from HTSR theory and experiments, not laws; a flag is a "
@@ -525,8 +546,9 @@ def _flags_explained(audit: Mapping[str, Any], have_spectra: bool) -> str:
     return page.section(
         "flags",
         "What the flags mean",
-        f"<table class='mini flags-table'><thead><tr><th>flag</th><th>when</th><th>meaning</th>"
-        f"</tr></thead><tbody>{rows}</tbody></table>",
+        f"<div class='scroll'>"
+        "<table class='mini flags-table'><thead><tr><th>flag</th><th>when</th><th>meaning</th>"
+        f"</tr></thead><tbody>{rows}</tbody></table></div>",
         verdicts,
         "<p><b>Caveats.</b></p><ul>" + "".join(f"<li>{c}</li>" for c in caveats) + "</ul>",
         "<p class='muted'>Written by llm-audit. This page makes no network request"

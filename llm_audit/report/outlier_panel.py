@@ -9,6 +9,7 @@ from typing import Any
 
 from llm_audit.report import page
 from llm_audit.report.view import fmt
+from llm_audit.summary import is_counted
 from llm_audit.vocabulary import OUTLIER_DIMENSION, SCATTERED
 
 MAX_LAYERS = 6  # layer names listed per dimension; the rest are counted
@@ -23,13 +24,15 @@ def outlier_panel(summary: Mapping[str, Any], records: list[Mapping[str, Any]]) 
     dims = [d for d in summary.get("outlier_dimensions") or [] if isinstance(d, Mapping)]
     rows = "".join(_row(d, index) for d in dims)
     table = (
+        "<div class='scroll'>"
         "<table class='mini'><thead><tr><th>hidden index</th><th>entries</th><th>largest |z|</th>"
-        f"<th>chance</th><th>layers</th></tr></thead><tbody>{rows}</tbody></table>"
+        f"<th>chance</th><th>layers</th></tr></thead><tbody>{rows}</tbody></table></div>"
         if dims
         else "<p>No hidden index holds more of the extreme entries than chance would.</p>"
     )
     hidden = summary.get("hidden_size")
     scattered = [r for r in records if r.get("trap_kind") == SCATTERED]
+    on_dims = [r for r in records if r.get("trap_kind") == OUTLIER_DIMENSION]
     return page.section(
         "outliers",
         "Outlier dimensions",
@@ -39,9 +42,9 @@ def outlier_panel(summary: Mapping[str, Any], records: list[Mapping[str, Any]]) 
         "many of those largest entries (ten per trap layer) lie on the index; <i>chance</i>: "
         "that entries at random positions would pile up that much on any index.</p>",
         table,
-        f"<p>{kinds.count(OUTLIER_DIMENSION)} trap layer(s) have every trap entry on these "
-        f"dimensions (flag {page.flag_badges([OUTLIER_DIMENSION])}); {len(scattered)} have "
-        "scattered ones (flag <span class='flag f-correlation_trap'>correlation_trap</span>)"
+        f"<p>{_split(on_dims, summary)} have every trap entry on these dimensions (flag "
+        f"{page.flag_badges([OUTLIER_DIMENSION])}); {_split(scattered, summary)} have scattered "
+        "ones (flag <span class='flag f-correlation_trap'>correlation_trap</span>)"
         + (
             ": " + ", ".join(_link(str(r.get("name")), index) for r in scattered)
             if scattered
@@ -51,15 +54,17 @@ def outlier_panel(summary: Mapping[str, Any], records: list[Mapping[str, Any]]) 
     )
 
 
+def _split(layers: list[Mapping[str, Any]], summary: Mapping[str, Any]) -> str:
+    """ "5 counted trap layers (and 1 outside the summary)": the summary's counts, and the rest."""
+    inside = sum(is_counted(r, summary) for r in layers)
+    text = f"{inside} counted trap layer(s)"
+    rest = len(layers) - inside
+    return text + (f" (and {rest} outside the summary)" if rest else "")
+
+
 def has_trap_kinds(audit: Mapping[str, Any]) -> bool:
     """Whether the audit's trap layers were placed, so the page has this panel."""
     return any(isinstance(r, Mapping) and r.get("trap_kind") for r in audit.get("layers") or [])
-
-
-def counts_outlier_dimensions(document: Mapping[str, Any]) -> bool:
-    """Whether the audit's verdict counted traps on outlier dimensions (setting)."""
-    rule = (document.get("settings") or {}).get("verdict") or {}
-    return rule.get("count_outlier_dimensions") is True
 
 
 def _row(d: Mapping[str, Any], index: dict[str, int]) -> str:

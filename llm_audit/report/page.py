@@ -90,6 +90,23 @@ def section(anchor: str, heading: str, *content: str) -> str:
     return f'<section id="{anchor}"><h2>{heading}</h2>{"".join(content)}</section>'
 
 
+def setup(what: str, *content: str) -> str:
+    """The run's setup (models, settings, versions), folded in a <details> below the verdict, so
+    that the verdict is the first thing on every page, a phone's included."""
+    return (
+        f'<section id="setup"><details class="setup provenance"><summary>Setup: {what}</summary>'
+        f"{''.join(content)}</details></section>"
+    )
+
+
+def counts(pairs: Iterable[tuple[str, str]]) -> str:
+    """(label, value) pairs of a summary card, escaped: labels wrap, a number never does."""
+    rows = "".join(
+        f'<div><dt>{escape(k)}</dt><dd class="n">{escape(v)}</dd></div>' for k, v in pairs
+    )
+    return f'<dl class="counts">{rows}</dl>'
+
+
 def tensor_name(name: str) -> str:
     """A tensor name, escaped, that may wrap after its dots (narrow screens, print)."""
     return escape(name).replace(".", ".<wbr>")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from html import escape
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 
 from llm_audit.architectures import ROLES, STACKS
 from llm_audit.config import Thresholds, VerdictRule
+from llm_audit.layers import FLOAT_DTYPES
 from llm_audit.report.histogram import drawn, finite, log_counts, log_edges
 
 MAX_SPIKES = 20  # shuffled eigenvalues above the MP edge kept per layer (there are a handful)
@@ -60,6 +62,8 @@ COLUMN_HELP = {
     "flags": "thresholds this layer crosses (see 'What the flags mean')",
     "status": "success, fit_failed, or why the layer was skipped",
 }
+
+INTEGER = re.compile(r"[IU]\d+|BOOL")  # index tensors (position_ids), never dequantized
 
 # Fixed decimals where a column's scale is known; other floats get 4 significant digits.
 DECIMALS = {"alpha": 2, "alpha_weighted": 2, "Q": 2, "D": 3, "entropy": 3}
@@ -168,7 +172,9 @@ def thresholds(document: Mapping[str, Any]) -> Thresholds:
 def verdict_rule(document: Mapping[str, Any]) -> VerdictRule:
     """The verdict rule an audit was made with; the defaults where not given."""
     given = (document.get("settings") or {}).get("verdict") or {}
-    return dataclasses.replace(VerdictRule(), **_numbers(given, VerdictRule))
+    fields = [f.name for f in dataclasses.fields(VerdictRule)]
+    switches = {k: given[k] for k in fields if isinstance(given.get(k), bool)}  # count_*
+    return dataclasses.replace(VerdictRule(), **_numbers(given, VerdictRule), **switches)
 
 
 def _numbers(given: Mapping[str, Any], cls: type) -> dict[str, Any]:
@@ -236,3 +242,24 @@ def layer_view(
         "te_total": len(entries),
         "esd": esd_view(record, spectrum) if spectrum is not None else None,
     }
+
+
+def quantization_note(model: Mapping[str, Any]) -> str:
+    """The caveat for weights dequantized from a quantized checkpoint (GGUF, GPTQ, AWQ, FP8, ...):
+    their spectra include quantization noise. "" for float weights."""
+    quant = model.get("quantization")
+    dtypes = model.get("dtype")
+    dtypes = [str(d) for d in (dtypes if isinstance(dtypes, list) else [dtypes]) if d]
+    stored = [d for d in dtypes if d not in FLOAT_DTYPES and not INTEGER.fullmatch(d)]
+    if isinstance(quant, Mapping):
+        bits = quant.get("bits")
+        what = f"{quant.get('method')}" + (f", {bits} bits" if bits else "")
+    elif stored:
+        what = ", ".join(stored)
+    else:
+        return ""
+    return (
+        f'<p class="note warn quant">Quantized weights ({escape(what)}): the spectra are those of '
+        "the dequantized matrices and include quantization noise, which lowers alpha and can "
+        "add spikes; read an alpha just below the threshold with that in mind.</p>"
+    )

@@ -1,0 +1,40 @@
+"""The committed samples under reports/ are what today's code renders (`python -m
+llm_audit.report.samples` writes them again): a change to a page fails here until they are."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import llm_audit
+from llm_audit.report.samples import calibration_files, minilm_files, portable
+
+REPORTS = Path(__file__).resolve().parents[1] / "reports"
+FIX = "regenerate them with `python -m llm_audit.report.samples`"
+
+
+def test_calibration_pages_are_rendered_from_their_json() -> None:
+    files = calibration_files(REPORTS)
+    assert len(files) == 2
+    for rel, text in files.items():
+        assert (REPORTS / rel).read_text(encoding="utf-8") == text, f"{rel} is stale: {FIX}"
+
+
+def test_minilm_sample_is_todays_scan(minilm_scan: llm_audit.AuditResult) -> None:
+    if minilm_scan.settings["device"] != "cpu":
+        pytest.skip("the sample is of a CPU scan")
+    for rel, text in minilm_files(minilm_scan).items():
+        committed = (REPORTS / rel).read_text(encoding="utf-8")
+        assert committed == text, f"{rel} is stale: {FIX}"
+        assert "/work/" not in committed and "site-packages" not in committed
+
+
+def test_portable_leaves_out_what_differs_between_machines(
+    minilm_scan: llm_audit.AuditResult,
+) -> None:
+    audit = portable(minilm_scan.to_json())
+    assert audit["model"]["files"] == ["model.safetensors"]
+    assert audit["settings"]["started"] is None and audit["summary"]["seconds"] is None
+    assert list(audit["settings"]["versions"]) == ["llm-audit"]
+    assert minilm_scan.summary["seconds"] is not None  # the result itself is untouched
