@@ -18,6 +18,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+from llm_audit.config import PRECISIONS
 from llm_audit.errors import ConfigError, LlmAuditError
 from llm_audit.report.files import check_report_folder, check_writable, report_lock
 from llm_audit.result import FORMATS, REPORT_FILES, check_formats
@@ -130,6 +131,12 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, fail_on: str) -> None:
         "--estimator",
         choices=ESTIMATORS,
         help=f"power-law estimator for alpha (default {ESTIMATORS[0]})",
+    )
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="float type of each matrix's Gram and eigensolver (default auto: float64 on CPUs and "
+        "data-centre GPUs, float32 with a float64 check on other GPUs; docs/precision.md)",
     )
     p.add_argument(
         "--resume",
@@ -266,6 +273,7 @@ def _scan_into(
         devices=_devices(args),
         seed=args.seed,
         estimator=args.estimator,
+        precision=args.precision,
         layers=args.layers,
         split_qkv=args.split_qkv,
         allow_pickle=args.allow_pickle,
@@ -382,6 +390,7 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
         devices=_devices(args),
         seed=args.seed,
         estimator=args.estimator,
+        precision=args.precision,
         layers=args.layers,
         progress=not args.no_progress,
         journal=out / journal.JOURNAL_NAME,
