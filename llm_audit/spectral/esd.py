@@ -280,13 +280,15 @@ def gram_eigenvalues(G: torch.Tensor, *, long_side: int) -> torch.Tensor:
     """Ascending eigenvalues (float64) of a Gram matrix (or a batch of them) from `gram`, by an
     eigensolver in the Gram's dtype.
 
-    Values within the Gram's rounding error of zero (|λ| ≤ long_side·eps·λ_max, eps of the
-    Gram's dtype) are set to exactly 0: they are numerically zero, and a rank count needs them
-    to be.
+    Values within rounding error of zero are set to exactly 0: they are numerically zero, and a
+    rank count needs them to be. In float64 that is the Gram's error, |λ| ≤ long_side·eps·λ_max;
+    in float32 the eigensolver's, |λ| ≤ M·eps32·λ_max, which `precision.eigenvalue_bound`
+    counts in (long_side·eps32 would zero eigenvalues far above the float32 spectrum's error).
     """
     evals = torch.linalg.eigvalsh(G).to(torch.float64)
     lam_max = evals[..., -1:].clamp_min(0)
-    tol = long_side * torch.finfo(G.dtype).eps * lam_max
+    size = long_side if G.dtype == torch.float64 else G.shape[-1]
+    tol = size * torch.finfo(G.dtype).eps * lam_max
     if bool((evals < -100 * tol).any()):
         warnings.warn(
             "eigenvalues of WᵀW below -100·tolerance were clipped to 0; the matrix may hold "
