@@ -148,7 +148,8 @@ def _float32_check(
     bounds = fit_bounds(found.evals, fit, found.bound)
     columns = {
         "eval_error_bound": found.bound,
-        "alpha_range": [bounds.alpha_low, bounds.alpha_high],
+        "alpha_range_low": bounds.alpha_low,
+        "alpha_range_high": bounds.alpha_high,
         "xmin_settled": bounds.xmin_settled,
     }
     return settled(fit, bounds, (t.alpha_low, t.alpha_high)), columns

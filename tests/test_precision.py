@@ -3,6 +3,8 @@ in float64 where its error bound could move alpha across a threshold."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -37,7 +39,7 @@ def test_auto_follows_the_gpu_float64_rate(
     assert precision.spectrum_dtype("auto", torch.device("cuda:0")) == expected
 
 
-def test_unknown_precision_is_a_config_error(tmp_path: object) -> None:
+def test_unknown_precision_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="precision 'half' is unknown"):
         load_config().replace(precision="half")
 
@@ -72,7 +74,7 @@ def test_a_layer_whose_float32_alpha_could_cross_2_is_recomputed_in_float64() ->
     assert guarded["recomputed_float64"] is True
     assert guarded["precision_used"] == "float64"
     assert guarded["recompute_reason"] == "alpha could cross 2"
-    low, high = guarded["alpha_range"]  # type: ignore[misc]
+    low, high = guarded["alpha_range_low"], guarded["alpha_range_high"]
     assert low <= 2.0 <= high
     assert guarded["alpha"] == exact["alpha"]
     assert guarded["flags"] == exact["flags"] == []
@@ -84,6 +86,31 @@ def test_a_layer_far_from_the_thresholds_stays_float32() -> None:
     single = _layer(W, "float32")
     assert (single["precision_used"], single["recomputed_float64"]) == ("float32", False)
     assert exact["precision_used"] == "float64"
-    low, high = single["alpha_range"]  # type: ignore[misc]
+    low, high = single["alpha_range_low"], single["alpha_range_high"]
     assert 2.0 < low <= exact["alpha"] <= high < 6.0  # type: ignore[operator]
     assert abs(single["alpha"] - exact["alpha"]) < 1e-4  # type: ignore[operator]
+
+
+def test_the_report_records_the_precision() -> None:
+    W = _matrix_with_alpha(4.0)
+    single = llm_audit.scan({"layer.weight": W}, traps=False, precision="float32", device="cpu")
+    default = llm_audit.scan({"layer.weight": W}, traps=False, device="cpu")
+    assert single.settings["precision"] == "float32"
+    assert single.settings["eigensolver"].startswith("float32 Gram")
+    assert default.settings["precision"] == "auto"
+    assert default.settings["eigensolver"] == "float64 Gram (smaller side) + eigvalsh"
+    assert default.records[0]["precision_used"] == "float64"
+
+
+def test_the_cli_takes_precision(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from llm_audit.cli import main
+
+    save_file({"layer.weight": _matrix_with_alpha(4.0).float()}, str(tmp_path / "m.safetensors"))
+    out = tmp_path / "report"
+    argv = [str(tmp_path / "m.safetensors"), "--no-traps", "--precision", "float32"]
+    assert main(["scan", *argv, "--out", str(out), "--no-progress", "--format", "json"]) == 0
+    audit = json.loads((out / "audit.json").read_text())
+    assert audit["settings"]["precision"] == "float32"
+    assert audit["layers"][0]["precision_used"] == "float32"
