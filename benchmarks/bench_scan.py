@@ -17,8 +17,11 @@ runs in the environment as given: it sets its own threads (one layer per core, t
 threaded per worker). Both keep their default layer filters (WeightWatcher skips N > 50000 and
 M > 15000), so the layer counts can differ; alphas are compared on the layers both analyzed.
 
-Usage: python benchmarks/bench_scan.py [--preset 1b|tiny] [--ww-randomize] [--repeat N]
-                                       [--json PATH]
+With --float32, llm-audit also runs with `--precision float32` (its layers recomputed in float64
+are counted); the default runs use the default precision (auto: float64 on a CPU).
+
+Usage: python benchmarks/bench_scan.py [--preset 1b|tiny] [--blocks N] [--ww-randomize]
+                                       [--float32] [--repeat N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -39,8 +42,14 @@ import make_llama
 from measure import Run, run_case, set_page_cache
 
 LLM, LLM_TRAPS = "llm-audit", "llm-audit --traps"
+LLM32, LLM32_TRAPS = "llm-audit --precision float32", "llm-audit --traps --precision float32"
 WW, WW_RAND = "WW analyze()", "WW analyze(randomize=True)"
-PAIRS = [(LLM, WW, "plain"), (LLM_TRAPS, WW_RAND, "randomized (traps)")]
+PAIRS = [
+    (LLM, WW, "plain"),
+    (LLM_TRAPS, WW_RAND, "randomized (traps)"),
+    (LLM32, WW, "plain, float32"),
+    (LLM32_TRAPS, WW_RAND, "randomized (traps), float32"),
+]
 
 
 def positive(text: str) -> int:
@@ -66,6 +75,9 @@ def parse_args() -> argparse.Namespace:
     )
     p.add_argument("--models", default="minilm,llama", help="comma list of minilm, llama")
     p.add_argument("--ww-randomize", action="store_true", help="also WW randomize=True on Llama")
+    p.add_argument(
+        "--float32", action="store_true", help="also llm-audit --precision float32 (default: auto)"
+    )
     p.add_argument("--ww-blas-threads", type=int, default=1)
     p.add_argument(
         "--cache",
@@ -142,6 +154,11 @@ def cases_for(model: str, args: argparse.Namespace) -> list[tuple[str, str, dict
         (LLM_TRAPS, "llm-audit", {"traps": True}),
         (WW, "ww", {"randomize": False}),
     ]
+    if args.float32:
+        cases[2:2] = [
+            (LLM32, "llm-audit", {"traps": False, "precision": "float32"}),
+            (LLM32_TRAPS, "llm-audit", {"traps": True, "precision": "float32"}),
+        ]
     if model == "minilm" or args.ww_randomize:
         cases.append((WW_RAND, "ww", {"randomize": True}))
     return cases
@@ -194,8 +211,10 @@ def markdown(runs: list[tuple[str, Run]], comparisons: list[dict[str, Any]]) -> 
         if r.error:
             lines.append(f"| {model} | {r.label} | failed: {r.error} | | | | | | |")
             continue
+        recomputed = f" ({r.recomputed_float64} in float64)" if r.options.get("precision") else ""
         lines.append(
-            f"| {model} | {r.label} | {r.layers_analyzed} | {r.analysis_s:.2f}{_spread(r)} "
+            f"| {model} | {r.label} | {r.layers_analyzed}{recomputed} "
+            f"| {r.analysis_s:.2f}{_spread(r)} "
             f"| {r.cpu_s:.1f} "
             f"| {r.import_s:.1f} + {r.load_s:.1f} | {r.peak_rss_mib:.0f} "
             f"| {r.anon_at_peak_mib:.0f} / {r.file_at_peak_mib:.0f} | {r.rss_before_mib:.0f} |"

@@ -86,6 +86,7 @@ class Run:
     tool_reported_s: float | None = None
     layers_analyzed: int = 0
     layers_total: int = 0
+    recomputed_float64: int = 0  # layers of a float32 scan computed again in float64
     peak_rss_mib: float = float("nan")  # VmHWM: exact
     rss_before_mib: float = float("nan")  # VmRSS after import and load, before the analysis
     anon_before_mib: float = float("nan")
@@ -129,14 +130,17 @@ def run_case(
     *,
     traps: bool = False,
     randomize: bool = False,
+    precision: str | None = None,
     blas_threads: int | None = None,
     timeout: float | None = None,
 ) -> Run:
     """Run `tool` ("llm-audit", "compare" or "ww") on `folder` in a child process; never raises.
 
-    For "compare", `folder` is "BASE,OTHER".
+    For "compare", `folder` is "BASE,OTHER". `precision` is llm-audit's (None: its default).
     """
-    options = {"randomize": randomize} if tool == "ww" else {"traps": traps}
+    options: dict[str, Any] = {"randomize": randomize} if tool == "ww" else {"traps": traps}
+    if precision is not None and tool != "ww":
+        options["precision"] = precision
     run = Run(label, tool, options)
     env = dict(os.environ)
     if blas_threads is not None:
@@ -147,6 +151,7 @@ def run_case(
         args = [sys.executable, __file__, tool, str(folder), str(out)]
         args += ["--traps"] if traps else []
         args += ["--randomize"] if randomize else []
+        args += [f"--precision={precision}"] if precision and tool != "ww" else []
         proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         stop = threading.Event()
         sampler = threading.Thread(target=_sample, args=(proc.pid, run, stop), daemon=True)
@@ -186,14 +191,14 @@ def _before() -> dict[str, float]:
     }
 
 
-def _llm_audit(folder: str, traps: bool) -> dict[str, Any]:
+def _llm_audit(folder: str, traps: bool, precision: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     import llm_audit
 
     import_s = time.perf_counter() - t0
     before = _before()
     cpu0, t0 = _cpu_s(), time.perf_counter()
-    result = llm_audit.scan(folder, traps=traps, progress=False)  # opens headers, plans, analyzes
+    result = llm_audit.scan(folder, traps=traps, precision=precision, progress=False)
     analysis_s, cpu_s = time.perf_counter() - t0, _cpu_s() - cpu0
     ok = [r for r in result.records if r["status"] == "success"]
     return {
@@ -204,6 +209,7 @@ def _llm_audit(folder: str, traps: bool) -> dict[str, Any]:
         "tool_reported_s": result.summary["seconds"],
         "layers_analyzed": result.summary["num_analyzed"],
         "layers_total": result.summary["num_layers"],
+        "recomputed_float64": sum(bool(r.get("recomputed_float64")) for r in result.records),
         **before,
         "alphas": {r["name"]: float(r["alpha"]) for r in ok},
     }
@@ -262,7 +268,8 @@ def _weightwatcher(folder: str, randomize: bool) -> dict[str, Any]:
 def child_main(argv: list[str]) -> None:
     tool, folder, out = argv[0], argv[1], Path(argv[2])
     if tool == "llm-audit":
-        report = _llm_audit(folder, traps="--traps" in argv)
+        precision = next((a.split("=", 1)[1] for a in argv if a.startswith("--precision=")), None)
+        report = _llm_audit(folder, traps="--traps" in argv, precision=precision)
     elif tool == "compare":
         report = _compare(folder, traps="--traps" in argv)
     elif tool == "ww":

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from llm_audit.config import PRECISIONS
 from llm_audit.errors import ConfigError, LlmAuditError
 from llm_audit.untrusted import quote
 from llm_audit.vocabulary import ESTIMATORS, FAR_FROM_BASE, FLAGS, FORMATS, VERDICTS
@@ -301,6 +302,12 @@ def _add_analysis_options(p: argparse.ArgumentParser, *, fail_on: str) -> None:
         help=f"power-law estimator for alpha (default {ESTIMATORS[0]})",
     )
     p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="float type of each matrix's Gram and eigensolver (default auto: float64 on CPUs and "
+        "data-centre GPUs, float32 with a float64 check on other GPUs; docs/precision.md)",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="skip the work already in OUT/.journal.jsonl from an interrupted run with the same "
@@ -498,6 +505,7 @@ def _scan_into(
         devices=_devices(args),
         seed=args.seed,
         estimator=args.estimator,
+        precision=args.precision,
         layers=args.layers,
         split_qkv=args.split_qkv,
         allow_pickle=args.allow_pickle,
@@ -664,6 +672,7 @@ def _compare_into(args: argparse.Namespace, out: Path, fail_on: tuple[str, ...])
         devices=_devices(args),
         seed=args.seed,
         estimator=args.estimator,
+        precision=args.precision,
         layers=args.layers,
         progress=not args.no_progress,
         journal=out / journal.JOURNAL_NAME,

@@ -70,6 +70,7 @@ def compare(
     devices: Sequence[str] | None = None,
     seed: int | None = None,
     estimator: str | None = None,
+    precision: str | None = None,
     layers: str | None = None,
     progress: bool = False,
     journal: str | Path | None = None,
@@ -77,14 +78,16 @@ def compare(
 ) -> ComparisonResult:
     """Audit `base` and each of `others` layer by layer, with the spectrum of every update ΔW.
 
-    The options mean what they mean for `scan`: `layers` a regular expression on tensor names,
-    `journal`/`resume` a resumable run, `devices` one process per device (torchrun and
-    `accelerate launch` shard the same way). Raises an `LlmAuditError` subclass on bad input,
-    among them models with no layer in common.
+    The options mean what they mean for `scan` (`precision` for the updates' Grams too): `layers`
+    a regular expression on tensor names, `journal`/`resume` a resumable run, `devices` one
+    process per device (torchrun and `accelerate launch` shard the same way). Raises an
+    `LlmAuditError` subclass on bad input, among them models with no layer in common.
     """
     if not others:
         raise ConfigError("compare needs a base and at least one other model")
-    cfg = settings(config, traps=traps, device=device, seed=seed, estimator=estimator)
+    cfg = settings(
+        config, traps=traps, device=device, seed=seed, estimator=estimator, precision=precision
+    )
     options = run_options(
         device=device,
         devices=devices,

@@ -17,6 +17,8 @@ from llm_audit.errors import ConfigError
 from llm_audit.untrusted import read_yaml, show
 from llm_audit.vocabulary import ESTIMATORS, FINDINGS
 
+PRECISIONS = ("auto", "float64", "float32")  # of W's Gram and eigensolver (spectral/precision.py)
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -54,6 +56,7 @@ class DistanceRule:
 class AuditConfig:
     estimator: str = "ww"
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 0
     traps: bool = True
     min_evals: int = 8
@@ -81,6 +84,10 @@ def _check_values(cfg: AuditConfig) -> None:
         )
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise ConfigError(f"device {cfg.device!r} is unknown; use auto, cpu, cuda or cuda:N")
+    if cfg.precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision {cfg.precision!r} is unknown; use one of {', '.join(PRECISIONS)}"
+        )
     if cfg.min_evals < 2:
         raise ConfigError(f"min_evals must be at least 2 to fit anything, got {cfg.min_evals}")
     t = cfg.thresholds

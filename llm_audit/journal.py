@@ -72,6 +72,7 @@ def fingerprint(
         "min_evals": cfg.min_evals,
         "split_qkv": cfg.split_qkv,
         "device": cfg.device,
+        "precision": cfg.precision,
         "layers": layers,
     }
 

@@ -27,6 +27,7 @@ from llm_audit.errors import ConfigError
 from llm_audit.quant import describe_config
 from llm_audit.report.files import replace_folder, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
+from llm_audit.spectral.precision import describe as describe_precision
 from llm_audit.vocabulary import FORMATS, SCHEMA_VERSION
 
 COMPARE_FILES = ("compare.json", "compare.csv", "compare.html", "summary.md")
@@ -204,7 +205,7 @@ def run_settings(
         **cfg.as_dict(),
         "device": device,
         "layers": layers,
-        "eigensolver": "float64 Gram (smaller side) + eigvalsh",
+        "eigensolver": describe_precision(cfg.precision, device),
         "dtype_policy": (
             "F64/F32/F16/BF16 upcast to float64 chunk by chunk; GGUF, FP8, MXFP4, GPTQ, AWQ and "
             "bitsandbytes dequantized row block by row block; other dtypes skipped"

@@ -38,6 +38,7 @@ def scan(
     devices: Sequence[str] | None = None,
     seed: int | None = None,
     estimator: str | None = None,
+    precision: str | None = None,
     layers: str | None = None,
     allow_pickle: bool = False,
     progress: bool = False,
@@ -55,12 +56,13 @@ def scan(
     (WORLD_SIZE > 1) the layers are sharded over the ranks and every rank returns the full result.
     `devices` (`["cuda:0", "cuda:1"]`, `["cpu", "cpu"]`) shards the same way without a launcher:
     one process per device, this one being rank 0. `split_qkv` analyzes fused q/k/v tensors as
-    three matrices (sizes from config.json).
+    three matrices (sizes from config.json). `precision` (float64, float32, auto) is the float
+    type of each matrix's Gram and eigensolver (docs/precision.md).
     Raises an `LlmAuditError` subclass on bad input (also for a journal written with other
     settings); per-layer problems (NaN weights, unknown dtypes, failed fits) are statuses.
     """
     cfg = settings(config, traps=traps, device=device, seed=seed, estimator=estimator)
-    cfg = cfg.replace(split_qkv=split_qkv)
+    cfg = cfg.replace(split_qkv=split_qkv, precision=precision)
     options = run_options(
         device=device,
         devices=devices,

@@ -103,3 +103,40 @@ def test_row_matrix_gram_equals_the_dense_gram(
     np.testing.assert_allclose(esd.gram(M).numpy(), expected.numpy(), rtol=1e-12, atol=1e-12)
     assert max(b - a for a, b in reads) == (7 if stored[0] > stored[1] else stored[0])
     np.testing.assert_allclose(esd.gram(M, torch.float32).numpy(), expected.numpy(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(300, 100), (100, 300), (2, 3, 40)])
+def test_gram_pass_sums_every_element(
+    shape: tuple[int, ...], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Gram pass's element sum (the trap test's mean) is W's, over several chunks too."""
+    monkeypatch.setattr(esd, "CHUNK_BYTES", 8 * 100 * 7)
+    W = torch.randn(*shape, generator=torch.Generator().manual_seed(3)) + 0.25
+    G, total = esd.gram_and_sum(W)
+    expected = W.double().sum(dim=(-2, -1))
+    torch.testing.assert_close(total, expected, rtol=1e-6, atol=0)
+    torch.testing.assert_close(G, esd.gram(W))
+    lazy = esd.as_lazy(W[0] if W.dim() == 3 else W)
+    _, lazy_total = esd.gram_and_sum(lazy)
+    torch.testing.assert_close(
+        lazy_total, expected[0] if W.dim() == 3 else expected, rtol=1e-6, atol=0
+    )
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "heavy", "offset"])
+def test_float32_spectrum_lies_within_its_bound(kind: str) -> None:
+    """Every float32 eigenvalue is within `eigenvalue_bound` of the float64 one."""
+    from llm_audit.spectral.precision import eigenvalue_bound
+
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(1500, 300, generator=g, dtype=torch.float64)
+    if kind == "heavy":
+        W = W * torch.rand(1, 300, generator=g, dtype=torch.float64) ** -1.5
+    if kind == "offset":
+        W = W + 3.0
+    exact = esd.eigenvalues(W).numpy()
+    G32 = esd.gram(W, torch.float32)
+    single = esd.gram_eigenvalues(G32, long_side=1500).numpy()
+    bound = eigenvalue_bound(1500, 300, float(G32.diagonal().max()), float(single[-1]))
+    error = np.abs(single - exact).max()
+    assert 0 < error <= bound

@@ -466,3 +466,27 @@ def test_order_and_zeros_do_not_matter() -> None:
         assert fit_power_law(shuffled, estimator=estimator) == fit_power_law(
             evals, estimator=estimator
         )
+
+
+@pytest.mark.parametrize("estimator", ["ww", "clauset", "median"])
+def test_fit_bounds_cover_every_nearby_spectrum(estimator: str) -> None:
+    """Spectra within the bound fit alphas inside `fit_bounds`' range; with the xmin settled,
+    the range is small around alpha."""
+    rng = np.random.default_rng(5)
+    evals = np.sort(rng.pareto(2.5, 400) + 1.0) * 10
+    fit = fit_power_law(evals, estimator=estimator)
+    bound = 1e-4 * evals[-1]
+    bounds = powerlaw.fit_bounds(evals, fit, bound)
+    assert bounds.alpha_low < fit.alpha < bounds.alpha_high
+    for _ in range(20):
+        moved = evals + rng.uniform(-bound, bound, evals.size)
+        alpha = fit_power_law(moved, estimator=estimator).alpha
+        assert bounds.alpha_low <= alpha <= bounds.alpha_high
+
+
+def test_fit_bounds_of_an_unresolved_xmin_are_everything() -> None:
+    """An xmin within `RESOLVED` bounds of zero bounds nothing: alpha could be anything."""
+    evals = np.sort(np.random.default_rng(6).pareto(2.0, 200) + 1.0)
+    fit = fit_power_law(evals)
+    bounds = powerlaw.fit_bounds(evals, fit, fit.xmin / powerlaw.RESOLVED)
+    assert (bounds.alpha_low, bounds.alpha_high, bounds.xmin_settled) == (-np.inf, np.inf, False)

@@ -1,12 +1,15 @@
 """Eigenvalues of WᵀW, exactly, in WeightWatcher's units (no 1/N).
 
-Computed from the Gram matrix of the smaller side in float64 and `eigvalsh`: 2-4x faster than the
-float64 SVD WeightWatcher runs, with absolute error about eps64·λ_max on every eigenvalue. A float32
-Gram would be faster again but loses eigenvalues below about 1e-7·λ_max (some come out negative),
-which matters on real layers: MiniLM's position embeddings fit xmin at 1e-4·λ_max.
+Computed from the Gram matrix of the smaller side and `eigvalsh`: in float64, 2-4x faster than
+the float64 SVD WeightWatcher runs, with absolute error about eps64·λ_max on every eigenvalue. A
+float32 Gram and eigensolver (`precision`, spectral/precision.py) are faster again but lose
+eigenvalues below about 1e-6·λ_max (some come out negative), which matters on real layers:
+MiniLM's position embeddings fit xmin at 1e-4·λ_max; analysis.py bounds that error per layer and
+recomputes in float64 where it could matter.
 Same-shape matrices can be passed as one batch (one `bmm` and one batched `eigvalsh`), which is what
-a GPU wants. A vocab×vocab Gram is never formed: the Gram is always on the smaller side.
-"""
+a GPU wants. A vocab×vocab Gram is never formed: the Gram is always on the smaller side. The pass
+that forms the Gram also sums W's elements (`gram_and_sum`), so the trap test's mean needs no
+second read of W (for a quantized matrix, no second dequantization)."""
 
 from __future__ import annotations
 
@@ -166,7 +169,14 @@ def nonfinite_count(W: Matrix) -> int:
 
 
 def gram(W: Matrix, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """WᵀW or WWᵀ, whichever is smaller, in `dtype`; a tensor W may be a batch (B, rows, cols).
+    """WᵀW or WWᵀ, whichever is smaller, in `dtype`; a tensor W may be a batch (B, rows, cols)."""
+    return gram_and_sum(W, dtype)[0]
+
+
+def gram_and_sum(
+    W: Matrix, dtype: torch.dtype = torch.float64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gram (`gram`) and the sum of W's elements (float64, one per batch entry), in one pass.
 
     The long side is consumed in chunks, each cast into `dtype`, so memory beyond W itself is the
     small Gram plus one chunk, whatever W's dtype. A `LazyMatrix` whose long side runs along its
@@ -205,18 +215,22 @@ def _accumulate(
     batch: tuple[int, ...],
     dtype: torch.dtype,
     read: Callable[[int, int, torch.dtype], torch.Tensor],
-) -> torch.Tensor:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Σ chunkᵀ·chunk over the row chunks [a, b) that `read` gives of a tall matrix, on their
-    device."""
+    device, and the sum of their elements: rows summed in `dtype`, those sums in float64 (a
+    float64 sum of every element costs 11x more, and the mean only centres the trap shuffle)."""
     size = torch.empty((), dtype=dtype).element_size()
     step = min(rows, max(1, CHUNK_BYTES // (size * cols * math.prod(batch))))
     total: GramSum | None = None
+    elements: torch.Tensor | None = None
     for start in range(0, rows, step):
         chunk = read(start, min(rows, start + step), dtype)
         total = total or GramSum(cols, batch, dtype, chunk.device)
         total.add(chunk)
-    assert total is not None, "a matrix has at least one row"
-    return total.result()
+        rows_sum = chunk.sum(dim=-1).sum(dim=-1, dtype=torch.float64)
+        elements = rows_sum if elements is None else elements + rows_sum
+    assert total is not None and elements is not None, "a matrix has at least one row"
+    return total.result(), elements
 
 
 GRAM_PANEL = 256  # columns per panel of the upper triangle (panels narrower than this run slower)
@@ -256,24 +270,29 @@ class GramSum:
         return self.G
 
 
-def eigenvalues(W: Matrix) -> torch.Tensor:
-    """Ascending eigenvalues of WᵀW (min(rows, cols) of them, float64, same device as W)."""
-    return gram_eigenvalues(gram(W), long_side=max(W.shape[-2], W.shape[-1]))
+def eigenvalues(W: Matrix, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Ascending eigenvalues of WᵀW (min(rows, cols) of them, float64, same device as W), from
+    a Gram and an eigensolver in `dtype`."""
+    return gram_eigenvalues(gram(W, dtype), long_side=max(W.shape[-2], W.shape[-1]))
 
 
 def gram_eigenvalues(G: torch.Tensor, *, long_side: int) -> torch.Tensor:
-    """Ascending eigenvalues of a Gram matrix (or a batch of them) from `gram`.
+    """Ascending eigenvalues (float64) of a Gram matrix (or a batch of them) from `gram`, by an
+    eigensolver in the Gram's dtype.
 
-    Values within the Gram's rounding error of zero (|λ| ≤ long_side·eps·λ_max) are set to
-    exactly 0: they are numerically zero, and a rank count needs them to be.
+    Values within rounding error of zero are set to exactly 0: they are numerically zero, and a
+    rank count needs them to be. In float64 that is the Gram's error, |λ| ≤ long_side·eps·λ_max;
+    in float32 the eigensolver's, |λ| ≤ M·eps32·λ_max, which `precision.eigenvalue_bound`
+    counts in (long_side·eps32 would zero eigenvalues far above the float32 spectrum's error).
     """
-    evals = torch.linalg.eigvalsh(G)
+    evals = torch.linalg.eigvalsh(G).to(torch.float64)
     lam_max = evals[..., -1:].clamp_min(0)
-    tol = long_side * EPS64 * lam_max
+    size = long_side if G.dtype == torch.float64 else G.shape[-1]
+    tol = size * torch.finfo(G.dtype).eps * lam_max
     if bool((evals < -100 * tol).any()):
         warnings.warn(
             "eigenvalues of WᵀW below -100·tolerance were clipped to 0; the matrix may hold "
-            "values near the float64 range",
+            f"values near the {str(G.dtype).removeprefix('torch.')} range",
             LlmAuditWarning,
             stacklevel=2,
         )

@@ -385,3 +385,87 @@ def _row_chunks(widths: Index) -> Iterator[slice]:
         stop = start + max(int(np.count_nonzero(fits)), 1)
         yield slice(start, stop)
         start = stop
+
+
+# --- sensitivity to errors in the eigenvalues -----------------------------------------------------
+
+RESOLVED = 100  # a candidate xmin above this many times the error bound is known to 1%
+UNRESOLVED_D_MARGIN = 0.05  # ... below it, a candidate may win only within this of the best D
+
+
+@dataclass(frozen=True)
+class FitBounds:
+    """What eigenvalue errors up to a bound could do to a fit: the range of alpha over every
+    xmin that could then be chosen, and whether the chosen xmin is the only one."""
+
+    alpha_low: float
+    alpha_high: float
+    xmin_settled: bool
+
+
+def fit_bounds(evals: ArrayLike, fit: PowerLawFit, bound: float) -> FitBounds:
+    """How far a fit could move if every eigenvalue may be off by up to `bound` (absolute).
+
+    Weyl's theorem keeps the i-th sorted eigenvalue within `bound` of its exact value. With
+    xmin's index fixed, alpha = 1 + n / Σ ln(λ/xmin) is bounded by moving every λ and xmin to the
+    ends of their intervals. A candidate's KS distance D moves by at most
+    2·(alpha-1)·(1 + 1/e)·bound/(xmin - bound) (the fitted CDF's slopes in ln λ and in alpha), so
+    under `ww` and `clauset` every candidate whose D could fall to the chosen one's could be
+    chosen instead, and alpha's range covers theirs. A candidate within `RESOLVED` bounds of zero
+    has no useful bound on its D: it is taken to be unable to win when its D exceeds the chosen
+    one's by `UNRESOLVED_D_MARGIN` (on MiniLM such candidates' D exceed it by 0.09 or more).
+    `median` is settled while no eigenvalue could cross `EVALS_THRESH` (the count, hence the
+    median, would change). `xmin_peak` and WW's small-N path (fewer than `SMALL_N` eigenvalues)
+    are not bounded: alpha's range is everything.
+    """
+    everything = FitBounds(-math.inf, math.inf, False)
+    values = _as_vector(evals)
+    data = np.sort(values[values > EVALS_THRESH])
+    if fit.status != SUCCESS or data.size < SMALL_N or fit.estimator == "xmin_peak":
+        return everything
+    start = int(np.searchsorted(data, fit.xmin))
+    if fit.estimator == "median":
+        if np.any(np.abs(values - EVALS_THRESH) <= bound):
+            return everything
+        return FitBounds(*_alpha_interval(data[start:], bound), True)
+    rivals = _rivals(data, start, bound, fit.estimator)
+    if rivals is None:
+        return everything
+    ranges = [_alpha_interval(data[s:], bound) for s in [start, *rivals]]
+    return FitBounds(min(r[0] for r in ranges), max(r[1] for r in ranges), not rivals)
+
+
+def _alpha_interval(tail: Float, bound: float) -> tuple[float, float]:
+    """alpha's range when every value of the tail (xmin first) moves by at most `bound`."""
+    xmin, rest = tail[0], tail[1:]
+    if xmin <= bound:
+        return 1.0, math.inf
+    high_sum = float(np.log((rest + bound) / (xmin - bound)).sum())
+    low_sum = float(np.maximum(np.log((rest - bound) / (xmin + bound)), 0.0).sum())
+    n = tail.size
+    return 1.0 + n / high_sum, (1.0 + n / low_sum) if low_sum > 0 else math.inf
+
+
+def _rivals(data: Float, start: int, bound: float, estimator: str) -> list[int] | None:
+    """The other candidate starts whose D could fall to the chosen one's under errors up to
+    `bound`; None when the chosen xmin itself is within `RESOLVED` bounds of zero."""
+    starts = np.arange(data.size - 1)
+    if estimator == "clauset":
+        starts = np.flatnonzero(np.r_[True, data[1:] != data[:-1]])
+        starts = starts[data[starts] < data[-1]]
+    xmins = data[starts]
+    chosen = int(np.searchsorted(starts, start))
+    if not xmins[chosen] > RESOLVED * bound:
+        return None
+    alphas = _mle_alphas(data, starts)
+    distances = _ks_exact(data, starts, alphas)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slack = 2 * np.maximum(alphas - 1, 0) * (1 + 1 / math.e) * bound / (xmins - bound)
+    resolved = xmins > RESOLVED * bound
+    threat = np.where(
+        resolved,
+        distances - slack <= distances[chosen] + slack[chosen],
+        distances <= distances[chosen] + UNRESOLVED_D_MARGIN,
+    )
+    threat[chosen] = False
+    return [int(s) for s in starts[threat]]

@@ -283,16 +283,17 @@ def _near_mp_threshold(mp: MPFit, shuffles: list[_Shuffle]) -> bool:
 
 
 def trap_metrics(
-    W: Matrix, evals: np.ndarray, *, seed: int, threads: int = 1
+    W: Matrix, evals: np.ndarray, *, seed: int, threads: int = 1, mu: float | None = None
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Randomized-spectrum columns of one layer and its spectra; W is (out, in), a tensor on its
     device or a `LazyMatrix`. Float32 shuffled Grams, float64 where one is too close to call.
 
     `threads` CPU threads shuffle and multiply (`shuffled_gram`); the rest runs on the caller's,
-    and the results are the same for any `threads`.
+    and the results are the same for any `threads`. `mu` is W's mean weight where the caller
+    has it (the Gram pass sums W: `esd.gram_and_sum`); without it W is read once more for it.
     """
     lazy = as_lazy(W)
-    mu = mean(lazy)
+    mu = mean(lazy) if mu is None else mu
     device = W.device if isinstance(W, torch.Tensor) else CPU
     where = {"device": device, "threads": threads}
     found = _shuffles(lazy, seed, mu, torch.float32, **where) or _shuffles(
