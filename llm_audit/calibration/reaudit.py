@@ -76,7 +76,7 @@ def reaudit(
             replay.history[-1]["seed_verdicts"] = row["seed_verdicts"]
         monitor = monitor_record(replay)
     config = dataclasses.asdict(cfg)
-    last = rows[-1]["step"]
+    last = max(row["step"] for row in rows + grid)
     if last < cfg.steps:
         config["stopped_at"] = last
     return Calibration(name, config, rows, phases, time.perf_counter() - started, monitor)
