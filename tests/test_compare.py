@@ -115,7 +115,7 @@ def test_cli_compare_fail_on(cli, minilm: Path, trapped_minilm: Path, tmp_path: 
     code, _, err = cli(
         "compare", minilm, trapped_minilm, "--out", tmp_path / "c", "--fail-on", "watch"
     )
-    assert code == 2 and "layer flags only" in err
+    assert code == 2 and "layer flags and far_from_base" in err
 
 
 @pytest.fixture(scope="module")

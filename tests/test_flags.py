@@ -54,9 +54,10 @@ def test_verdict_rule() -> None:
     # ... but traps together with alpha < 2 on >= 10% of layers is the anti-grokking signature.
     name, reason = verdict([*healthy[:8], _rec(1.5), _rec(3.0, traps=3)], cfg)
     assert name == "pathological" and "anti-grokking" in reason
-    # Traps on >= 25% of the layers are pathological on their own.
+    # Traps alone are pathological when widespread (half the layers or more), watch below that
+    assert verdict([*healthy[:7], *(_rec(3.0, traps=1) for _ in range(3))], cfg)[0] == "watch"
     assert (
-        verdict([*healthy[:7], *(_rec(3.0, traps=1) for _ in range(3))], cfg)[0] == "pathological"
+        verdict([*healthy[:5], *(_rec(3.0, traps=1) for _ in range(5))], cfg)[0] == "pathological"
     )
     assert verdict([], cfg)[0] == "watch"
 

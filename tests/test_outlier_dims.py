@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 import llm_audit
-from llm_audit.cli import format_summary
+from llm_audit.report.terminal import format_summary
 from llm_audit.config import AuditConfig, Thresholds, VerdictRule
 from llm_audit.flags import flagged, verdict
 from llm_audit.outlier_dims import (
@@ -159,8 +159,11 @@ def test_outlier_dimension_flag_is_informational_unless_configured() -> None:
     name, reason = verdict(layers, AuditConfig())
     assert name == "healthy" and reason.endswith("findings, not counted: 2 outlier_dimension")
     counting = AuditConfig(verdict=VerdictRule(count_outlier_dimensions=True))
-    assert verdict(layers, counting)[0] == "pathological"  # 2 of 8 trap layers: the 25% rule
-    scattered = [*layers[:6], _flagged("scattered"), _flagged("scattered")]
+    assert verdict(layers, counting)[0] == "watch"  # 2 trap layers of 8, no alpha < 2
+    many = [*layers[:4], *[_flagged("outlier_dimension")] * 4]
+    assert verdict(many, AuditConfig())[0] == "healthy"
+    assert verdict(many, counting)[0] == "pathological"  # 4 of 8: the rule for traps alone
+    scattered = [*layers[:4], *[_flagged("scattered")] * 4]
     assert verdict(scattered, AuditConfig())[0] == "pathological"
 
 
@@ -367,7 +370,7 @@ def test_planted_grid_reads_structured_in_a_scan() -> None:
             W[r, c] = 40.0
     rec = scan({"fc.weight": W}, traps=True, seed=0).records[0]
     assert rec["num_traps"] >= 1 and rec["trap_kind"] == "structured"
-    assert "structured_trap" in rec["flags"] and "correlation_trap" not in rec["flags"]
+    assert "structured" in rec["flags"] and "correlation_trap" not in rec["flags"]
 
 
 def test_the_collapsed_mnist_layer_is_scattered() -> None:
