@@ -1,9 +1,10 @@
 """calibration.html: one self-contained page, drawn with the report's kit (`report.page`,
 `report.svg`), so it looks like the audit page and opens offline.
 
-Three charts share a log-step x axis with the phases shaded: accuracy (train, test), alpha per
-layer (with the alpha_low line), traps per layer; then a sortable table with the verdict per
-checkpoint.
+Four charts share a log-step x axis with the phases shaded: accuracy (train, test), alpha per
+layer (with the alpha_low line), traps per layer, and trap strength per layer (the shuffled top
+eigenvalue over its threshold, with the line at 1); then a sortable table with the verdict per
+checkpoint and, for a run audited at several shuffle seeds, the share of seeds that agree.
 """
 
 from __future__ import annotations
@@ -43,6 +44,14 @@ def render_page(data: dict[str, Any]) -> str:
         _chart(
             "traps", "Correlation traps per layer", rows, {n: f"num_traps[{n}]" for n in layers}
         ),
+        _chart(
+            "strength",
+            "Trap strength per layer (shuffled top eigenvalue / threshold; a trap above 1)",
+            rows,
+            {n: f"trap_strength[{n}]" for n in layers},
+            None,
+            hline=1.0,
+        ),
         _table(rows, layers),
     ]
     config = escape("\n".join(f"{k}: {v}" for k, v in data["config"].items()))
@@ -62,6 +71,16 @@ def _summary(data: dict[str, Any]) -> str:
         f"; verdict agrees with the phase at {len(rows) - len(disagree)} of {len(rows)} checkpoints"
         + (f" (not at steps {', '.join(map(str, disagree))})" if disagree else "")
     )
+    for where, agreement in (
+        ("checkpoint", data.get("seed_agreement")),
+        ("monitor-grid", (data.get("monitor") or {}).get("seed_agreement")),
+    ):
+        everything = (agreement or {}).get("all") or {}
+        if everything.get("audits"):
+            text += (
+                f"; over shuffle seeds, {everything['agree']} of {everything['audits']} "
+                f"{where} audits agree ({everything['share']:.1%})"
+            )
     mon = data.get("monitor")
     if mon:
         text += (
@@ -116,14 +135,19 @@ def _shades(ax: Axes, rows: list[dict[str, Any]], xs: list[float]) -> str:
 
 def _table(rows: list[dict[str, Any]], layers: list[str]) -> str:
     head = ["step", "phase", "train acc", "test acc"] + [f"alpha {n}" for n in layers]
-    head += [f"traps {n}" for n in layers] + ["verdict", "agrees with phase"]
-    kinds = ["num", "text", "num", "num"] + ["num"] * 2 * len(layers) + ["text", "text"]
+    head += [f"traps {n}" for n in layers] + [f"strength {n}" for n in layers]
+    head += ["verdict", "agrees with phase", "seeds agreeing"]
+    kinds = ["num", "text", "num", "num"] + ["num"] * 3 * len(layers) + ["text", "text", "num"]
     body = []
     for r in rows:
         cells = [str(r["step"]), r["phase"], f"{r['train_acc']:.3f}", f"{r['test_acc']:.3f}"]
         cells += [f"{r[f'alpha[{n}]']:.2f}" if _finite(r[f"alpha[{n}]"]) else "–" for n in layers]
-        cells += [str(r[f"num_traps[{n}]"]) for n in layers] + [r["verdict"]]
+        cells += [str(r[f"num_traps[{n}]"]) for n in layers]
+        cells += [_fixed(r.get(f"trap_strength[{n}]")) for n in layers] + [r["verdict"]]
         cells.append("yes" if r.get("agrees", True) else "no")
+        seeds = r.get("seed_verdicts") or {}
+        agreeing = round(r.get("seed_agreement", 1.0) * sum(seeds.values()))
+        cells.append(f"{agreeing}/{sum(seeds.values())}" if seeds else "–")
         tds = "".join(
             sort_cell(f"k{j}", escape(c), "" if c == "–" else c, f"{kind} ")
             for j, (c, kind) in enumerate(zip(cells, kinds, strict=True))
@@ -140,6 +164,10 @@ def _table(rows: list[dict[str, Any]], layers: list[str]) -> str:
         '<div class="table-wrap"><table id="checkpoints" class="layers sortable">'
         f"<thead><tr>{ths}</tr></thead><tbody>{''.join(body)}</tbody></table></div>",
     )
+
+
+def _fixed(v: Any) -> str:
+    return f"{v:.2f}" if _finite(v) else "–"
 
 
 def _finite(v: Any) -> bool:
