@@ -11,7 +11,7 @@ the ones that stand above the MP edge). Two different things put huge entries in
   and the matrices that read it on those columns, the same indices in layer after layer. A healthy
   feature, and the reason int8 quantization keeps those dimensions in high precision.
 - Anti-grokking (arXiv 2602.02859, App. G) grows extreme entries with no such order: the collapsed
-  MNIST MLP's ten largest first-layer entries lie in 8 rows and 10 columns.
+  MNIST MLP's ten largest first-layer entries lie in 4 rows (hidden units) and 10 columns.
 
 So each trap entry is placed on the hidden axis (`hidden_axis`: the row of a matrix whose output
 is the residual stream, the column of one that reads it or of an embedding), and a hidden index is
