@@ -15,7 +15,6 @@ import torch
 from safetensors.torch import load_file
 
 import llm_audit
-from llm_audit.report.terminal import format_summary
 from llm_audit.config import AuditConfig, Thresholds, VerdictRule
 from llm_audit.flags import flagged, verdict
 from llm_audit.outlier_dims import (
@@ -26,6 +25,7 @@ from llm_audit.outlier_dims import (
     hidden_size,
     place_traps,
 )
+from llm_audit.report.terminal import format_summary
 from llm_audit.sources import bundled_model_path
 
 FIXTURES = Path(__file__).parent / "fixtures" / "calibration"
