@@ -422,7 +422,10 @@ def _summary(
         per_other[label] = {
             "findings": findings(moved),
             "distance": moved,
-            "changes": changes(verdicts["base"], verdicts[label], new, vanished),
+            "changes": [
+                *(["far from its base"] if moved["far_from_base"] else []),
+                *changes(verdicts["base"], verdicts[label], new, vanished),
+            ],
             "alignment": counts,
             "not_aligned": {n: s for n, s in alignment[label].items() if s != ALIGNED},
             "new_flags": new,
