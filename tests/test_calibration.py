@@ -112,7 +112,7 @@ def test_output_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_shipped_configs_load() -> None:
     for task in ("mnist", "modadd"):
-        for preset in ("quick", "paper"):
+        for preset in ("quick", "long", "paper"):
             assert run.load(task, preset).lr > 0
 
 
@@ -128,8 +128,11 @@ def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "peak test accuracy" in capsys.readouterr().out
     steps = run.checkpoint_schedule(30, 5)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
-        f"step-{s:08d}.safetensors" for s in steps
+        "monitor",
+        *(f"step-{s:08d}.safetensors" for s in steps),
     ]
+    monitored = sorted(p.name for p in (out / "checkpoints" / "monitor").iterdir())
+    assert monitored == [f"step-{s:08d}.safetensors" for s in (10, 20, 30)]
     with open(out / "checkpoints.csv") as f:
         rows = list(csv.DictReader(f))
     assert [int(r["step"]) for r in rows] == steps
@@ -143,7 +146,20 @@ def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     for row in data["checkpoints"]:  # the phase from the curves, the verdict from the spectra
         assert row["agrees"] == (row["verdict"] in EXPECTED_VERDICTS[row["phase"]]), row
     page = (out / "calibration.html").read_text()
-    assert page.count('<svg class="chart"') == 3 and "://" not in page  # offline
+    assert page.count('<svg class="chart"') == 4 and "://" not in page  # offline
+
+    # Audited again from its checkpoints alone, at 3 shuffle seeds: the same steps and metrics
+    args = ["calibrate", "mnist", "--config", str(cfg), "--out", str(out), "--reaudit"]
+    assert main([*args, "--seeds", "3"]) == 0
+    again = json.loads((out / "calibration.json").read_text())
+    assert [r["step"] for r in again["checkpoints"]] == steps
+    for old_row, new_row in zip(data["checkpoints"], again["checkpoints"], strict=True):
+        assert new_row["test_acc"] == pytest.approx(old_row["test_acc"])
+        assert new_row["alpha[layers.0]"] == pytest.approx(old_row["alpha[layers.0]"])
+        assert sum(new_row["seed_verdicts"].values()) == 3
+        assert 0 <= new_row["seed_agreement"] <= 1
+    assert again["seed_agreement"]["all"]["audits"] == 3 * len(steps)
+    assert [row["step"] for row in again["monitor"]["history"]] == [10, 20, 30]
 
 
 def _page_data() -> dict:
