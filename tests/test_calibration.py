@@ -112,8 +112,9 @@ def test_output_not_writable(tmp_path: Path, capsys: pytest.CaptureFixture[str])
 
 def test_shipped_configs_load() -> None:
     for task in ("mnist", "modadd"):
-        for preset in ("quick", "long", "paper"):
+        for preset in ("quick", "paper"):
             assert run.load(task, preset).lr > 0
+    assert run.load("mnist", "long").steps == 1_000_000
 
 
 # --- a tiny end-to-end run ------------------------------------------------------------------------
@@ -167,7 +168,8 @@ def _page_data() -> dict:
     phases = ["pre-grokking", "pre-grokking", "grokked", "collapse"]
     rows = [
         {"step": step, "train_acc": train, "test_acc": test, "alpha[a]": a, "num_traps[a]": ta,
-         "alpha[b]": b, "num_traps[b]": tb, "verdict": "watch", "verdict_reason": "why <b>",
+         "alpha[b]": b, "num_traps[b]": tb, "trap_strength[a]": 0.9 + ta / 10,
+         "trap_strength[b]": 0.8 + tb / 10, "verdict": "watch", "verdict_reason": "why <b>",
          "phase": phase, "agrees": True}
         for step, train, test, a, ta, b, tb, phase in zip(
             [1, 10, 100, 1000], [0.1, 1.0, 1.0, 1.0], [0.1, 0.2, 0.9, 0.5],
@@ -187,14 +189,14 @@ def _page_data() -> dict:
 
 def test_page_draws_every_curve_over_the_phases() -> None:
     page = render_page(_page_data())
-    assert page.count('<svg class="chart"') == 3 and "://" not in page
+    assert page.count('<svg class="chart"') == 4 and "://" not in page
     assert "toy &lt;x&gt;" in page and "why <b>" not in page  # escaped
-    # one line per series in each chart: train/test, then layers a and b twice (alpha, traps)
-    assert page.count('class="series-line sr0"') == 3 and page.count('class="series-line sr1"') == 3
+    # one line per series in each chart: train/test, then layers a and b (alpha, traps, strength)
+    assert page.count('class="series-line sr0"') == 4 and page.count('class="series-line sr1"') == 4
     assert page.count('class="series-line sr2"') == 0
-    # a phase band per checkpoint in each chart, and the alpha_low line in the alpha chart
-    assert page.count('class="ph-pre-grokking"') == 2 * 3 and page.count('class="ph-collapse"') == 3
-    assert page.count('class="threshold"') == 1
+    # a phase band per checkpoint in each chart; the alpha_low line and the strength's line at 1
+    assert page.count('class="ph-pre-grokking"') == 2 * 4 and page.count('class="ph-collapse"') == 4
+    assert page.count('class="threshold"') == 2
     # the table: one row per checkpoint; the failed fit shows "–" and sorts last
     assert page.count("<tr title=") == 4
     assert '<td class="num c-k4" data-v="">–</td>' in page

@@ -44,16 +44,12 @@ def render_page(data: dict[str, Any]) -> str:
         _chart(
             "traps", "Correlation traps per layer", rows, {n: f"num_traps[{n}]" for n in layers}
         ),
-        _chart(
-            "strength",
-            "Trap strength per layer (shuffled top eigenvalue / threshold; a trap above 1)",
-            rows,
-            {n: f"trap_strength[{n}]" for n in layers},
-            None,
-            hline=1.0,
-        ),
         _table(rows, layers),
     ]
+    if any(f"trap_strength[{n}]" in r for r in rows for n in layers):  # runs audited since
+        strength = {n: f"trap_strength[{n}]" for n in layers}
+        title = "Trap strength per layer (shuffled top eigenvalue / threshold; a trap above 1)"
+        body.insert(-1, _chart("strength", title, rows, strength, None, hline=1.0))
     config = escape("\n".join(f"{k}: {v}" for k, v in data["config"].items()))
     body.insert(1, setup("the run's config", f"<pre>{config}</pre>"))
     return document(f"Calibration: {task}", body)
