@@ -162,7 +162,7 @@ def test_report_says_spectra_include_quantization_noise(tmp_path: Path) -> None:
 
     result = llm_audit.scan(_gpt_oss(tmp_path, quantized=True), traps=False)
     page = render_html(result.to_json(), result.spectra)
-    assert "mxfp4, 4 bits: spectra are of the dequantized weights" in page
+    assert "Quantized weights (mxfp4, 4 bits): the spectra are those of the dequantized" in page
     assert "include quantization noise" in page
 
 

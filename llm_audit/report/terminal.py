@@ -58,7 +58,7 @@ def format_summary(
     worst = summary.get("worst_layers") or []
     if worst:
         rule_text = WORST_RULE.format(low=t.alpha_low, high=t.alpha_high)
-        lines.append(f"worst layers ({rule_text}): {', '.join(worst)}")
+        lines.append(f"worst layers ({rule_text}): {', '.join(quote(str(w)) for w in worst)}")
     dimensions = summary.get("outlier_dimensions") or []
     if dimensions:
         where = ", ".join(f"{d['index']} ({len(d['layers'])} layers)" for d in dimensions)
