@@ -20,6 +20,7 @@ from llm_audit.vocabulary import (
     ALPHA_LT_2,
     FINDINGS,
     OUTLIER_DIMENSION,
+    STRUCTURED,
     TRAP_FLAGS,
 )
 from tests.test_real_weights import mpnet  # noqa: F401  (a fixture)
@@ -49,6 +50,10 @@ def from_csv(path: Path) -> dict[str, Any]:
         "total_outlier_dimension_traps": int(
             sum(t for t, fs in zip(traps, flags, strict=True) if OUTLIER_DIMENSION in fs)
         ),
+        "num_structured": sum(STRUCTURED in fs for fs in flags),
+        "total_structured_traps": int(
+            sum(t for t, fs in zip(traps, flags, strict=True) if STRUCTURED in fs)
+        ),
     }
 
 
@@ -60,7 +65,7 @@ def from_terminal(text: str) -> dict[str, Any]:
     )
     found = re.search(
         r"findings \(not counted\): alpha > 6: (\d+) · traps on outlier dimensions: (\d+) "
-        r"\((\d+) traps\)",
+        r"\((\d+) traps\) · structured traps: (\d+) \((\d+) traps\)",
         text,
     )
     assert counted and found, text[-800:]
@@ -75,6 +80,8 @@ def from_terminal(text: str) -> dict[str, Any]:
         "num_alpha_gt_6": f[0],
         "num_outlier_dimension": f[1],
         "total_outlier_dimension_traps": f[2],
+        "num_structured": f[3],
+        "total_structured_traps": f[4],
         "verdict": re.search(r"^verdict: (\w+)", text, re.M)[1],  # type: ignore[index]
     }
 
@@ -86,6 +93,9 @@ def from_page(html: str) -> dict[str, Any]:
     trap_layers, traps = re.fullmatch(r"(\d+) \((\d+) traps\)", pairs["trap layers"]).groups()  # type: ignore[union-attr]
     dims, dim_traps = re.fullmatch(  # type: ignore[union-attr]
         r"(\d+) \((\d+) traps\)", pairs["traps on outlier dimensions"]
+    ).groups()
+    structured, structured_traps = re.fullmatch(  # type: ignore[union-attr]
+        r"(\d+) \((\d+) traps\)", pairs["structured traps"]
     ).groups()
     assert big and findings
     return {
@@ -99,6 +109,8 @@ def from_page(html: str) -> dict[str, Any]:
         "total_traps": int(traps),
         "num_outlier_dimension": int(dims),
         "total_outlier_dimension_traps": int(dim_traps),
+        "num_structured": int(structured),
+        "total_structured_traps": int(structured_traps),
         "verdict": re.search(r'<span class="verdict-name">(\w+)</span>', html)[1],  # type: ignore[index]
     }
 
@@ -122,7 +134,7 @@ def assert_one_vocabulary(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
     for name in ("terminal", "csv", "page"):
         for key, value in outputs[name].items():
             assert value == summary[key], (name, key, value, summary[key])
-    assert set(FINDINGS) == {ALPHA_GT_6, OUTLIER_DIMENSION}  # the lines parsed above
+    assert set(FINDINGS) == {ALPHA_GT_6, OUTLIER_DIMENSION, STRUCTURED}  # the lines parsed above
     return dict(summary)
 
 
