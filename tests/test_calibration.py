@@ -478,3 +478,15 @@ def test_monitor_needs_a_schedule() -> None:
 def test_monitor_schedule_overrides_every() -> None:
     monitor = AuditMonitor(torch.nn.Linear(2, 2), evaluate=lambda: {"test_acc": 0.0}, schedule=[3])
     assert monitor.due(3) and not monitor.due(1000)
+
+
+def test_reaudit_refuses_a_folder_without_checkpoints_and_bad_counts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["calibrate", "mnist", "--config", "long", "--out", str(tmp_path), "--reaudit"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no step-*.safetensors checkpoints to re-audit" in err and "\n" not in err
+    assert main([*args, "--seeds", "0"]) == 2
+    assert "--seeds and --jobs must be at least 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written

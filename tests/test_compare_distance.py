@@ -58,3 +58,14 @@ def test_the_rule_counts_layers_beyond_either_bound() -> None:
     assert block["far_from_base"] and block["far_layer_names"] == ["a", "b"]
     strict = AuditConfig().replace(compare=AuditConfig().compare.__class__(far_layer_fraction=0.75))
     assert not distance(records, "ft", strict)["far_from_base"]
+
+
+def test_the_config_refuses_senseless_bounds(tmp_path: Path) -> None:
+    from llm_audit.config import load_config
+    from llm_audit.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    for bad in ("far_layer_fraction: 2", "far_relative_norm: 0", "far_delta_alpha: -1"):
+        path.write_text(f"compare:\n  {bad}\n")
+        with pytest.raises(ConfigError, match="far_layer_fraction in \\(0, 1\\]"):
+            load_config(path)
