@@ -22,8 +22,6 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
-
 from llm_audit.architectures import (
     EMBEDDING_ROLES,
     STACKS,
@@ -36,6 +34,7 @@ from llm_audit.architectures import (
     generic_stack,
 )
 from llm_audit.errors import ConfigError
+from llm_audit.lazy import torch
 from llm_audit.qkv import Rows, split_rows
 from llm_audit.quant import NotDecoded, Quantized, QuantizedWeight, Reader, find_quantized
 from llm_audit.quant.fp8 import FP8_DTYPES, dequantize_scaled, fp8_scale
@@ -153,7 +152,8 @@ class Layer:
                 whole=lambda: whole,
             )
         decoded = self.scale is not None or self.quant is not None
-        dtype = None if decoded else _DTYPES.get(self.tensor.dtype)
+        name = None if decoded else _TORCH_DTYPES.get(self.tensor.dtype)
+        dtype = None if name is None else getattr(torch, name)
         return RowMatrix(
             lambda a, b: self.read_rows(source, a, b),
             (rows, cols),
@@ -195,7 +195,7 @@ class Layer:
         )
 
 
-_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+_TORCH_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16"}
 
 
 def _natural(name: str) -> tuple[Any, ...]:

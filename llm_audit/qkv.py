@@ -22,9 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
 from llm_audit.errors import ConfigError
+from llm_audit.lazy import torch
 from llm_audit.roles import HIDDEN_SIZE_KEYS
 
 LAYOUTS = ("contiguous", "per_head", "per_kv_group", "falcon")

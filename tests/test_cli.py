@@ -15,10 +15,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import llm_audit
 from llm_audit.cli import EXAMPLES, FAIL_ON_VALUES, parse_args
 from llm_audit.progress import PlainProgress
+from llm_audit.sources import bundled_model_path
 from llm_audit.vocabulary import ESTIMATORS, FORMATS
 from tests.test_gguf_header import _arch, _f32_matrix, _gguf
 
@@ -52,6 +54,19 @@ def test_parsing_and_usage_errors_import_nothing_heavy() -> None:
         "    try:\n        main(argv)\n    except SystemExit:\n        pass"
     )
     assert _loaded_after(code) == []
+
+
+@pytest.mark.slow
+def test_describe_imports_nothing_heavy(tmp_path: Path) -> None:
+    """describe reads headers and names layers: no tensor, so no torch (1.5-3.5 s to import)."""
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(_gguf([_arch(b"llama")], [_f32_matrix(b"blk.0.attn_q.weight", 0)], bytes(64)))
+    safetensors = tmp_path / "st" / "model.safetensors"
+    safetensors.parent.mkdir()
+    save_file({"layer.weight": torch.zeros(8, 4)}, str(safetensors))
+    for model in (gguf, safetensors.parent, bundled_model_path()):
+        code = f"from llm_audit.cli import main\nmain(['describe', {str(model)!r}])"
+        assert _loaded_after(code) == [], model
 
 
 def test_version(cli: Cli) -> None:

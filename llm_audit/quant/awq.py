@@ -16,8 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from llm_audit.lazy import torch
 from llm_audit.quant.base import WORD_BITS, LayoutError, NotDecoded, QuantizedWeight, unsigned
 from llm_audit.sources.base import Source, TensorInfo
 from llm_audit.spectral.esd import Gather
@@ -26,7 +25,7 @@ METHOD = "awq"
 BITS = 4
 PER_WORD = WORD_BITS // BITS
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # the column that each nibble of a word holds
-NIBBLE_OF_COLUMN = torch.tensor([AWQ_ORDER.index(c) for c in range(PER_WORD)])  # 0 4 1 5 2 6 3 7
+NIBBLE_OF_COLUMN = [AWQ_ORDER.index(c) for c in range(PER_WORD)]  # 0 4 1 5 2 6 3 7
 
 
 @dataclass(frozen=True)
@@ -57,7 +56,7 @@ class AwqWeight(QuantizedWeight):
             index = index.to(torch.int64)
             row, col = index // cols, index % cols
             word = words.index_select(0, row * (cols // PER_WORD) + col // PER_WORD)
-            shift = NIBBLE_OF_COLUMN.index_select(0, col % PER_WORD) * BITS
+            shift = torch.tensor(NIBBLE_OF_COLUMN).index_select(0, col % PER_WORD) * BITS
             q = (unsigned(word) >> shift) & 15
             at = row // group_size * cols + col
             return (q - zeros.index_select(0, at)).to(torch.float32).mul_(scale.index_select(0, at))
@@ -69,7 +68,7 @@ def unpack_columns(words: torch.Tensor) -> torch.Tensor:
     """int32 words (rows, cols/8) in AWQ's order as int64 integers (rows, cols)."""
     shifts = torch.arange(0, WORD_BITS, BITS)
     nibbles = (unsigned(words).unsqueeze(-1) >> shifts) & 15  # (rows, cols/8, nibble)
-    return nibbles[..., NIBBLE_OF_COLUMN].reshape(words.shape[0], -1)
+    return nibbles[..., torch.tensor(NIBBLE_OF_COLUMN)].reshape(words.shape[0], -1)
 
 
 def find(

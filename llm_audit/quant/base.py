@@ -12,16 +12,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
-import torch
-
+from llm_audit.lazy import torch
 from llm_audit.sources.base import Source, TensorInfo
 from llm_audit.spectral.esd import Gather
 
 WORD_BITS = 32  # GPTQ and AWQ pack integers into int32 words
 
-Reader = Callable[[TensorInfo], torch.Tensor]  # a tensor's stored values (Source.read)
+Reader: TypeAlias = "Callable[[TensorInfo], torch.Tensor]"  # stored values (Source.read)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from llm_audit.lazy import torch
 from llm_audit.quant.base import LayoutError, NotDecoded, QuantizedWeight, Reader
 from llm_audit.sources.base import Source, TensorInfo
 from llm_audit.spectral.esd import Gather

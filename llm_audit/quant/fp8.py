@@ -7,8 +7,7 @@ matrix is their product. The FP8 values are read as stored, one block of rows at
 
 from __future__ import annotations
 
-import torch
-
+from llm_audit.lazy import torch
 from llm_audit.sources.base import TensorInfo
 
 FP8_DTYPES = ("F8_E4M3", "F8_E5M2")

@@ -21,8 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from llm_audit.lazy import torch
 from llm_audit.quant.base import (
     WORD_BITS,
     LayoutError,

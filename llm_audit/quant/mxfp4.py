@@ -18,8 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
+from llm_audit.lazy import torch
 from llm_audit.quant.base import QuantizedWeight, read_all
 from llm_audit.sources.base import Source, TensorInfo
 from llm_audit.spectral.esd import Gather

@@ -9,7 +9,16 @@ bars, lines), `histogram` (binned spectra), `plots` (ESD, overlay, depth panels)
 skeleton, stylesheet and sortable tables of assets/), `view` (formatting, the settings' thresholds).
 """
 
-from llm_audit.report.files import render_file
-from llm_audit.report.html import render_html
+import importlib
+from typing import Any
 
-__all__ = ["render_file", "render_html"]
+_PUBLIC = {"render_file": "llm_audit.report.files", "render_html": "llm_audit.report.html"}
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str) -> Any:
+    """The page builders load on first use: the terminal summary and `describe`, which import
+    `report.terminal`, need none of them (nor the numerics they import)."""
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'llm_audit.report' has no attribute {name!r}")
+    return getattr(importlib.import_module(_PUBLIC[name]), name)

@@ -9,14 +9,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_audit.errors import (
     CheckpointFormatError,
     ConfigError,
     PickleRefusedError,
     SourceNotFoundError,
 )
+from llm_audit.lazy import torch
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.gguf import GGUFSource, is_gguf
 from llm_audit.sources.hub import download, looks_like_hub_id
@@ -57,7 +56,8 @@ def open_source(
         source = _open_folder(bundled_model_path(), allow_pickle=False, kind="bundled")
         source.info.id = BUNDLED_ID
         return source
-    if isinstance(model, torch.nn.Module):
+    # A path or a Hub id is a string: telling it from a module needs no torch import
+    if not isinstance(model, (str, Path)) and isinstance(model, torch.nn.Module):
         return StateDictSource.from_module(model)
     if isinstance(model, Mapping):
         return StateDictSource(model, SourceInfo(id="state_dict", kind="state-dict"))

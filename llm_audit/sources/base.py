@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
+from llm_audit.lazy import torch
 
 
 @dataclass(frozen=True)

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from llm_audit.errors import CheckpointFormatError
+from llm_audit.lazy import torch
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.gguf_header import GGUFTensor, parse_header
 from llm_audit.spectral.esd import Gather
 
-FLOAT_TYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
+FLOAT_TYPES = ("F32", "F16", "BF16")
 _NUMPY_TYPES: dict[str, np.dtype[Any]] = {
     "F32": np.dtype(np.float32),
     "F16": np.dtype(np.float16),

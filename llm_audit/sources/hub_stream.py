@@ -15,9 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
+from llm_audit.lazy import torch
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.hub import download_file, hub_errors
 from llm_audit.sources.safetensors_files import read_header, read_tensor

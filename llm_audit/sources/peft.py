@@ -12,9 +12,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
+from llm_audit.lazy import torch
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.safetensors_files import SafetensorsSource
 from llm_audit.untrusted import check_model_file, expect, read_json

@@ -15,10 +15,10 @@ import struct
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors import SafetensorError, safe_open
 
 from llm_audit.errors import CheckpointFormatError, SourceNotFoundError
+from llm_audit.lazy import torch
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.untrusted import MAX_NAME_CHARS, check_model_file, parse_json, read_json
 

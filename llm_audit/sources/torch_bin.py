@@ -12,9 +12,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from llm_audit.errors import CheckpointFormatError
+from llm_audit.lazy import torch
 from llm_audit.sources.base import Source, SourceInfo, TensorInfo
 from llm_audit.sources.memory import dtype_name
 from llm_audit.sources.safetensors_files import files_from_index

@@ -17,22 +17,24 @@ import abc
 import contextlib
 import itertools
 import math
+import sys
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-
-import torch
+from dataclasses import dataclass, field
+from typing import TypeAlias
 
 from llm_audit.errors import LlmAuditWarning
+from llm_audit.lazy import torch
 
-EPS64 = torch.finfo(torch.float64).eps
+EPS64 = sys.float_info.epsilon  # float64's machine epsilon, 2^-52
 
 
 CHUNK_BYTES = 16 * 2**20  # rows converted to float at a time: no whole-matrix float copy
 
 
-RowReader = Callable[[int, int], torch.Tensor]  # stored rows [start, stop) of a matrix, on the CPU
-Gather = Callable[[torch.Tensor], torch.Tensor]  # stored elements at flat indices, as floats
+# Strings, so that defining them imports no torch:
+RowReader: TypeAlias = "Callable[[int, int], torch.Tensor]"  # stored rows [start, stop), on the CPU
+Gather: TypeAlias = "Callable[[torch.Tensor], torch.Tensor]"  # elements at flat indices, as floats
 
 
 class LazyMatrix(abc.ABC):
@@ -91,7 +93,7 @@ class RowMatrix(LazyMatrix):
     read: RowReader
     stored_shape: tuple[int, int]
     stored_in_out: bool = False
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=lambda: torch.float32)
     whole: Callable[[], torch.Tensor] | None = None
     gather: Gather | None = None
 
@@ -128,13 +130,13 @@ class Difference(LazyMatrix):
     base: RowReader
     stored_shape: tuple[int, int]
     stored_in_out: bool
-    dtype: torch.dtype = torch.float32
+    dtype: torch.dtype = field(default_factory=lambda: torch.float32)
 
     def rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
         return self.other(start, stop).to(dtype, copy=True).sub_(self.base(start, stop))
 
 
-Matrix = torch.Tensor | LazyMatrix
+Matrix: TypeAlias = "torch.Tensor | LazyMatrix"
 
 
 def as_lazy(W: Matrix) -> LazyMatrix:
@@ -168,21 +170,22 @@ def nonfinite_count(W: Matrix) -> int:
     return sum(int((~torch.isfinite(block)).sum()) for _, block in row_blocks(as_lazy(W), W.dtype))
 
 
-def gram(W: Matrix, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    """WᵀW or WWᵀ, whichever is smaller, in `dtype`; a tensor W may be a batch (B, rows, cols)."""
+def gram(W: Matrix, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """WᵀW or WWᵀ, whichever is smaller, in `dtype` (default float64); a tensor W may be a batch
+    (B, rows, cols)."""
     return gram_and_sum(W, dtype)[0]
 
 
-def gram_and_sum(
-    W: Matrix, dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The Gram (`gram`) and the sum of W's elements (float64, one per batch entry), in one pass.
+def gram_and_sum(W: Matrix, dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gram (`gram`, default float64) and the sum of W's elements (float64, one per batch
+    entry), in one pass.
 
     The long side is consumed in chunks, each cast into `dtype`, so memory beyond W itself is the
     small Gram plus one chunk, whatever W's dtype. A `LazyMatrix` whose long side runs along its
     stored rows (an embedding, most layers) is read block by block and never held whole; a wide
     one is read whole as stored (a memory map) and consumed in column chunks.
     """
+    dtype = dtype or torch.float64
     if isinstance(W, LazyMatrix):
         rows, cols = W.stored_shape
         if rows >= cols:
@@ -270,9 +273,9 @@ class GramSum:
         return self.G
 
 
-def eigenvalues(W: Matrix, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+def eigenvalues(W: Matrix, dtype: torch.dtype | None = None) -> torch.Tensor:
     """Ascending eigenvalues of WᵀW (min(rows, cols) of them, float64, same device as W), from
-    a Gram and an eigensolver in `dtype`."""
+    a Gram and an eigensolver in `dtype` (default float64)."""
     return gram_eigenvalues(gram(W, dtype), long_side=max(W.shape[-2], W.shape[-1]))
 
 
