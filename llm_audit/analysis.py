@@ -86,8 +86,14 @@ class Spectrum:
 
 
 def spectrum(W: Matrix, dtype: torch.dtype, *, threads: int = 1) -> Spectrum | tuple[str, str]:
-    """W's spectrum from a Gram and an eigensolver in `dtype`, or the status and reason of a
-    matrix with no spectrum (NaN/Inf or all-zero weights). `threads` run the Gram on the CPU."""
+    """W's spectrum from a Gram in `dtype` and a float64 eigensolver, or the status and reason
+    of a matrix with no spectrum (NaN/Inf or all-zero weights). `threads` run the Gram on the CPU.
+
+    The eigensolver is float64 whatever `dtype`: a float32 one errs by about eps32·λ_max on
+    every eigenvalue, which moved alpha by up to 8.8e-4 on SmolLM2 (the small eigenvalues near
+    xmin), where a float32 Gram with a float64 eigensolver moved it by at most 2.4e-6
+    (benchmarks/results_precision.md). The Gram is where a float32 spectrum saves time.
+    """
     on_gpu = isinstance(W, torch.Tensor) and W.is_cuda
     with torch_threads(threads if not on_gpu else torch.get_num_threads()):
         G, total = gram_and_sum(W, dtype)
@@ -95,7 +101,7 @@ def spectrum(W: Matrix, dtype: torch.dtype, *, threads: int = 1) -> Spectrum | t
     if problem:
         return problem
     N, M = max(W.shape), min(W.shape)
-    evals = gram_eigenvalues(G, long_side=N).cpu().numpy()
+    evals = gram_eigenvalues(G.to(torch.float64), long_side=N).cpu().numpy()
     bound = 0.0
     if dtype != torch.float64:
         bound = eigenvalue_bound(N, M, float(G.diagonal().max()), float(evals[-1]))

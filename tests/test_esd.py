@@ -125,8 +125,9 @@ def test_gram_pass_sums_every_element(
 
 @pytest.mark.parametrize("kind", ["gaussian", "heavy", "offset"])
 def test_float32_spectrum_lies_within_its_bound(kind: str) -> None:
-    """Every float32 eigenvalue is within `eigenvalue_bound` of the float64 one."""
-    from llm_audit.spectral.precision import eigenvalue_bound
+    """Every eigenvalue of a float32 spectrum (float32 Gram, float64 eigensolver) is within its
+    `eigenvalue_bound` of the float64 one."""
+    from llm_audit.analysis import Spectrum, spectrum
 
     g = torch.Generator().manual_seed(4)
     W = torch.randn(1500, 300, generator=g, dtype=torch.float64)
@@ -135,8 +136,7 @@ def test_float32_spectrum_lies_within_its_bound(kind: str) -> None:
     if kind == "offset":
         W = W + 3.0
     exact = esd.eigenvalues(W).numpy()
-    G32 = esd.gram(W, torch.float32)
-    single = esd.gram_eigenvalues(G32, long_side=1500).numpy()
-    bound = eigenvalue_bound(1500, 300, float(G32.diagonal().max()), float(single[-1]))
-    error = np.abs(single - exact).max()
-    assert 0 < error <= bound
+    single = spectrum(W, torch.float32)
+    assert isinstance(single, Spectrum)
+    error = np.abs(single.evals - exact).max()
+    assert 0 < error <= single.bound

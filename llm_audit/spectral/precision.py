@@ -7,8 +7,9 @@ and data-centre GPUs with full-rate float64 units) and float32 on the GPUs that 
 1/32-1/64 of their float32 rate (consumer and workstation cards), decided from the device's
 compute capability. docs/precision.md says which is which and why.
 
-A float32 spectrum carries a computed error bound (`eigenvalue_bound`): the rounding of the Gram
-sum over N rows plus that of the float32 eigensolver. `settled` asks whether any spectrum within
+The eigensolver always runs in float64 (analysis.spectrum says why), so a float32 spectrum is a
+float32 Gram, and it carries a computed error bound (`eigenvalue_bound`): the rounding of the Gram
+sum over N rows plus that of the eigensolver. `settled` asks whether any spectrum within
 that bound could put alpha on the other side of a threshold, under any xmin it could choose
 (`powerlaw.fit_bounds`); where one could, the layer is computed again in float64 (analysis.py),
 so float32 never decides a flag.
@@ -19,8 +20,9 @@ from __future__ import annotations
 import torch
 
 from llm_audit.config import PRECISIONS
+from llm_audit.spectral.esd import EPS64
 from llm_audit.spectral.powerlaw import FitBounds, PowerLawFit
-from llm_audit.spectral.traps import float32_eigvalsh_tolerance, float32_tolerance
+from llm_audit.spectral.traps import float32_tolerance
 from llm_audit.vocabulary import SUCCESS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -57,14 +59,13 @@ def full_rate_float64(device: torch.device) -> bool:
 
 
 def eigenvalue_bound(N: int, M: int, max_diagonal: float, lam_max: float) -> float:
-    """Bound on every eigenvalue's absolute error in a float32 spectrum of an N×M matrix.
+    """Bound on every eigenvalue's absolute error in a float32-Gram spectrum of an N×M matrix.
 
     The float32 Gram sum over N rows (about 4·√N·eps32 of its largest diagonal entry, as for the
-    trap test's shuffled Grams), the float32 eigensolver (M·eps32·λ_max) and, as much again,
-    the values within it of zero that `esd.gram_eigenvalues` sets to 0. On MiniLM the measured
-    errors are 20-100x smaller than this.
+    trap test's shuffled Grams), the float64 eigensolver (M·eps64·λ_max, LAPACK's bound) and,
+    as much again, the values within it of zero that `esd.gram_eigenvalues` sets to 0.
     """
-    return float32_tolerance(N, max_diagonal) + 2 * float32_eigvalsh_tolerance(M, lam_max)
+    return float32_tolerance(N, max_diagonal) + 2 * M * EPS64 * lam_max
 
 
 def settled(fit: PowerLawFit, bounds: FitBounds, thresholds: tuple[float, ...]) -> str | None:
@@ -89,7 +90,7 @@ def describe(precision: str, device: str) -> str:
         return "float64 Gram (smaller side) + eigvalsh"
     where = "" if kinds == {"float32"} else " on GPUs"
     return (
-        f"float32 Gram (smaller side) + eigvalsh{where}, with an error bound per layer; float64 "
+        f"float32 Gram (smaller side) + float64 eigvalsh{where}, with an error bound per layer; float64 "
         "where alpha could cross a threshold within it (records: precision_used)"
     )
 
