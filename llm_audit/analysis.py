@@ -101,7 +101,7 @@ def spectrum(W: Matrix, dtype: torch.dtype, *, threads: int = 1) -> Spectrum | t
     if problem:
         return problem
     N, M = max(W.shape), min(W.shape)
-    evals = gram_eigenvalues(G.to(torch.float64), long_side=N).cpu().numpy()
+    evals = gram_eigenvalues(G, long_side=N).cpu().numpy()
     bound = 0.0
     if dtype != torch.float64:
         bound = eigenvalue_bound(N, M, float(G.diagonal().max()), float(evals[-1]))

@@ -280,18 +280,22 @@ def eigenvalues(W: Matrix, dtype: torch.dtype | None = None) -> torch.Tensor:
 
 
 def gram_eigenvalues(G: torch.Tensor, *, long_side: int) -> torch.Tensor:
-    """Ascending eigenvalues (float64) of a Gram matrix (or a batch of them) from `gram`, by an
-    eigensolver in the Gram's dtype.
+    """Ascending eigenvalues (float64) of a Gram matrix (or a batch of them) from `gram`, by a
+    float64 eigensolver whatever the Gram's dtype (`analysis.spectrum` says why).
 
-    Values within rounding error of zero are set to exactly 0: they are numerically zero, and a
-    rank count needs them to be. In float64 that is the Gram's error, |λ| ≤ long_side·eps·λ_max;
-    in float32 the eigensolver's, |λ| ≤ M·eps32·λ_max, which `precision.eigenvalue_bound`
-    counts in (long_side·eps32 would zero eigenvalues far above the float32 spectrum's error).
+    Values within the Gram's rounding error of zero are set to exactly 0: they are numerically
+    zero, and a rank count needs them to be. For a float64 Gram that error is at most
+    long_side·eps64·λ_max; for a float32 one, summed over long_side rows, 4·√long_side·eps32
+    times its largest diagonal entry (`traps.float32_tolerance`, which
+    `precision.eigenvalue_bound` counts in).
     """
-    evals = torch.linalg.eigvalsh(G).to(torch.float64)
+    evals = torch.linalg.eigvalsh(G.to(torch.float64))
     lam_max = evals[..., -1:].clamp_min(0)
-    size = long_side if G.dtype == torch.float64 else G.shape[-1]
-    tol = size * torch.finfo(G.dtype).eps * lam_max
+    if G.dtype == torch.float64:
+        tol = long_side * EPS64 * lam_max
+    else:
+        largest = G.diagonal(dim1=-2, dim2=-1).amax(dim=-1, keepdim=True).to(torch.float64)
+        tol = 4 * math.sqrt(long_side) * torch.finfo(G.dtype).eps * largest
     if bool((evals < -100 * tol).any()):
         warnings.warn(
             "eigenvalues of WᵀW below -100·tolerance were clipped to 0; the matrix may hold "

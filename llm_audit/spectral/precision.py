@@ -62,10 +62,10 @@ def eigenvalue_bound(N: int, M: int, max_diagonal: float, lam_max: float) -> flo
     """Bound on every eigenvalue's absolute error in a float32-Gram spectrum of an N×M matrix.
 
     The float32 Gram sum over N rows (about 4·√N·eps32 of its largest diagonal entry, as for the
-    trap test's shuffled Grams), the float64 eigensolver (M·eps64·λ_max, LAPACK's bound) and,
-    as much again, the values within it of zero that `esd.gram_eigenvalues` sets to 0.
+    trap test's shuffled Grams) and the float64 eigensolver (M·eps64·λ_max, LAPACK's bound),
+    each counted twice: an eigenvalue within them of zero is set to 0 (`esd.gram_eigenvalues`).
     """
-    return float32_tolerance(N, max_diagonal) + 2 * M * EPS64 * lam_max
+    return 2 * (float32_tolerance(N, max_diagonal) + M * EPS64 * lam_max)
 
 
 def settled(fit: PowerLawFit, bounds: FitBounds, thresholds: tuple[float, ...]) -> str | None:
@@ -90,8 +90,8 @@ def describe(precision: str, device: str) -> str:
         return "float64 Gram (smaller side) + eigvalsh"
     where = "" if kinds == {"float32"} else " on GPUs"
     return (
-        f"float32 Gram (smaller side) + float64 eigvalsh{where}, with an error bound per layer; float64 "
-        "where alpha could cross a threshold within it (records: precision_used)"
+        f"float32 Gram (smaller side) + float64 eigvalsh{where}, with an error bound per layer; "
+        "float64 where alpha could cross a threshold within it (records: precision_used)"
     )
 
 
