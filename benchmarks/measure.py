@@ -194,6 +194,7 @@ def _before() -> dict[str, float]:
 def _llm_audit(folder: str, traps: bool, precision: str | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     import llm_audit
+    import llm_audit.analysis
 
     import_s = time.perf_counter() - t0
     before = _before()
@@ -219,6 +220,7 @@ def _compare(folders: str, traps: bool) -> dict[str, Any]:
     """`llm_audit.compare(BASE, OTHER)`; `folders` is "BASE,OTHER"."""
     t0 = time.perf_counter()
     import llm_audit
+    import llm_audit.analysis
 
     import_s = time.perf_counter() - t0
     base, other = folders.split(",")

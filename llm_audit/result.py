@@ -16,10 +16,9 @@ import platform
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from llm_audit.architectures import model_family
 from llm_audit.config import AuditConfig
@@ -29,6 +28,9 @@ from llm_audit.report.files import replace_folder, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
 from llm_audit.spectral.precision import describe as describe_precision
 from llm_audit.vocabulary import FORMATS, SCHEMA_VERSION
+
+if TYPE_CHECKING:  # pandas (0.5-1 s to import) loads when a table is made, not with a scan
+    import pandas as pd
 
 COMPARE_FILES = ("compare.json", "compare.csv", "compare.html", "summary.md")
 REPORT_FILES = frozenset((*FORMATS.values(), *COMPARE_FILES))  # what a report folder may hold
@@ -48,6 +50,8 @@ class AuditResult:
     def layers(self) -> pd.DataFrame:
         """The per-layer table (layers.csv, layers.parquet): integer counts stay integers where a
         skipped layer has none, and `counted` says whether the summary and verdict count the row."""
+        import pandas as pd
+
         from llm_audit.summary import is_counted
 
         frame = pd.DataFrame(self.records)
@@ -125,6 +129,8 @@ class ComparisonResult:
 
     def save(self, folder: str | Path) -> Path:
         """Write compare.json, compare.csv, the page compare.html and summary.md into `folder`."""
+        import pandas as pd
+
         from llm_audit.report.compare_page import render_compare_html
         from llm_audit.report.markdown import compare_markdown
 

@@ -143,6 +143,20 @@ def test_inertia_count_says_when_an_eigenvalue_is_within_the_tolerance() -> None
     assert traps._count_above(G, top - gap / 2, tol=gap / 5) == (1, False)
 
 
+def test_count_from_eigenvalues_is_the_inertia_count() -> None:
+    """Small layers count from the eigenvalues they already have (`_count_in`), large ones by
+    inertia: the same answer for every threshold and tolerance, near ones included."""
+    W = _gaussian(400, 120, seed=5).double()
+    W[0, 0] = W[1, 1] = 30.0
+    G = W.T @ W
+    evals = torch.linalg.eigvalsh(G)
+    top, gap = float(evals[-1]), float(evals[-1] - evals[-2])
+    thresholds = [float(evals[0]) / 2, *((evals[1:] + evals[:-1]) / 2).tolist(), 2 * top]
+    for t in [*thresholds, top + gap / 10, top - gap / 10, top + gap / 2, top - gap / 2]:
+        for tol in (0.0, gap / 5):
+            assert traps._count_in(evals.numpy(), t, tol) == traps._count_above(G, t, tol), t
+
+
 def test_unfittable_shuffled_spectrum_is_a_status_not_a_crash() -> None:
     W = torch.zeros(64, 32)
     W[0, 0] = 1.0  # a single non-zero entry: every shuffle has one eigenvalue, the rest are 0

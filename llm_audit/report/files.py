@@ -24,16 +24,18 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 
 from llm_audit.errors import ConfigError, LlmAuditError, OutputError, SourceNotFoundError
 from llm_audit.journal import is_journal_name
 from llm_audit.report.html import render_html
 from llm_audit.report.validate import checked_audit
 from llm_audit.untrusted import parse_json, read_bounded, show
+
+if TYPE_CHECKING:  # pandas loads with the first table written, not with a scan
+    import pandas as pd
 
 MAX_AUDIT_BYTES = 1_000_000_000  # audit.json of a 10 000-layer model with trap entries: ~50 MB
 # OWASP's CSV-injection rule: a text cell starting with one of these is prefixed with "'".
@@ -46,6 +48,8 @@ def write_csv(table: pd.DataFrame, path: Path) -> None:
     Lines end with CRLF (RFC 4180), so the writer quotes any cell holding a carriage return or a
     newline, which a name from a hostile header may, instead of letting it split the row.
     """
+    import pandas as pd
+
     escaped = table.copy()
     for column in escaped.columns:
         if not pd.api.types.is_numeric_dtype(escaped[column]):  # object or str dtype

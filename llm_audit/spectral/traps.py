@@ -46,7 +46,7 @@ from llm_audit.spectral.esd import (
 )
 from llm_audit.spectral.mp import MPFit, fit_mp, jensen_shannon_distance
 from llm_audit.spectral.shuffle import Permutation
-from llm_audit.spectral.trap_decision import Vote, fluctuation_scale, top_eigenvalue
+from llm_audit.spectral.trap_decision import EXACT_BELOW, Vote, fluctuation_scale, top_eigenvalue
 from llm_audit.vocabulary import FAILED, SUCCESS
 
 SMALL_LAYER_EVALS = 100  # WeightWatcher shuffles 5 times below this many eigenvalues
@@ -206,8 +206,20 @@ def _centred_test(Gc: torch.Tensor, N: int, dtype: torch.dtype) -> _Centred:
     max_diagonal = float(Gc.diagonal().max())
     tol = float32_tolerance(N, max_diagonal) if dtype == torch.float32 else 0.0
     t = max(trap_threshold(float(Gc.diagonal().sum()) / M, N / M, M), N * EPS64 * max_diagonal)
+    if M <= EXACT_BELOW:  # λ₁ comes from a full eigvalsh here, which gives the count as well
+        evals = torch.linalg.eigvalsh(Gc).cpu().numpy()
+        count, near = _count_in(evals, t, tol)
+        return _Centred(count, float(evals[-1]), t, tol, near)
     count, near = _count_above(Gc, t, tol)
     return _Centred(count, top_eigenvalue(Gc), t, tol, near)
+
+
+def _count_in(evals: np.ndarray, t: float, tol: float) -> tuple[int, bool]:
+    """`_count_above`'s answer read from the eigenvalues themselves."""
+    if not (evals > t - tol).any():
+        return 0, False
+    above = int((evals > t + tol).sum())
+    return above, tol > 0 and int((evals > t - tol).sum()) != above
 
 
 def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any) -> _Shuffle:
