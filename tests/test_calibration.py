@@ -170,11 +170,12 @@ def _page_data() -> dict:
         {"step": step, "train_acc": train, "test_acc": test, "alpha[a]": a, "num_traps[a]": ta,
          "alpha[b]": b, "num_traps[b]": tb, "trap_strength[a]": 0.9 + ta / 10,
          "trap_strength[b]": 0.8 + tb / 10, "verdict": "watch", "verdict_reason": "why <b>",
-         "phase": phase, "agrees": True}
-        for step, train, test, a, ta, b, tb, phase in zip(
+         "phase": phase, "agrees": True, "seed_verdicts": {"watch": seeds},
+         "seed_agreement": share}
+        for step, train, test, a, ta, b, tb, phase, seeds, share in zip(
             [1, 10, 100, 1000], [0.1, 1.0, 1.0, 1.0], [0.1, 0.2, 0.9, 0.5],
             [3.0, float("nan"), 2.5, 1.5], [0, 0, 0, 2], [4.0, 3.5, 3.0, 1.8], [0, 0, 1, 3],
-            phases, strict=True,
+            phases, [8, 24, 24, 8], [1.0, 23 / 24, 0.5, 0.25], strict=True,
         )
     ]  # fmt: skip
     phase_steps = {"memorized_step": 10, "grokked_step": 100, "peak_step": 100}
@@ -214,6 +215,8 @@ def test_page_table_sorts_in_chromium(browser: report_tests.DevTools, tmp_path: 
     assert browser.js(column.format(5)) == ["1.80", "3.00", "3.50", "4.00"]
     browser.js("document.querySelector('th[data-key=k4]').click()")  # alpha a: the "–" last
     assert browser.js(column.format(4)) == ["1.50", "2.50", "3.00", "–"]
+    browser.js("document.querySelector('th[data-key=k12]').click()")  # seeds agreeing: by share
+    assert browser.js(column.format(12)) == ["2/8", "12/24", "23/24", "8/8"]
     browser.assert_no_errors_and_only_local_requests()
 
 
