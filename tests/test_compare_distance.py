@@ -10,6 +10,7 @@ import pytest
 import llm_audit
 from llm_audit.config import AuditConfig
 from llm_audit.distance import distance
+from llm_audit.report.compare_page import render_compare_html
 from llm_audit.sources import bundled_model_path
 from tests.finetune import finetune
 
@@ -35,6 +36,13 @@ def test_a_gentle_fine_tune_is_near_and_a_hot_one_far(fine_tunes: dict[str, Path
     assert gentle["distance"]["max_relative_norm"] < 0.1 / 3  # the bound is far above it
     assert hot["distance"]["far_share"] >= 0.5
     assert hot["distance"]["median_relative_norm"] > 0.1
+    # the page: the far model's card says so first, in its border and its first line, whatever
+    # its verdict; the gentle one's does not
+    page = render_compare_html(result.to_json(), {})
+    cards = page.split('<div class="verdict v-')[1:]
+    assert [" far" in card.split(">", 1)[0] for card in cards] == [False, False, True]
+    assert cards[2].index("far-note") < cards[2].index("class='reason'")
+    assert page.count("class='far-note'") == 1
 
 
 def test_the_rule_counts_layers_beyond_either_bound() -> None:

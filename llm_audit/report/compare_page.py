@@ -29,7 +29,7 @@ from llm_audit.report.view import (
     verdict_rule,
 )
 from llm_audit.summary import count_lines
-from llm_audit.vocabulary import ALIGNED, TRAP_FLAGS
+from llm_audit.vocabulary import ALIGNED, FAR_FROM_BASE, TRAP_FLAGS
 
 Spectra = Mapping[str, Mapping[str, np.ndarray]]
 Record = Mapping[str, Any]
@@ -143,13 +143,19 @@ def _verdicts(result_json: Mapping[str, Any], labels: list[str]) -> str:
         verdict = str(m.get("verdict", "unknown"))
         changed = [str(c) for c in (others.get(label) or {}).get("changes") or []]
         found = [f for f in m.get("findings") or [] if isinstance(f, Mapping)]
+        far = [str(f.get("text")) for f in found if f.get("name") == FAR_FROM_BASE]
         counted, _ = count_lines(m, t, rule)
         cards.append(
-            f'<div class="verdict v-{escape(verdict)}"><h3>{series_key(k)}{escape(label)}</h3>'
+            f'<div class="verdict v-{escape(verdict)}{" far" if far else ""}">'
+            f"<h3>{series_key(k)}{escape(label)}</h3>"
             f'<span class="verdict-name">{escape(verdict)}</span>'
-            f"<p class='reason'>{escape(str(m.get('verdict_reason', '—')))}</p>"
+            + "".join(f"<p class='far-note'>{escape(text)}</p>" for text in far)
+            + f"<p class='reason'>{escape(str(m.get('verdict_reason', '—')))}</p>"
             + (_items("Changed from the base", changed) if k else "")
-            + _items("Findings (not counted by the verdict)", [str(f.get("text")) for f in found])
+            + _items(
+                "Findings (not counted by the verdict)",
+                [str(f.get("text")) for f in found if f.get("name") != FAR_FROM_BASE],
+            )
             + page.counts(counted)
             + quantization_note(description)
             + "</div>"
