@@ -144,10 +144,8 @@ def _table(rows: list[dict[str, Any]], layers: list[str]) -> str:
         seeds = r.get("seed_verdicts") or {}
         agreeing = round(r.get("seed_agreement", 1.0) * sum(seeds.values()))
         cells.append(f"{agreeing}/{sum(seeds.values())}" if seeds else "–")
-        keys = [
-            *cells[:-1],
-            str(r.get("seed_agreement", "")) if seeds else "",
-        ]  # "23/24": its share
+        share = str(r.get("seed_agreement", "")) if seeds else ""
+        keys = [*cells[:-1], share]  # "23/24" sorts by its share
         tds = "".join(
             sort_cell(f"k{j}", escape(c), "" if c == "–" else key, f"{kind} ")
             for j, (c, key, kind) in enumerate(zip(cells, keys, kinds, strict=True))

@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 
 from llm_audit.config import PRECISIONS
-from llm_audit.spectral.esd import EPS64
+from llm_audit.spectral.esd import EPS64, float32_tolerance
 from llm_audit.spectral.powerlaw import FitBounds, PowerLawFit
-from llm_audit.spectral.traps import float32_tolerance
 from llm_audit.vocabulary import SUCCESS
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}

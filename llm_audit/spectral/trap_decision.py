@@ -37,7 +37,11 @@ import torch
 CLEAR_Z = 5.0
 MAX_SHUFFLES = 24
 ALPHA = 0.01
-EXACT_BELOW = 512  # up to this size, λ₁ from a full eigvalsh; above, from Lanczos
+# Up to this size a shuffle's λ₁ (and its trap count) come from a full eigvalsh: 13 ms at M = 384
+# on one core, where Lanczos, a Python loop of small products, takes 15 ms and holds the GIL for
+# most of it, stalling the scan's other worker (scipy's single-eigenvalue syevr, 5 ms, holds it
+# throughout). Above it, Lanczos.
+EXACT_BELOW = 512
 LANCZOS_STEPS = 96
 
 
@@ -102,19 +106,13 @@ class Vote:
         return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def top_eigenvalue(G: torch.Tensor) -> float:
-    """The largest eigenvalue of symmetric G, deterministic (no randomness, one thread).
-
-    Up to `EXACT_BELOW` rows, a full `eigvalsh` (13 ms at M = 384 on one core). Lanczos, a
-    Python loop of small products, takes 15 ms there and holds the GIL for most of it, which
-    stalls the scan's other worker thread; LAPACK's single-eigenvalue `syevr` through scipy
-    (5 ms) holds it throughout. Above it, Lanczos with full reorthogonalization from a fixed
-    start (34 ms at M = 1024 against eigvalsh's 135; a lower bound within ~1e-4 of λ₁ at the
-    bulk edge, exact spikes to rounding).
+def lanczos_top_eigenvalue(G: torch.Tensor) -> float:
+    """The largest eigenvalue of symmetric G by Lanczos with full reorthogonalization from a
+    fixed start: deterministic (no randomness, one thread's products), a lower bound within
+    ~1e-4 of λ₁ at the bulk edge, exact spikes to rounding. 34 ms at M = 1024 against a full
+    eigvalsh's 135; below `EXACT_BELOW` rows the eigvalsh is cheaper (`traps._centred_test`).
     """
     M = G.shape[0]
-    if M <= EXACT_BELOW:
-        return float(torch.linalg.eigvalsh(G.to(torch.float64))[-1])
     G = G.to(torch.float64)
     steps = min(LANCZOS_STEPS, M)
     basis = torch.zeros(steps, M, dtype=torch.float64, device=G.device)

@@ -36,24 +36,30 @@ import numpy as np
 import torch
 
 from llm_audit.spectral.esd import (
+    EPS32,
     EPS64,
     GramSum,
     LazyMatrix,
     Matrix,
     as_lazy,
+    float32_tolerance,
     row_blocks,
     torch_threads,
 )
 from llm_audit.spectral.mp import MPFit, fit_mp, jensen_shannon_distance
 from llm_audit.spectral.shuffle import Permutation
-from llm_audit.spectral.trap_decision import EXACT_BELOW, Vote, fluctuation_scale, top_eigenvalue
+from llm_audit.spectral.trap_decision import (
+    EXACT_BELOW,
+    Vote,
+    fluctuation_scale,
+    lanczos_top_eigenvalue,
+)
 from llm_audit.vocabulary import FAILED, SUCCESS
 
 SMALL_LAYER_EVALS = 100  # WeightWatcher shuffles 5 times below this many eigenvalues
 SMALL_LAYER_REPLICAS = 5
 MAX_CULPRITS = 10  # largest |w - μ| entries reported per trap layer
 SHUFFLE_BLOCK_BYTES = 16 * 2**20  # float32 rows of the shuffled matrix gathered at a time
-EPS32 = torch.finfo(torch.float32).eps
 CPU = torch.device("cpu")
 
 
@@ -62,17 +68,6 @@ def trap_threshold(mean_eval: float, Q: float, M: int) -> float:
     bulk_max = (1 + Q**-0.5) ** 2
     tw = Q**-0.5 * bulk_max ** (2 / 3) * M ** (-2 / 3)
     return (bulk_max + math.sqrt(tw)) * mean_eval
-
-
-def float32_tolerance(N: int, max_diagonal: float) -> float:
-    """Bound on the eigenvalue error of a float32 Gram summed over N rows.
-
-    Rounding errors of a sum of N terms add up like a random walk, about sqrt(N)·eps32 of its
-    largest diagonal entry; 4x that covers the errors measured on Gaussian, planted and offset
-    matrices (tests/test_traps.py) by a wide margin, and stays far below the Tracy–Widom margin
-    (a few percent of the mean eigenvalue) that separates the bulk from the threshold.
-    """
-    return 4 * math.sqrt(N) * EPS32 * max_diagonal
 
 
 def shuffled_gram(
@@ -211,7 +206,7 @@ def _centred_test(Gc: torch.Tensor, N: int, dtype: torch.dtype) -> _Centred:
         count, near = _count_in(evals, t, tol)
         return _Centred(count, float(evals[-1]), t, tol, near)
     count, near = _count_above(Gc, t, tol)
-    return _Centred(count, top_eigenvalue(Gc), t, tol, near)
+    return _Centred(count, lanczos_top_eigenvalue(Gc), t, tol, near)
 
 
 def _count_in(evals: np.ndarray, t: float, tol: float) -> tuple[int, bool]:
