@@ -89,6 +89,7 @@ EXAMPLES = {
         "llm-audit calibrate mnist          # about 7 minutes on a CPU",
         "llm-audit calibrate modadd --config quick --out reports/calibration/modadd",
         "llm-audit calibrate mnist --config paper --no-progress",
+        "llm-audit calibrate mnist --config long --out runs/long --resume   # after a stop",
         "llm-audit calibrate mnist --config long --out runs/long --reaudit --seeds 24 --jobs 2",
     ],
 }
@@ -237,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--reaudit",
         action="store_true",
         help="train nothing: audit the checkpoints of the run in --out again, rewrite its results",
+    )
+    calibrate.add_argument(
+        "--resume",
+        action="store_true",
+        help="go on with the stopped run in --out from its last checkpoint (the same config; "
+        "training continues exactly as it would have)",
     )
     calibrate.add_argument(
         "--seeds",
@@ -441,6 +448,17 @@ def _rank() -> str:
 
 def _resume_hint(args: argparse.Namespace) -> str:
     """What an interrupted command left, and how to go on."""
+    if args.command == "calibrate" and not args.reaudit:
+        from llm_audit.calibration import resume
+
+        out = _calibration_out(args)
+        step = resume.saved_step(out)
+        if step is not None:
+            return (
+                f"the training state at step {step} is saved in {out}/; rerun the same command "
+                "with --resume to go on from there"
+            )
+        return "no checkpoint was saved yet; rerun the same command to start over"
     if args.command not in ("scan", "compare"):
         return "nothing was written"
     from llm_audit import journal
@@ -573,8 +591,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     from llm_audit.report.files import check_writable
 
     cfg = run.load(args.task, args.config)
-    out = args.out or Path("reports") / "calibration" / args.task
+    out = _calibration_out(args)
+    if args.resume:
+        from llm_audit.calibration.resume import require
+
+        require(out)  # before check_writable makes the folder
     check_writable(out)
+    if args.reaudit and args.resume:
+        raise ConfigError("--reaudit trains nothing, so it cannot --resume; pass one of them")
     if args.reaudit:
         from llm_audit.calibration.reaudit import reaudit
 
@@ -586,7 +610,7 @@ def _calibrate(args: argparse.Namespace) -> int:
         )  # fmt: skip
         run.write_outputs(cal, out)
     else:
-        cal = run.run(args.task, cfg, out, progress=not args.no_progress)
+        cal = run.run(args.task, cfg, out, progress=not args.no_progress, resume=args.resume)
     ph = cal.phases
     print(
         f"{args.task}: peak test accuracy {ph.peak_test_acc:.3f} at step {ph.peak_step}, "
@@ -594,6 +618,10 @@ def _calibrate(args: argparse.Namespace) -> int:
         f"results in {out}"
     )
     return EXIT_OK
+
+
+def _calibration_out(args: argparse.Namespace) -> Path:
+    return args.out or Path("reports") / "calibration" / args.task
 
 
 def _render(args: argparse.Namespace) -> int:

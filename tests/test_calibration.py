@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -493,3 +498,87 @@ def test_reaudit_refuses_a_folder_without_checkpoints_and_bad_counts(
     assert main([*args, "--seeds", "0"]) == 2
     assert "--seeds and --jobs must be at least 1" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+# --- a stopped run goes on with --resume --------------------------------------------------------
+
+
+def test_a_stopped_run_resumes_bit_for_bit(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A real SIGTERM stops the run after its first saved checkpoint; `--resume` goes on from it.
+    The results and the last weights are those of the same run never stopped."""
+    cfg = _tiny_config(tmp_path, steps=400, num_checkpoints=6, monitor_every=50)
+    whole, stopped = tmp_path / "whole", tmp_path / "stopped"
+    args = ["calibrate", "mnist", "--config", str(cfg), "--no-progress", "--out"]
+    assert main([*args, str(whole)]) == 0
+    assert not (whole / "resume.safetensors").exists()  # removed with the results written
+
+    cmd = [sys.executable, "-m", "llm_audit", *args, str(stopped)]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (stopped / "resume.safetensors").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "no resume state was saved"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "is saved in" in err and "--resume" in err and len(err.strip().splitlines()) == 1
+    assert not (stopped / "calibration.json").exists()
+
+    capsys.readouterr()
+    assert main([*args, str(stopped), "--resume"]) == 0
+    a, b = (json.loads((d / "calibration.json").read_text()) for d in (whole, stopped))
+    assert a.pop("seconds") > 0 and b.pop("seconds") > 0
+    assert a == b
+    last = "checkpoints/step-00000400.safetensors"
+    wa, wb = load_file(str(whole / last)), load_file(str(stopped / last))
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_refuses_another_config_and_a_missing_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _tiny_config(tmp_path, steps=20, num_checkpoints=3, monitor_every=10)
+    out = tmp_path / "run"
+    args = ["calibrate", "mnist", "--no-progress", "--out", str(out), "--resume", "--config"]
+    assert main([*args, str(cfg)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no resume.safetensors to resume from" in err and "\n" not in err
+    assert not out.exists()  # nothing written
+
+    # a state saved by this config, then resumed with another learning rate
+    from llm_audit.calibration import resume
+
+    config = run.load("mnist", cfg)
+    task = MnistTask(config)
+    task.step()
+    out.mkdir()
+    resume.save(out, config, task, resume.Progress(1, 0.1, []), None)
+    assert resume.saved_step(out) == 1
+    (tmp_path / "other").mkdir()
+    other = _tiny_config(tmp_path / "other", steps=20, num_checkpoints=3, monitor_every=10, lr=1e-3)
+    assert main([*args, str(other)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another config (lr 0.005 there, 0.001 here)" in err and "\n" not in err
+
+    (out / "resume.safetensors").write_bytes(b"not a safetensors file")
+    assert main([*args, str(cfg)]) == 2
+    assert "the resume state cannot be read" in capsys.readouterr().err
+
+
+def test_a_task_restores_its_training_state_exactly() -> None:
+    """Weights, AdamW's moments and step count, and the batch order all come back: the next
+    steps of a restored copy equal the original's."""
+    cfg = MnistConfig(steps=10, downsample=2, batch_size=64)
+    one = MnistTask(cfg)
+    for _ in range(3):
+        one.step()
+    two = MnistTask(cfg)
+    two.load_training_state({k: v.clone() for k, v in one.training_state().items()})
+    losses = [(one.step(), two.step()) for _ in range(20)]  # 20 batches: past an epoch's reshuffle
+    assert all(a == b for a, b in losses)
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(one.model.parameters(), two.model.parameters(), strict=True)
+    )

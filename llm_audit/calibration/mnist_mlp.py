@@ -89,6 +89,13 @@ class MnistTask(Task):
         target = F.one_hot(y, 10).to(logits.dtype)
         return F.mse_loss(logits, target), (logits.argmax(1) == y).to(logits.dtype).mean()
 
+    def _batch_state(self) -> dict[str, torch.Tensor]:
+        return {"generator": self._gen.get_state(), "order": self._order}
+
+    def _load_batch_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._gen.set_state(state["generator"])
+        self._order = state["order"]
+
     def _batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The next mini-batch (epochs reshuffled with the task's generator)."""
         if len(self._order) < self.cfg.batch_size:

@@ -9,6 +9,9 @@ With `monitor_every` > 0 in the config, an `AuditMonitor` (stop=False, so the ru
 the collapse) also audits every `monitor_every` steps; `calibration.json` then records where it
 would have stopped, the checkpoint it kept (saved as `checkpoints/monitor-kept.safetensors`), and
 the collapse onset found by the phase rule on its own, denser, evaluations.
+
+With each checkpoint the run also saves its training state (`resume.py`), so that a stopped run
+continues with `resume=True` (`calibrate --resume`) exactly as it would have gone on.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
+from llm_audit.calibration import resume as resuming
 from llm_audit.calibration.config import config_path, load_task_config
 from llm_audit.calibration.monitor import AuditMonitor
 from llm_audit.calibration.phases import PHASES, Phases, agrees, find_phases
@@ -152,31 +156,43 @@ def seed_agreement(rows: list[dict[str, Any]], labels: tuple[str, ...]) -> dict[
 
 
 def run(
-    name: str, cfg: Any, out: Path, *, progress: bool = True, save_checkpoints: bool = True
+    name: str,
+    cfg: Any,
+    out: Path,
+    *,
+    progress: bool = True,
+    save_checkpoints: bool = True,
+    resume: bool = False,
 ) -> Calibration:
-    """Train task `name` with `cfg`, auditing checkpoints; write everything under `out`."""
+    """Train task `name` with `cfg`, auditing checkpoints; write everything under `out`.
+    `resume`: go on from the training state a stopped run saved in `out`."""
     _, task_cls = task_classes(name)
     _writable(out)
     torch.manual_seed(cfg.seed)
     task: Task = task_cls(cfg)
     schedule = set(checkpoint_schedule(cfg.steps, cfg.num_checkpoints))
-    rows: list[dict[str, Any]] = []
     monitor = None
     if cfg.monitor_every:
         # stop=False: record where it would stop, and train on to show the collapse
         monitor = AuditMonitor(
             task.model, evaluate=task.evaluate, every=cfg.monitor_every, stop=False
         )
-    started = time.perf_counter()
-    bar = _bar(cfg.steps, name, progress)
-    for step in range(1, cfg.steps + 1):
+    done = resuming.Progress(0, 0.0, [])
+    if resume:
+        done = resuming.load(out, cfg, task, monitor)
+    rows = done.rows
+    started = time.perf_counter() - done.seconds
+    bar = _bar(cfg.steps, name, progress, done.step)
+    for step in range(done.step + 1, cfg.steps + 1):
         loss = task.step()
+        saved = False
         if monitor is not None:
             if save_checkpoints and monitor.due(step):
                 # kept so the dense grid can be audited again (other seeds, a newer detector)
                 _save_checkpoint(
                     task.model, out / "checkpoints" / "monitor" / f"step-{step:08d}.safetensors"
                 )
+                saved = True
             monitor.check(step)
             kept = monitor.best_state
             if monitor.triggered_at == step and kept is not None and save_checkpoints:
@@ -185,9 +201,13 @@ def run(
             rows.append(audit_row(step, task.evaluate(), model_state(task.model)))
             if save_checkpoints:
                 _save_checkpoint(task.model, out / "checkpoints" / f"step-{step:08d}.safetensors")
+                saved = True
             bar.set_postfix(
                 loss=f"{loss:.3g}", test_acc=f"{rows[-1]['test_acc']:.3f}", refresh=False
             )
+        if saved:
+            now = resuming.Progress(step, time.perf_counter() - started, rows)
+            resuming.save(out, cfg, task, now, monitor)
         bar.update()
     bar.close()
     phases = find_phases(
@@ -196,6 +216,7 @@ def run(
     seconds = time.perf_counter() - started
     cal = Calibration(name, dataclasses.asdict(cfg), rows, phases, seconds, monitor_record(monitor))
     write_outputs(cal, out)
+    resuming.remove(out)
     return cal
 
 
@@ -283,7 +304,9 @@ def _writable(out: Path) -> None:
         ) from None
 
 
-def _bar(total: int, name: str, enabled: bool) -> Any:
+def _bar(total: int, name: str, enabled: bool, done: int) -> Any:
     from llm_audit.progress import progress_bar
 
-    return progress_bar(total, desc=f"calibrate {name}", unit="step", enabled=enabled)
+    bar = progress_bar(total, desc=f"calibrate {name}", unit="step", enabled=enabled)
+    bar.update(done)
+    return bar
