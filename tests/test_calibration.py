@@ -165,6 +165,11 @@ def test_calibrate_end_to_end(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert sum(new_row["seed_verdicts"].values()) == 3
         assert 0 <= new_row["seed_agreement"] <= 1
     assert again["seed_agreement"]["all"]["audits"] == 3 * len(steps)
+    # the training time is the run's, kept; the re-audit's own is apart, and the page says both
+    assert again["seconds"] == data["seconds"] > 0 and data["reaudit_seconds"] is None
+    assert again["reaudit_seconds"] > 0
+    page = (out / "calibration.html").read_text()
+    assert f"trained in {data['seconds']:,.0f} s, audited again in" in page
     assert [row["step"] for row in again["monitor"]["history"]] == [10, 20, 30]
 
 

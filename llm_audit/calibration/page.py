@@ -30,7 +30,7 @@ def render_page(data: dict[str, Any]) -> str:
     phases = " ".join(f'<span class="phase ph-{p}">{p}</span>' for p in PHASES)
     body = [
         f'<header id="top"><h1>Calibration run: {escape(task)}</h1>'
-        f"<p>{escape(_summary(data))}; {data['seconds']:.0f} s. Phases from the accuracy curves: "
+        f"<p>{escape(_summary(data))}; {_times(data)}. Phases from the accuracy curves: "
         f"{phases}</p></header>",
         _chart("accuracy", "Accuracy", rows, {"train": "train_acc", "test": "test_acc"}, (0, 1)),
         _chart(
@@ -53,6 +53,13 @@ def render_page(data: dict[str, Any]) -> str:
     config = escape("\n".join(f"{k}: {v}" for k, v in data["config"].items()))
     body.insert(1, setup("the run's config", f"<pre>{config}</pre>"))
     return document(f"Calibration: {task}", body)
+
+
+def _times(data: dict[str, Any]) -> str:
+    """How long training (and a re-audit, if any) took."""
+    trained, again = data.get("seconds"), data.get("reaudit_seconds")
+    text = "training time not recorded" if trained is None else f"trained in {trained:,.0f} s"
+    return text + ("" if again is None else f", audited again in {again:,.0f} s")
 
 
 def _summary(data: dict[str, Any]) -> str:

@@ -7,12 +7,14 @@ keeps its checkpoints (`checkpoints/step-*.safetensors` on the log schedule, and
 evaluated again from its weights (the data split is fixed by the config's seed), its verdict is
 taken at shuffle seeds 0..seeds-1 (seed 0's is the row's verdict), and the monitor's decisions are
 replayed on the dense grid. A run stopped before its last step is re-audited up to its last
-checkpoint, and `calibration.json` says so (`stopped_at`).
+checkpoint, and `calibration.json` says so (`stopped_at`). The training time of the run's own
+`calibration.json` is kept; the re-audit's is `reaudit_seconds`.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -24,7 +26,8 @@ from safetensors.torch import load_file
 from llm_audit.calibration.monitor import AuditMonitor
 from llm_audit.calibration.phases import find_phases
 from llm_audit.calibration.run import Calibration, audit_row, monitor_record, task_classes
-from llm_audit.errors import SourceNotFoundError
+from llm_audit.errors import LlmAuditError, SourceNotFoundError
+from llm_audit.untrusted import read_json
 
 CHECKPOINT = re.compile(r"step-(\d{8})\.safetensors")
 
@@ -79,4 +82,18 @@ def reaudit(
     last = max(row["step"] for row in rows + grid)
     if last < cfg.steps:
         config["stopped_at"] = last
-    return Calibration(name, config, rows, phases, time.perf_counter() - started, monitor)
+    spent = time.perf_counter() - started
+    return Calibration(name, config, rows, phases, training_seconds(out), monitor, spent)
+
+
+def training_seconds(out: Path) -> float | None:
+    """The training time the run's own `calibration.json` records (kept through a re-audit),
+    None when there is none to read."""
+    try:
+        data = read_json(out / "calibration.json", what="calibration.json", fix="")
+    except LlmAuditError:
+        return None
+    seconds = data.get("seconds") if isinstance(data, dict) else None
+    if isinstance(seconds, int | float) and math.isfinite(seconds) and seconds >= 0:
+        return float(seconds)
+    return None

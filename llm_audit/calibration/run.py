@@ -97,8 +97,9 @@ class Calibration:
     config: dict[str, Any]
     rows: list[dict[str, Any]]
     phases: Phases
-    seconds: float
+    seconds: float | None  # training, with its in-loop audits (None: not known)
     monitor: dict[str, Any] | None = None
+    reaudit_seconds: float | None = None  # the last `--reaudit`, when there was one
 
     def steps(self) -> list[int]:
         return [row["step"] for row in self.rows]
@@ -117,6 +118,7 @@ class Calibration:
             "task": self.task,
             "config": self.config,
             "seconds": self.seconds,
+            "reaudit_seconds": self.reaudit_seconds,
             "phases": dataclasses.asdict(self.phases),
             "disagreements": self.disagreements(),
             "monitor": self.monitor,
