@@ -8,6 +8,7 @@ a failure (full disk, no permission) leaves no half-written report and a rescan 
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import functools
 import json
@@ -67,13 +68,14 @@ class AuditResult:
         return frame.drop(columns=["trap_entries"], errors="ignore")
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """audit.json's content: a copy, so that changing it leaves the result as it was."""
+        return copy.deepcopy({
             "schema_version": SCHEMA_VERSION,
             "model": self.model,
             "settings": self.settings,
             "summary": self.summary,
             "layers": self.records,
-        }
+        })  # fmt: skip
 
     def save(self, folder: str | Path, formats: tuple[str, ...] = tuple(FORMATS)) -> Path:
         """Write the report files named by `formats` (keys of FORMATS) into `folder`."""
@@ -118,14 +120,15 @@ class ComparisonResult:
     spectra: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        """compare.json's content: a copy, so that changing it leaves the result as it was."""
+        return copy.deepcopy({
             "schema_version": SCHEMA_VERSION,
             "base": self.base,
             "others": self.others,
             "settings": self.settings,
             "summary": self.summary,
             "layers": self.records,
-        }
+        })  # fmt: skip
 
     def save(self, folder: str | Path) -> Path:
         """Write compare.json, compare.csv, the page compare.html and summary.md into `folder`."""

@@ -64,6 +64,17 @@ def test_result_has_every_column_and_a_summary(minilm_result: llm_audit.AuditRes
     assert minilm_result.settings["estimator"] == "ww"
 
 
+def test_to_json_is_a_copy(minilm_result: llm_audit.AuditResult) -> None:
+    """Changing what to_json returns (as a caller rendering a variant does) leaves the result as
+    it was: a shared session scan was once changed that way by a test."""
+    before = json.dumps(minilm_result.to_json(), sort_keys=True, default=str)
+    audit = minilm_result.to_json()
+    audit["settings"]["verdict"]["count_alpha_gt_6"] = True
+    audit["layers"][0]["alpha"] = -1.0
+    audit["summary"].clear()
+    assert json.dumps(minilm_result.to_json(), sort_keys=True, default=str) == before
+
+
 def test_save_writes_consistent_files(minilm_result: llm_audit.AuditResult, tmp_path: Path) -> None:
     out = minilm_result.save(tmp_path / "r")
     assert sorted(p.name for p in out.iterdir()) == [
