@@ -1,7 +1,8 @@
 """Pages that fit a desk and a phone, measured in headless Chromium at 1400 and 390 CSS pixels:
 every number of a summary card (and of the verdict boxes) lies inside its card and on one line,
-nothing but a table's own scroll box is wider than the screen, and the verdict comes before the
-folded setup. Measured on the boxes the browser lays out, not on screenshots."""
+nothing but a table's own scroll box is wider than the screen, no chart label is drawn under 7 px,
+and the verdict comes before the folded setup. Measured on the boxes the browser lays out, not on
+screenshots."""
 
 from __future__ import annotations
 
@@ -57,12 +58,21 @@ WIDE = """[...document.querySelectorAll('body *')]
   .map(e => e.tagName + ' ' + (e.textContent || '').slice(0, 40))"""
 
 
+# Chart labels as drawn: font size times the scale (a 560-760 wide chart shrinks on a phone).
+SMALL_TEXT = """[...document.querySelectorAll('svg text')]
+  .filter(t => t.getBoundingClientRect().height > 0)
+  .map(t => [t.textContent, parseFloat(getComputedStyle(t).fontSize) *
+                            Math.hypot(t.getScreenCTM().a, t.getScreenCTM().b)])
+  .filter(([, px]) => px < 7).map(([text, px]) => `${text}: ${px.toFixed(1)} px`)"""
+
+
 def assert_fits(browser: DevTools, page: Path) -> None:
     for width in WIDTHS:
         browser.open(page, width)
         where = f"{page.name} at {width} px"
         assert browser.js(MEASURE) == [], where
         assert browser.js(WIDE) == [], where
+        assert browser.js(SMALL_TEXT) == [], f"{where}: chart labels under 7 px"
         assert browser.js("document.documentElement.scrollWidth") <= width, where
         folded = browser.js("[...document.querySelectorAll('details.setup')].map(d => d.open)")
         assert folded == [False], where  # setup and versions folded, on every page
