@@ -22,7 +22,13 @@ from safetensors.torch import save_file
 
 from llm_audit.calibration.monitor import AuditMonitor
 from llm_audit.calibration.task import Task, under
-from llm_audit.errors import CheckpointFormatError, ConfigError, OutputError, SourceNotFoundError
+from llm_audit.errors import (
+    CheckpointFormatError,
+    ConfigError,
+    LlmAuditError,
+    OutputError,
+    SourceNotFoundError,
+)
 from llm_audit.untrusted import parse_json
 
 FILE = "resume.safetensors"
@@ -44,8 +50,9 @@ def saved_step(out: Path) -> int | None:
     """The step of the resume state in `out`, None when there is none (or it cannot be read)."""
     try:
         with safe_open(str(out / FILE), framework="pt") as f:
-            return int(json.loads((f.metadata() or {})["progress"])["step"])
-    except (OSError, SafetensorError, KeyError, ValueError, TypeError):
+            text = (f.metadata() or {})["progress"]
+        return int(parse_json(text, what="the resume state's metadata", path=out / FILE)["step"])
+    except (OSError, SafetensorError, LlmAuditError, KeyError, ValueError, TypeError):
         return None
 
 
@@ -75,10 +82,11 @@ def save(
         save_file(tensors, str(staged), metadata={"progress": json.dumps(meta)})
         os.replace(staged, out / FILE)
     except OSError as exc:
-        staged.unlink(missing_ok=True)
         raise OutputError(
             f"cannot write the resume state ({exc.strerror})", path=str(out)
         ) from None
+    finally:  # a stop (Ctrl-C, SIGTERM) while writing leaves no partial file either
+        staged.unlink(missing_ok=True)
 
 
 def require(out: Path) -> Path:
@@ -134,7 +142,7 @@ def remove(out: Path) -> None:
 
 
 def _difference(meta: dict[str, Any], cfg: Any) -> str:
-    """The first config key whose saved value differs, as `key saved -> given`."""
+    """The first config key whose saved value differs, with both values."""
     saved = meta.get("config")
     saved = saved if isinstance(saved, dict) else {}
     for key, value in dataclasses.asdict(cfg).items():
