@@ -25,7 +25,7 @@ from llm_audit.architectures import model_family
 from llm_audit.config import AuditConfig
 from llm_audit.errors import ConfigError
 from llm_audit.quant import describe_config
-from llm_audit.report.files import replace_folder, write_csv
+from llm_audit.report.files import replace_folder, table_of, write_csv
 from llm_audit.sources import SourceInfo, TensorInfo
 from llm_audit.spectral.precision import describe as describe_precision
 from llm_audit.vocabulary import FORMATS, SCHEMA_VERSION
@@ -51,17 +51,9 @@ class AuditResult:
     def layers(self) -> pd.DataFrame:
         """The per-layer table (layers.csv, layers.parquet): integer counts stay integers where a
         skipped layer has none, and `counted` says whether the summary and verdict count the row."""
-        import pandas as pd
-
         from llm_audit.summary import is_counted
 
-        frame = pd.DataFrame(self.records)
-        for column in frame.columns:
-            values = [r[column] for r in self.records if r.get(column) is not None]
-            if values and all(
-                isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
-            ):
-                frame[column] = frame[column].astype("Int64")
+        frame = table_of(self.records)
         if "flags" in frame:
             frame["flags"] = frame["flags"].map(lambda f: ",".join(f))
         frame["counted"] = [is_counted(r, self.summary) for r in self.records]
@@ -132,14 +124,12 @@ class ComparisonResult:
 
     def save(self, folder: str | Path) -> Path:
         """Write compare.json, compare.csv, the page compare.html and summary.md into `folder`."""
-        import pandas as pd
-
         from llm_audit.report.compare_page import render_compare_html
         from llm_audit.report.markdown import compare_markdown
 
         def write(staging: Path) -> None:
             write_json(staging / "compare.json", self.to_json())
-            write_csv(pd.DataFrame(self.table()), staging / "compare.csv")
+            write_csv(table_of(self.table()), staging / "compare.csv")
             page = render_compare_html(self.to_json(), self.spectra)
             (staging / "compare.html").write_text(page, encoding="utf-8")
             (staging / "summary.md").write_text(compare_markdown(_clean(self.to_json())))

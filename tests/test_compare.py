@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
@@ -80,6 +81,11 @@ def test_planted_trap_layer_tops_the_comparison(
     data = json.loads((out / "compare.json").read_text())
     assert data["layers"][0]["alignment"] == {"minilm-trapped": "aligned"}
     assert (out / "compare.csv").read_text().count("\n") == 41
+    with open(out / "compare.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    for column in ("base_num_traps", "other_num_traps", "dW_num_traps", "dW_rand_num_spikes"):
+        cells = {row[column] for row in rows}  # counts stay integers where a row has none
+        assert all(c == "" or c.isdigit() for c in cells) and cells - {""}, (column, cells)
 
 
 def test_finetune_changes_every_layer_a_little(

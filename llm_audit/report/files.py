@@ -42,6 +42,21 @@ MAX_AUDIT_BYTES = 1_000_000_000  # audit.json of a 10 000-layer model with trap 
 _FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
+def table_of(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a table whose integer columns stay integers (pandas' nullable Int64) where some
+    rows have no value: a count never reads "384.0" in a CSV or a float in Parquet."""
+    import pandas as pd
+
+    frame = pd.DataFrame(rows)
+    for column in frame.columns:
+        values = [r[column] for r in rows if r.get(column) is not None]
+        if values and all(
+            isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values
+        ):
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
 def write_csv(table: pd.DataFrame, path: Path) -> None:
     """`table` as CSV, each text cell that a spreadsheet would run as a formula made inert.
 
