@@ -591,14 +591,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     from llm_audit.report.files import check_writable
 
     cfg = run.load(args.task, args.config)
+    if args.reaudit and args.resume:
+        raise ConfigError("--reaudit trains nothing, so it cannot --resume; pass one of them")
     out = _calibration_out(args)
     if args.resume:
         from llm_audit.calibration.resume import require
 
         require(out)  # before check_writable makes the folder
     check_writable(out)
-    if args.reaudit and args.resume:
-        raise ConfigError("--reaudit trains nothing, so it cannot --resume; pass one of them")
     if args.reaudit:
         from llm_audit.calibration.reaudit import reaudit
 

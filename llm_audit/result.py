@@ -76,8 +76,9 @@ class AuditResult:
         return replace_folder(Path(folder), write, REPORT_FILES)
 
     def _write(self, folder: Path, formats: tuple[str, ...]) -> None:
+        audit = self.to_json()  # one copy for every file; nothing below changes it
         if "json" in formats:
-            write_json(folder / "audit.json", self.to_json())
+            write_json(folder / "audit.json", audit)
         table = self.layers
         if "csv" in formats:
             write_csv(table, folder / "layers.csv")
@@ -92,12 +93,12 @@ class AuditResult:
         if "html" in formats:
             from llm_audit.report import render_html
 
-            html = render_html(_clean(self.to_json()), self.spectra)
+            html = render_html(_clean(audit), self.spectra)
             (folder / "report.html").write_text(html, encoding="utf-8")
         if "md" in formats:
             from llm_audit.report.markdown import scan_markdown
 
-            (folder / "summary.md").write_text(scan_markdown(_clean(self.to_json())))
+            (folder / "summary.md").write_text(scan_markdown(_clean(audit)))
 
 
 @dataclass
@@ -128,11 +129,12 @@ class ComparisonResult:
         from llm_audit.report.markdown import compare_markdown
 
         def write(staging: Path) -> None:
-            write_json(staging / "compare.json", self.to_json())
+            result = self.to_json()  # one copy for every file; nothing below changes it
+            write_json(staging / "compare.json", result)
             write_csv(table_of(self.table()), staging / "compare.csv")
-            page = render_compare_html(self.to_json(), self.spectra)
+            page = render_compare_html(result, self.spectra)
             (staging / "compare.html").write_text(page, encoding="utf-8")
-            (staging / "summary.md").write_text(compare_markdown(_clean(self.to_json())))
+            (staging / "summary.md").write_text(compare_markdown(_clean(result)))
 
         return replace_folder(Path(folder), write, REPORT_FILES)
 

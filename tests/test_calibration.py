@@ -551,6 +551,10 @@ def test_resume_refuses_another_config_and_a_missing_state(
     err = capsys.readouterr().err.strip()
     assert "no resume.safetensors to resume from" in err and "\n" not in err
     assert not out.exists()  # nothing written
+    assert main([*args, str(cfg), "--reaudit"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--reaudit trains nothing, so it cannot --resume" in err and "\n" not in err
+    assert not out.exists()
 
     # a state saved by this config, then resumed with another learning rate
     from llm_audit.calibration import resume
