@@ -118,6 +118,27 @@ def test_trap_metrics_do_not_depend_on_the_thread_count(dtype: torch.dtype) -> N
     np.testing.assert_array_equal(one[1]["rand_evals"], two[1]["rand_evals"])
 
 
+def test_shuffle_moments_are_the_centred_matrix_moments_for_any_thread_count() -> None:
+    """The first shuffle's column sums rebuild its uncentred Gram, and Σ(w − μ)⁴ is W's own
+    (no shuffle changes it): both checked against a float64 computation on the shuffled matrix
+    itself, and bitwise the same on one thread and on two."""
+    W = _gaussian(20000, 256, seed=4).add_(0.2)
+    W[3, 4] = 50.0
+    lazy, perm = as_lazy(W), Permutation(W.numel(), 7)
+    mu = traps.mean(lazy)
+    with torch_threads(1):
+        G, one = traps.shuffled_gram(lazy, perm, mu, torch.float32, moments=True, threads=1)
+        _, two = traps.shuffled_gram(lazy, perm, mu, torch.float32, moments=True, threads=2)
+        _, none = traps.shuffled_gram(lazy, perm, mu, torch.float32)
+    assert one is not None and two is not None and none is None
+    assert one.fourth == two.fourth
+    assert torch.equal(one.column_sums, two.column_sums)
+    S = W.reshape(-1)[perm(torch.arange(W.numel()))].reshape(20000, 256).double() - mu
+    assert one.fourth == pytest.approx(float(((W.double() - mu) ** 4).sum()), rel=1e-5)
+    torch.testing.assert_close(one.column_sums, S.sum(dim=0), rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(G.double(), S.T @ S, rtol=1e-4, atol=1e-2)
+
+
 def test_inertia_count_equals_eigenvalue_count_at_every_gap() -> None:
     """The LDLᵀ count (Sylvester's inertia) against eigvalsh, for a threshold in every gap of
     the spectrum, below it and above it: every mix of 1×1 and 2×2 pivot blocks is met."""
@@ -225,8 +246,8 @@ def test_float32_tolerance_covers_the_measured_float32_error(kind: str) -> None:
         W = W / torch.rand(4000, 300, generator=g).clamp_min(1e-3) ** 0.6  # power-law tails
     lazy = as_lazy(W)
     perm, mu = Permutation(W.numel(), 1), traps.mean(lazy)
-    G32, _, _ = traps.shuffled_gram(lazy, perm, mu, torch.float32)
-    G64, _, _ = traps.shuffled_gram(lazy, perm, mu, torch.float64)
+    G32, _ = traps.shuffled_gram(lazy, perm, mu, torch.float32)
+    G64, _ = traps.shuffled_gram(lazy, perm, mu, torch.float64)
     error = (torch.linalg.eigvalsh(G32.double()) - torch.linalg.eigvalsh(G64)).abs().max()
     assert float(error) < traps.float32_tolerance(4000, float(G64.diagonal().max())) / 4
 
@@ -271,6 +292,31 @@ def test_a_float32_spectrum_near_the_mp_threshold_is_taken_again_in_float64(
     assert calls == [torch.float32, torch.float64]
     assert record["rand_num_spikes"] == exact["rand_num_spikes"]
     np.testing.assert_allclose(spectra["rand_evals"], exact_spectra["rand_evals"], rtol=1e-4)
+
+
+def test_a_float32_count_within_the_eigensolver_error_is_taken_again_in_float64(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Up to EXACT_BELOW the centred count comes from a float32 eigvalsh; with its error bound
+    so wide that an eigenvalue lies within it of the trap threshold, the shuffle is counted
+    again from a float64 Gram and eigensolver, and the record is the float64 one."""
+    W = _gaussian(600, 200, seed=2)
+    W[7, 9] = 40.0  # one trap: an eigenvalue well above the threshold
+    evals = eigenvalues(W).numpy()
+    exact, _ = traps.trap_metrics(W, evals, seed=4)
+    tests: list[torch.dtype] = []
+    centred_test = traps._centred_test
+
+    def recording(Gc: torch.Tensor, N: int, dtype: torch.dtype) -> Any:
+        tests.append(dtype)
+        return centred_test(Gc, N, dtype)
+
+    monkeypatch.setattr(traps, "_centred_test", recording)
+    monkeypatch.setattr(traps, "float32_eigvalsh_tolerance", lambda M, lam: 10 * lam)
+    record, _ = traps.trap_metrics(W, evals, seed=4)
+    assert tests[:2] == [torch.float32, torch.float64]
+    assert exact["num_traps"] == record["num_traps"] == 1
+    assert record["trap_threshold"] == pytest.approx(exact["trap_threshold"], rel=1e-5)
 
 
 @pytest.mark.parametrize("n", [5, 2560, 2561, 1_000_003])

@@ -19,11 +19,12 @@ The shuffle is `shuffle.Permutation`, gathered block by block from W where it li
 checkpoint, its memory map), so no index array and no shuffled copy exist. Each block is centred
 (W − μ) before it is added to a float32 Gram: the O(N·M²) product runs at float32 speed, and
 centring first keeps the mean spike out of the rounding. The trap count factors that Gram in
-float64; the shuffled spectrum, which the MP fit needs whole, comes from a float32 `eigvalsh`.
-Where an eigenvalue lies within the float32 sum's error of the trap threshold
-(`float32_tolerance`), the layer is recomputed with a float64 Gram; where one lies within the
-float32 eigensolver's error of the MP fit's threshold (`float32_eigvalsh_tolerance`), its spectrum
-is taken again in float64. So float32 never decides a count.
+float64 (up to M = `EXACT_BELOW`, a float32 `eigvalsh` of it gives the count and λ₁); the shuffled
+spectrum, which the MP fit needs whole, comes from a float32 `eigvalsh`. Where an eigenvalue lies
+within the float32 sum's and eigensolver's error of the trap threshold (`float32_tolerance`,
+`float32_eigvalsh_tolerance`), the shuffle is recomputed in float64; where one lies within that
+error of the MP fit's threshold, its spectrum is taken again in float64. So float32 never decides
+a count.
 """
 
 from __future__ import annotations
@@ -70,23 +71,33 @@ def trap_threshold(mean_eval: float, Q: float, M: int) -> float:
     return (bulk_max + math.sqrt(tw)) * mean_eval
 
 
+@dataclass(frozen=True)
+class Moments:
+    """What one pass over a centred shuffle gives beside its Gram: the column sums of S − μ
+    (float64), which rebuild the uncentred Gram, and Σ(w − μ)⁴, for the kurtosis. No shuffle
+    changes Σ(w − μ)⁴, and only the first shuffle's Gram is rebuilt, so later shuffles skip both."""
+
+    column_sums: torch.Tensor
+    fourth: float
+
+
 def shuffled_gram(
     W: LazyMatrix,
     permutation: Permutation,
     mu: float,
     dtype: torch.dtype,
     *,
+    moments: bool = False,
     device: torch.device = CPU,
     threads: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Gram of the centred shuffle S − μ, with S tall (N×M) and S.flat[i] = W.flat[π(i)], the
-    column sums of S − μ (float64), and Σ(w − μ)⁴ (for the kurtosis, which no shuffle changes).
+) -> tuple[torch.Tensor, Moments | None]:
+    """Gram of the centred shuffle S − μ, with S tall (N×M) and S.flat[i] = W.flat[π(i)], and
+    with `moments` its `Moments` (else None).
 
     Any arrangement of shuffled elements has the same spectrum, so S is always tall and its Gram
-    is M×M, whatever W's orientation. The gather, the centring and the Gram product use
-    `threads` threads: their results are bitwise the same for any thread count (element-wise
-    work, and MKL's GEMM, tests/test_traps.py). The column sums, a reduction, run on the
-    caller's threads.
+    is M×M, whatever W's orientation. The gather, the centring, the Gram product and the
+    moments' row sums use `threads` threads: their results are bitwise the same for any thread
+    count (element-wise work, one thread per row sum, and MKL's GEMM, tests/test_traps.py).
     """
     take = W.gatherer()
     N, M = max(W.shape), min(W.shape)
@@ -101,9 +112,14 @@ def shuffled_gram(
         with torch_threads(threads):
             block = block.sub_(mu).reshape(stop - start, M)
             total.add(block)
-        sums += _column_sums(block)
-        fourth += float(block.square().square().sum(dtype=torch.float64))
-    return total.result(), sums, fourth
+            if moments:
+                squares = block.square()
+                # each row's sum is one thread's, in float32; the rows' sum in float64 (5x
+                # faster than a float64 sum of every element, and the kurtosis only widens σ)
+                fourth += float(squares.mul_(squares).sum(dim=1).sum(dtype=torch.float64))
+        if moments:
+            sums += _column_sums(block)
+    return total.result(), Moments(sums, fourth) if moments else None
 
 
 SUM_GROUP = 128  # rows summed in float32 before the float64 sum of a block's columns
@@ -150,13 +166,15 @@ def _eigenvalues_above(G: torch.Tensor, s: float, eye: torch.Tensor) -> int:
 @dataclass(frozen=True)
 class _Centred:
     """One shuffle's centred test: trap count against threshold t, its top eigenvalue λ₁, and
-    the float32 Gram sum's error bound (0 in float64)."""
+    the float32 Gram sum's error bound (0 in float64). For M ≤ `EXACT_BELOW` the count and λ₁
+    come from an eigensolver in the Gram's precision, whose error bound widens the margin that
+    sets `near_threshold`."""
 
     num_traps: int
     top: float
     threshold: float
     gram_tolerance: float
-    near_threshold: bool  # an eigenvalue within `gram_tolerance` of t: count again in float64
+    near_threshold: bool  # an eigenvalue within its error bound of t: count again in float64
 
     @property
     def ratio(self) -> float:
@@ -201,9 +219,11 @@ def _centred_test(Gc: torch.Tensor, N: int, dtype: torch.dtype) -> _Centred:
     max_diagonal = float(Gc.diagonal().max())
     tol = float32_tolerance(N, max_diagonal) if dtype == torch.float32 else 0.0
     t = max(trap_threshold(float(Gc.diagonal().sum()) / M, N / M, M), N * EPS64 * max_diagonal)
-    if M <= EXACT_BELOW:  # λ₁ comes from a full eigvalsh here, which gives the count as well
-        evals = torch.linalg.eigvalsh(Gc).cpu().numpy()
-        count, near = _count_in(evals, t, tol)
+    if M <= EXACT_BELOW:  # λ₁ comes from a full eigvalsh here, which gives the count as well,
+        # in the Gram's precision (float32: 30% faster), its error counted into the margin
+        evals = torch.linalg.eigvalsh(Gc.to(dtype)).to(torch.float64).cpu().numpy()
+        eig_tol = float32_eigvalsh_tolerance(M, evals[-1]) if dtype == torch.float32 else 0.0
+        count, near = _count_in(evals, t, tol + eig_tol)
         return _Centred(count, float(evals[-1]), t, tol, near)
     count, near = _count_above(Gc, t, tol)
     return _Centred(count, lanczos_top_eigenvalue(Gc), t, tol, near)
@@ -219,7 +239,9 @@ def _count_in(evals: np.ndarray, t: float, tol: float) -> tuple[int, bool]:
 
 def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **where: Any) -> _Shuffle:
     N, M = max(W.shape), min(W.shape)
-    Gc, sums, fourth = shuffled_gram(W, Permutation(N * M, seed), mu, dtype, **where)
+    Gc, moments = shuffled_gram(W, Permutation(N * M, seed), mu, dtype, moments=True, **where)
+    assert moments is not None
+    sums, fourth = moments.column_sums, moments.fourth
     Gc = Gc.to(torch.float64)
     centred = _centred_test(Gc, N, dtype)
     variance = float(Gc.diagonal().sum()) / (N * M)
@@ -244,7 +266,7 @@ def _more_votes(
         draw += 1
         test = None
         for dtype in (torch.float32, torch.float64):
-            Gc, _, _ = shuffled_gram(W, Permutation(N * min(W.shape), key), mu, dtype, **where)
+            Gc, _ = shuffled_gram(W, Permutation(N * min(W.shape), key), mu, dtype, **where)
             test = _centred_test(Gc.to(torch.float64), N, dtype)
             if not test.near_threshold:
                 break
