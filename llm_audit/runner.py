@@ -97,6 +97,7 @@ def run(
     with distributed.process_group(ranks, process.device), _journal(process, fingerprint) as log:
         done = log.done if log is not None else {}
         fresh = [job for job in mine if job.key not in done]
+        fresh = longest_first(fresh, device_kinds(process))
         if prepare is not None:
             fresh = prepare(fresh)
         with background_writer(log) as append:
@@ -137,6 +138,16 @@ def shard_costs(jobs: Sequence[Job], kinds: Sequence[str]) -> list[int]:
     has one; `kinds` is the same on every rank, so every rank computes the same split)."""
     weight = max(EIG_WEIGHT[kind] for kind in kinds)
     return [job.cost + weight * min(job.layer.out_in) ** 3 for job in jobs]
+
+
+def longest_first(jobs: list[Job], kinds: Sequence[str]) -> list[Job]:
+    """The jobs by cost (`shard_costs`), largest first, ties in plan order: the longest-job-first
+    rule, so the workers' last jobs are short ones and no core idles at the end while another
+    finishes a long one (on a Llama slice, 0.6 s of one core before its head matrix). A streamed
+    source keeps its file order (`prepare` sorts by file, stably)."""
+    costs = shard_costs(jobs, kinds)
+    order = sorted(range(len(jobs)), key=lambda i: -costs[i])
+    return [jobs[i] for i in order]
 
 
 def budget(jobs: list[Job]) -> int:

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Any
 
 import torch
@@ -78,19 +78,24 @@ def schedule(
     pending: list[tuple[Job, Future[Outcome]]] = []
 
     def collect(keep: int, incoming: int = 0) -> None:
-        """Store finished jobs, waiting until at most `keep` are in flight and `incoming` fits."""
-        while pending and (
-            len(pending) > keep
-            or (budget is not None and _bytes(pending) + incoming > budget)
-            or pending[0][1].done()
-        ):
-            job, future = pending.pop(0)
-            outcome = future.result()
-            results[job.key] = outcome
-            if on_done is not None:
-                on_done(job.key, outcome)
-            bar.update(1)
-            bar.set_postfix_str(f"{read_bytes / 2**20:,.0f} MB read")
+        """Store finished jobs, waiting until at most `keep` are in flight and `incoming` fits.
+
+        Any finished job is stored, not only the oldest: a long job at the head must not hold
+        back the next read while the other workers have finished theirs (on a Llama slice that
+        left a core idle 0.15 s in every block)."""
+        while pending:
+            for item in [item for item in pending if item[1].done()]:
+                pending.remove(item)
+                job, future = item
+                outcome = future.result()
+                results[job.key] = outcome
+                if on_done is not None:
+                    on_done(job.key, outcome)
+                bar.update(1)
+                bar.set_postfix_str(f"{read_bytes / 2**20:,.0f} MB read")
+            if len(pending) <= keep and (budget is None or _bytes(pending) + incoming <= budget):
+                return
+            wait([future for _, future in pending], return_when=FIRST_COMPLETED)
 
     with ThreadPoolExecutor(workers) as pool:
         for job in jobs:

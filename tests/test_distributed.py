@@ -136,7 +136,7 @@ def test_devices_split_the_layers_between_processes(tmp_path: Path) -> None:
     rank0 = [layers[i].name for i in assign(shard_costs(jobs, ["cpu"]), 2)[0]]
     assert 0 < len(rank0) < len(layers)
     names = journaled_names(rank_path(journal, 0))
-    assert names[: len(rank0)] == rank0
+    assert sorted(names[: len(rank0)]) == sorted(rank0)  # in the order they finished
     assert sorted(names) == sorted(layer.name for layer in layers)
     assert not rank_path(journal, 1).exists()  # the worker removed its own
 

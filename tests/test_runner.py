@@ -21,11 +21,13 @@ import torch
 
 import llm_audit
 from llm_audit.analysis import Outcome
+from llm_audit.config import load_config
 from llm_audit.errors import ConfigError, OutputError
 from llm_audit.jobs import Job
 from llm_audit.journal import background_writer
 from llm_audit.layers import plan_layers
-from llm_audit.runner import budget
+from llm_audit.runner import budget, longest_first
+from llm_audit.scheduler import schedule
 from llm_audit.sources import TensorInfo
 from tests.conftest import llama_tensors, write_shards
 from tests.test_distributed import sharded_model, torchrun_two_ranks
@@ -158,6 +160,45 @@ def test_budget_keeps_the_largest_matrices_apart_but_not_the_small_ones() -> Non
     jobs = [Job(str(n), layer, lambda: torch.zeros(8, 8), n, 1) for n in (100, 10, 40, 100)]
     assert budget(jobs) == 150  # 100 + 40 fit together, 100 + 100 do not
     assert budget([]) == 0
+
+
+def _jobs(sizes: list[int]) -> list[Job]:
+    """One job per size: a random size×size up_proj matrix, keyed by its place in the plan."""
+    layer = plan_layers([TensorInfo("model.layers.0.mlp.up_proj.weight", (8, 8), "F32")], None)
+    out = []
+    for i, n in enumerate(sizes):
+        W = torch.randn(n, n, generator=torch.Generator().manual_seed(i))
+        out.append(Job(f"{i}:{n}", layer[0][0], lambda W=W: W, W.nbytes, n**3))
+    return out
+
+
+def test_jobs_run_longest_first_with_ties_in_plan_order() -> None:
+    jobs = _jobs([8, 64, 16, 64, 8])
+    assert [job.key for job in longest_first(jobs, ["cpu"])] == [
+        "1:64",
+        "3:64",
+        "2:16",
+        "0:8",
+        "4:8",
+    ]
+
+
+def test_a_long_job_does_not_hold_back_the_short_ones_behind_it() -> None:
+    """Two workers, a long job read first: the other worker goes on reading and finishing the
+    short ones (at most `workers + prefetch` in flight) instead of waiting for the long one to
+    be collected first."""
+    jobs = _jobs([1400] + [8] * 8)
+    finished: list[str] = []
+    schedule(
+        jobs,
+        load_config(),
+        device=torch.device("cpu"),
+        total=len(jobs),
+        workers=2,
+        on_done=lambda key, _: finished.append(key),
+    )
+    assert finished[-1] == "0:1400"
+    assert sorted(finished) == sorted(job.key for job in jobs)
 
 
 class SlowJournal:
