@@ -228,7 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.epilog = _epilog("calibrate")
     calibrate.add_argument("task", choices=("mnist", "modadd"), help="the calibration task")
     calibrate.add_argument(
-        "--config", default="quick", help="quick (minutes on a CPU), paper (hours) or a YAML file"
+        "--config",
+        default="quick",
+        help="quick (minutes on a CPU), long (about an hour, mnist), long64 (long in float64, "
+        "the deepest collapse, mnist), paper (hours) or a YAML file",
     )
     calibrate.add_argument(
         "--out", type=Path, help="output folder (default reports/calibration/TASK)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import signal
@@ -120,6 +121,8 @@ def test_shipped_configs_load() -> None:
         for preset in ("quick", "paper"):
             assert run.load(task, preset).lr > 0
     assert run.load("mnist", "long").steps == 1_000_000
+    long64 = run.load("mnist", "long64")  # the long config in the paper's dtype, nothing else
+    assert long64 == dataclasses.replace(run.load("mnist", "long"), dtype="float64")
 
 
 # --- a tiny end-to-end run ------------------------------------------------------------------------

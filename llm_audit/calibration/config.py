@@ -1,4 +1,4 @@
-"""Calibration configs: the shipped `quick` and `paper` YAML files, or a user's file.
+"""Calibration configs: the shipped `quick`, `long`, `long64` and `paper` YAML files, or a user's file.
 
 A file must set every field of the task's config dataclass (a missing key is an error, so a typo in
 a hand-written file is not silently replaced by a default) and nothing else.
@@ -15,11 +15,11 @@ from llm_audit.errors import ConfigError
 from llm_audit.untrusted import read_yaml, show
 
 C = TypeVar("C")
-PRESETS = ("quick", "long", "paper")
+PRESETS = ("quick", "long", "long64", "paper")
 
 
 def config_path(task: str, spec: str | Path) -> Path:
-    """`quick`/`paper` -> the shipped file for `task`; anything else is a path to a YAML file."""
+    """A preset -> the shipped file for `task`; anything else is a path to a YAML file."""
     if str(spec) in PRESETS:
         return Path(
             str(resources.files("llm_audit.calibration") / "configs" / f"{task}-{spec}.yaml")
@@ -29,7 +29,7 @@ def config_path(task: str, spec: str | Path) -> Path:
 
 def load_task_config(cls: type[C], path: Path) -> C:
     """Read `path` into the dataclass `cls`, checking keys, types and that rates are positive."""
-    data = read_yaml(path, what="config file", fix="use quick, paper or a YAML path")
+    data = read_yaml(path, what="config file", fix=f"use {', '.join(PRESETS)} or a YAML path")
     if not isinstance(data, dict):
         raise ConfigError(
             "a calibration config must be a YAML mapping of keys to values", path=str(path)
