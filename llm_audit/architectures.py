@@ -141,10 +141,13 @@ def families() -> tuple[tuple[Family, ...], Generic]:
     return tuple(found), generic
 
 
+MIN_NAME_EVIDENCE = 2  # names a family must match to be chosen for a file without a model_type
+
+
 def choose_family(names: list[str], config: dict[str, Any] | None) -> Family | None:
     """The family file that lists config.json's model_type; None (the generic rules) for a
     model_type no file lists. Without a model_type (a bare weights file), the family whose
-    templates match most names: the names are then the only evidence there is."""
+    templates match most names (at least two): the names are then the only evidence."""
     fams, _ = families()
     model_type = (config or {}).get("model_type")
     for fam in fams:
@@ -152,12 +155,14 @@ def choose_family(names: list[str], config: dict[str, Any] | None) -> Family | N
             return fam
     if model_type is not None:
         return None
-    best, best_hits = None, 0
-    for fam in fams:
-        hits = sum(any(t.pattern.match(n) for t in fam.templates) for n in names)
-        if hits > best_hits:
-            best, best_hits = fam, hits
-    return best
+    hits = {
+        fam.name: sum(any(t.pattern.match(n) for t in fam.templates) for n in names) for fam in fams
+    }
+    # One matching name (a bare `model.embed_tokens.weight` beside tensors no family lists) is no
+    # evidence: the generic rules. Between families matching as many names, the one with the
+    # fewest templates: llama's names are a subset of its MoE relatives'.
+    best = max(fams, key=lambda fam: (hits[fam.name], -len(fam.templates)), default=None)
+    return best if best is not None and hits[best.name] >= MIN_NAME_EVIDENCE else None
 
 
 def model_family(config: dict[str, Any] | None, naming: str | None) -> str | None:

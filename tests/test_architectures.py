@@ -285,6 +285,30 @@ def test_unknown_model_type_falls_back_to_the_keyword_rules(tmp_path: Path) -> N
     assert llm_audit.scan(folder, traps=False).model["family"] == "brand_new_lm"
 
 
+@pytest.mark.parametrize(
+    ("extra", "family"),
+    [
+        ({}, "llama"),  # llama's names, which its MoE relatives (deepseek, qwen2_moe) list too
+        ({"w": True}, "generic"),  # one listed name beside tensors no family lists
+    ],
+)
+def test_a_bare_weights_file_is_named_by_the_family_its_names_single_out(
+    tmp_path: Path, extra: dict[str, bool], family: str
+) -> None:
+    """Without a config the names are the only evidence: llama's own names read as llama (not
+    the first relative in the list), and a lone `model.embed_tokens.weight` beside `wN`
+    matrices is no evidence of any family (it read as deepseek)."""
+    tensors = llama_tensors(blocks=2)
+    if extra:
+        embed = tensors["model.embed_tokens.weight"]
+        tensors = {"model.embed_tokens.weight": embed}
+        tensors |= {f"model.layers.{b}.w{i}": torch.randn(32, 32) for b in range(2) for i in (1, 2)}
+    folder = write_shards(tmp_path / "m", tensors, config=None)
+    with open_source(folder) as source:
+        _, naming = plan_layers(source.tensors(), source.info.config)
+    assert naming == family
+
+
 def test_every_role_says_how_it_meets_the_residual_stream() -> None:
     assert set(RESIDUAL) == set(ROLES)
     assert set(RESIDUAL.values()) == {"reads", "writes", None}

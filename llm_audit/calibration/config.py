@@ -1,4 +1,4 @@
-"""Calibration configs: the shipped `quick`, `long`, `long64` and `paper` YAML files, or a user's file.
+"""Calibration configs: the shipped presets (`quick`, `long`, `long64`, `paper`) or a user's file.
 
 A file must set every field of the task's config dataclass (a missing key is an error, so a typo in
 a hand-written file is not silently replaced by a default) and nothing else.
