@@ -2,6 +2,7 @@
 and verdict agreement per phase on the recorded calibration runs (`results_detector.md`/`.json`).
 
     python benchmarks/bench_detector.py [--scale 1.0] [--out benchmarks/results_detector]
+                                        [--skip nulls --skip power]   # (c) again, (a) and (b) kept
 
 (a) **Nulls.** Matrices of i.i.d. entries (Gaussian, Laplace, Student-t with 3, 5 and 10 degrees
     of freedom) at the shapes of the MNIST fixture, MiniLM, all-mpnet-base-v2 and a row block of a
@@ -155,7 +156,8 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["power"]:
         out.append(f"| {r['case']} | {r['c']} | {r['z']:.1f} | {r['draws']} | {r['found']} | "
                    f"{r['power']:.3f} |")  # fmt: skip
-    out += ["", "## (c) Verdict = phase, over every (checkpoint, shuffle seed) audit", ""]
+    when = result.get("verdicts_date", result["date"])
+    out += ["", f"## (c) Verdict = phase, over every (checkpoint, shuffle seed) audit ({when})", ""]
     out += ["| run | grid | phase | audits | agree | share |", "|---|---|---|---|---|---|"]
     for r in result["verdicts"]:
         share = "–" if r["share"] is None else f"{r['share']:.3f}"
@@ -168,16 +170,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every draw count")
     parser.add_argument("--out", type=Path, default=HERE / "results_detector")
-    parser.add_argument("--skip", choices=("nulls", "power"), action="append", default=[])
+    parser.add_argument(
+        "--skip",
+        choices=("nulls", "power"),
+        action="append",
+        default=[],
+        help="keep this part's figures (and date) from the existing --out file",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
+    before = json.loads(args.out.with_suffix(".json").read_text()) if args.skip else {}
+    today = time.strftime("%Y-%m-%d")
     result = {
-        "date": time.strftime("%Y-%m-%d"),
+        "date": before.get("date", today) if {"nulls", "power"} <= set(args.skip) else today,
         "machine": "2-core VM, one thread, shared with other work",
-        "scale": args.scale,
-        "nulls": [] if "nulls" in args.skip else nulls(args.scale),
-        "power": [] if "power" in args.skip else power(args.scale),
+        "scale": before.get("scale", args.scale) if args.skip else args.scale,
+        "nulls": before.get("nulls", []) if "nulls" in args.skip else nulls(args.scale),
+        "power": before.get("power", []) if "power" in args.skip else power(args.scale),
         "verdicts": verdicts(),
+        "verdicts_date": today,
     }
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     args.out.with_suffix(".md").write_text(markdown(result))
