@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -240,9 +241,11 @@ def test_no_calibration_layer_is_an_embedding() -> None:
 
 
 # --- the committed checkpoints and records of the long run ---------------------------------------
-# Made by tests/fixtures/calibration/make_fixtures.py from one run of
-# `llm-audit calibrate mnist --config long` (28x28 inputs, init x8, lr 5e-3, seed 0), stopped at
-# 405,000 steps and re-audited at 24 shuffle seeds (`--reaudit`).
+# Made by tests/fixtures/calibration/make_fixtures.py from two recorded runs, each re-audited at 24
+# shuffle seeds (`--reaudit`): `llm-audit calibrate mnist --config long` (28x28 inputs, init x8,
+# lr 5e-3, seed 0, float32; stopped at 405,000 steps) gives the peak, run.csv and monitor.csv;
+# `--config long64` (the same in float64, whose collapse goes deeper; stopped at 815,000) gives the
+# collapsed checkpoint, its last log-spaced one.
 
 
 FIRST, SECOND = "layers.0.weight", "layers.1.weight"
@@ -275,9 +278,10 @@ def test_no_trap_at_the_test_accuracy_peak_at_any_seed() -> None:
 
 @pytest.mark.slow
 def test_traps_and_alpha_below_2_after_the_collapse_at_every_seed() -> None:
-    """Step 391,941: train 0.989, test 0.695 (0.165 below the peak: the collapse). Alpha 1.60,
-    2.73, 2.20; the first layer holds 12 traps (its shuffle 1.6x its threshold), the second one
-    (the paper: 7.5 and 1); "pathological" at every seed, the first layer's entries scattered."""
+    """Step 791,234 of the float64 run: train 0.980, test 0.608 (0.239 below its peak: the
+    collapse). Alpha 1.79, 2.23, 2.35; the first layer holds 18 traps (its shuffle 2.5x its
+    threshold), the second 12 (the paper: 7.5 and 1); "pathological" at every seed, the first
+    layer's entries scattered."""
     for seed in SEEDS:
         result = _audit("collapsed", seed)
         layers = {r["name"]: r for r in result.records}
@@ -286,11 +290,17 @@ def test_traps_and_alpha_below_2_after_the_collapse_at_every_seed() -> None:
         assert result.summary["verdict"] == "pathological"
 
 
+def _task(config: dict[str, Any]) -> MnistTask:
+    """The task of a recorded run's config (as calibration.json writes it)."""
+    return MnistTask(MnistConfig(**{k: v for k, v in config.items() if k != "stopped_at"}))
+
+
 def test_fixture_accuracies_match_the_record() -> None:
+    """Each fixture evaluated by its own run's task (float32 for the peak, float64 for the
+    collapsed checkpoint) gives the accuracies its run recorded."""
     info = json.loads((FIXTURES / "fixtures.json").read_text())
-    config = {k: v for k, v in info["config"].items() if k != "stopped_at"}
-    task = MnistTask(MnistConfig(**config))
     for name in ("peak", "collapsed"):
+        task = _task(info[name]["config"])
         task.model.load_state_dict(load_file(str(FIXTURES / f"{name}.safetensors")))
         assert task.evaluate()["test_acc"] == pytest.approx(info[name]["test_acc"], abs=1e-6)
 
@@ -385,10 +395,11 @@ def test_monitor_stops_after_the_peak_and_keeps_the_best_checkpoint() -> None:
     each one, sees test accuracy fall from its peak with a trap present, stops, and keeps the
     peak's weights."""
     info = json.loads((FIXTURES / "fixtures.json").read_text())
-    config = {k: v for k, v in info["config"].items() if k != "stopped_at"}
-    task = MnistTask(MnistConfig(**config))
+    task = _task(info["peak"]["config"])
     states = {1: load_file(str(FIXTURES / "peak.safetensors"))}
-    states[2] = load_file(str(FIXTURES / "collapsed.safetensors"))
+    states[2] = {
+        k: v.float() for k, v in load_file(str(FIXTURES / "collapsed.safetensors")).items()
+    }
     monitor = AuditMonitor(task.model, evaluate=task.evaluate, every=1)
     stopped = None
     for step in (1, 2):

@@ -94,7 +94,7 @@ def test_minilm_report_fits(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("task", ["mnist-long", "modadd"])
+@pytest.mark.parametrize("task", ["mnist-long", "mnist-long64", "modadd"])
 def test_calibration_pages_fit(browser: DevTools, task: str) -> None:
     assert_fits(browser, REPORTS / "calibration" / task / "calibration.html")
 
