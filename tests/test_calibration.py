@@ -86,6 +86,18 @@ def _one_line_error(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
     return err
 
 
+def test_a_preset_the_task_does_not_ship_names_the_ones_it_does(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`long64` is MNIST's: for modadd the error names modadd's presets, not a missing file
+    inside the package, and no output folder is made."""
+    out = tmp_path / "run"
+    argv = ["calibrate", "modadd", "--config", "long64", "--out", str(out)]
+    err = _one_line_error(capsys, argv)
+    assert "modadd has no long64 preset; use quick, paper or a YAML path" in err
+    assert not out.exists()
+
+
 def test_unknown_task(capsys: pytest.CaptureFixture[str]) -> None:
     assert "invalid choice" in _one_line_error(capsys, ["calibrate", "cifar"])
 

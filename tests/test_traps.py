@@ -307,9 +307,9 @@ def test_a_float32_count_within_the_eigensolver_error_is_taken_again_in_float64(
     tests: list[torch.dtype] = []
     centred_test = traps._centred_test
 
-    def recording(Gc: torch.Tensor, N: int, dtype: torch.dtype) -> Any:
-        tests.append(dtype)
-        return centred_test(Gc, N, dtype)
+    def recording(Gc: torch.Tensor, N: int) -> Any:
+        tests.append(Gc.dtype)
+        return centred_test(Gc, N)
 
     monkeypatch.setattr(traps, "_centred_test", recording)
     monkeypatch.setattr(traps, "float32_eigvalsh_tolerance", lambda M, lam: 10 * lam)

@@ -19,12 +19,16 @@ PRESETS = ("quick", "long", "long64", "paper")
 
 
 def config_path(task: str, spec: str | Path) -> Path:
-    """A preset -> the shipped file for `task`; anything else is a path to a YAML file."""
-    if str(spec) in PRESETS:
-        return Path(
-            str(resources.files("llm_audit.calibration") / "configs" / f"{task}-{spec}.yaml")
-        )
-    return Path(spec)
+    """A preset -> the shipped file for `task`; anything else is a path to a YAML file.
+
+    Raises ConfigError for a preset `task` does not ship (`long` and `long64` are MNIST's)."""
+    if str(spec) not in PRESETS:
+        return Path(spec)
+    shipped = resources.files("llm_audit.calibration") / "configs"
+    if not (shipped / f"{task}-{spec}.yaml").is_file():
+        own = [p for p in PRESETS if (shipped / f"{task}-{p}.yaml").is_file()]
+        raise ConfigError(f"{task} has no {spec} preset; use {', '.join(own)} or a YAML path")
+    return Path(str(shipped / f"{task}-{spec}.yaml"))
 
 
 def load_task_config(cls: type[C], path: Path) -> C:

@@ -96,8 +96,9 @@ def shuffled_gram(
 
     Any arrangement of shuffled elements has the same spectrum, so S is always tall and its Gram
     is M×M, whatever W's orientation. The gather, the centring, the Gram product and the
-    moments' row sums use `threads` threads: their results are bitwise the same for any thread
-    count (element-wise work, one thread per row sum, and MKL's GEMM, tests/test_traps.py).
+    rows' Σ(w − μ)⁴ use `threads` threads: their results are bitwise the same for any thread
+    count (element-wise work, one thread per row sum, and MKL's GEMM, tests/test_traps.py). The
+    column sums, a reduction across rows, run on the caller's threads.
     """
     take = W.gatherer()
     N, M = max(W.shape), min(W.shape)
@@ -214,19 +215,22 @@ def float32_eigvalsh_tolerance(M: int, lam_max: float) -> float:
     return M * EPS32 * lam_max
 
 
-def _centred_test(Gc: torch.Tensor, N: int, dtype: torch.dtype) -> _Centred:
-    M = Gc.shape[0]
-    max_diagonal = float(Gc.diagonal().max())
-    tol = float32_tolerance(N, max_diagonal) if dtype == torch.float32 else 0.0
-    t = max(trap_threshold(float(Gc.diagonal().sum()) / M, N / M, M), N * EPS64 * max_diagonal)
+def _centred_test(Gc: torch.Tensor, N: int) -> _Centred:
+    """The centred test of a shuffle's Gram `Gc`, in the dtype it was summed in."""
+    M, single = Gc.shape[0], Gc.dtype == torch.float32
+    diagonal = Gc.diagonal().to(torch.float64)
+    max_diagonal = float(diagonal.max())
+    tol = float32_tolerance(N, max_diagonal) if single else 0.0
+    t = max(trap_threshold(float(diagonal.sum()) / M, N / M, M), N * EPS64 * max_diagonal)
     if M <= EXACT_BELOW:  # λ₁ comes from a full eigvalsh here, which gives the count as well,
         # in the Gram's precision (float32: 30% faster), its error counted into the margin
-        evals = torch.linalg.eigvalsh(Gc.to(dtype)).to(torch.float64).cpu().numpy()
-        eig_tol = float32_eigvalsh_tolerance(M, evals[-1]) if dtype == torch.float32 else 0.0
+        evals = torch.linalg.eigvalsh(Gc).to(torch.float64).cpu().numpy()
+        eig_tol = float32_eigvalsh_tolerance(M, evals[-1]) if single else 0.0
         count, near = _count_in(evals, t, tol + eig_tol)
         return _Centred(count, float(evals[-1]), t, tol, near)
-    count, near = _count_above(Gc, t, tol)
-    return _Centred(count, lanczos_top_eigenvalue(Gc), t, tol, near)
+    G64 = Gc.to(torch.float64)
+    count, near = _count_above(G64, t, tol)
+    return _Centred(count, lanczos_top_eigenvalue(G64), t, tol, near)
 
 
 def _count_in(evals: np.ndarray, t: float, tol: float) -> tuple[int, bool]:
@@ -242,8 +246,8 @@ def _one_shuffle(W: LazyMatrix, seed: int, mu: float, dtype: torch.dtype, **wher
     Gc, moments = shuffled_gram(W, Permutation(N * M, seed), mu, dtype, moments=True, **where)
     assert moments is not None
     sums, fourth = moments.column_sums, moments.fourth
+    centred = _centred_test(Gc, N)
     Gc = Gc.to(torch.float64)
-    centred = _centred_test(Gc, N, dtype)
     variance = float(Gc.diagonal().sum()) / (N * M)
     kurtosis = fourth / (N * M * variance**2) if variance > 0 else math.inf
     scale = fluctuation_scale(N, M, variance, kurtosis if math.isfinite(kurtosis) else 1e300)
@@ -267,7 +271,7 @@ def _more_votes(
         test = None
         for dtype in (torch.float32, torch.float64):
             Gc, _ = shuffled_gram(W, Permutation(N * min(W.shape), key), mu, dtype, **where)
-            test = _centred_test(Gc.to(torch.float64), N, dtype)
+            test = _centred_test(Gc, N)
             if not test.near_threshold:
                 break
         assert test is not None
