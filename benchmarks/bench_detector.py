@@ -179,7 +179,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(1)
-    before = json.loads(args.out.with_suffix(".json").read_text()) if args.skip else {}
+    kept = args.out.with_suffix(".json")
+    if args.skip and not kept.is_file():
+        parser.error(f"--skip keeps figures from {kept}, which does not exist; run without --skip")
+    before = json.loads(kept.read_text()) if args.skip else {}
     today = time.strftime("%Y-%m-%d")
     result = {
         "date": before.get("date", today) if {"nulls", "power"} <= set(args.skip) else today,
