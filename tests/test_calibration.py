@@ -256,7 +256,7 @@ def test_no_calibration_layer_is_an_embedding() -> None:
 # Made by tests/fixtures/calibration/make_fixtures.py from two recorded runs, each re-audited at 24
 # shuffle seeds (`--reaudit`): `llm-audit calibrate mnist --config long` (28x28 inputs, init x8,
 # lr 5e-3, seed 0, float32; stopped at 405,000 steps) gives the peak, run.csv and monitor.csv;
-# `--config long64` (the same in float64, whose collapse goes deeper; stopped at 815,000) gives the
+# `--config long64` (the same in float64, whose collapse goes deeper; run to 1e6 steps) gives the
 # collapsed checkpoint, its last log-spaced one.
 
 
@@ -290,10 +290,10 @@ def test_no_trap_at_the_test_accuracy_peak_at_any_seed() -> None:
 
 @pytest.mark.slow
 def test_traps_and_alpha_below_2_after_the_collapse_at_every_seed() -> None:
-    """Step 791,234 of the float64 run: train 0.980, test 0.608 (0.239 below its peak: the
-    collapse). Alpha 1.79, 2.23, 2.35; the first layer holds 18 traps (its shuffle 2.5x its
-    threshold), the second 12 (the paper: 7.5 and 1); "pathological" at every seed, the first
-    layer's entries scattered."""
+    """Step 1,000,000 of the float64 run (its last): train 0.979, test 0.600 (0.247 below its
+    peak: the collapse). Alpha 1.76, 2.11, 2.40; at seeds 100-123 the first layer holds 11-19
+    traps (its shuffle 2.2x its threshold or more), the second 9-10, structured (the paper: 7.5
+    and 1); "pathological" at every seed, the first layer's entries scattered."""
     for seed in SEEDS:
         result = _audit("collapsed", seed)
         layers = {r["name"]: r for r in result.records}
