@@ -86,6 +86,13 @@ def run_case(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _tie_line(r: dict[str, Any]) -> str:
+    return (
+        f"alpha {r['alpha']:.2f} on {r['tail']} (D {r['D']:.4f}); "
+        f"{r['alpha_large_tail']:.2f} on {r['tail_large']} (D +{r['D_gap']:.4f})"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--models", default=",".join(MODELS))
@@ -105,17 +112,11 @@ def main() -> None:
                 f"{case['alpha_lt_2'][0]} -> {case['alpha_lt_2'][1]}"
             )
             for r in case["closest"]:
-                print(
-                    f"   {r['layer']}: alpha {r['alpha']:.2f} on {r['tail']} (D {r['D']:.4f}); "
-                    f"{r['alpha_large_tail']:.2f} on {r['tail_large']} (D +{r['D_gap']:.4f})"
-                )
+                print(f"   {r['layer']}: {_tie_line(r)}")
     if args.run:
         out["run"] = {"path": str(args.run), "fingers": run_case(args.run)}
         for r in out["run"]["fingers"]:
-            print(
-                f"step {r['step']:,}: alpha {r['alpha']:.2f} on {r['tail']} (D {r['D']:.4f}); "
-                f"{r['alpha_large_tail']:.2f} on {r['tail_large']} (D +{r['D_gap']:.4f})"
-            )
+            print(f"step {r['step']:,}: {_tie_line(r)}")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1) + "\n")
 
