@@ -35,7 +35,8 @@ MIN_TAIL = 20  # WW's own small-N boundary: below it WW fits with a different ru
 
 
 def near_tie(evals: np.ndarray) -> dict[str, Any]:
-    """The `ww` fit and the best fit whose tail holds at least `MIN_TAIL` eigenvalues."""
+    """The `ww` fit, the best fit whose tail holds at least `MIN_TAIL` eigenvalues, and the
+    `xmin_peak` fit (the estimator built against "fingers")."""
     fit = fit_power_law(evals)
     xmins, alphas, distances = candidate_fits(evals)
     tails = int(np.count_nonzero(evals > EVALS_THRESH)) - np.arange(xmins.size)
@@ -43,6 +44,7 @@ def near_tie(evals: np.ndarray) -> dict[str, Any]:
     best = int(large[np.argmin(distances[large])]) if large.size else None
     return {
         "alpha": fit.alpha,
+        "alpha_xmin_peak": fit_power_law(evals, estimator="xmin_peak").alpha,
         "tail": fit.num_pl_spikes,
         "D": fit.D,
         "alpha_large_tail": float(alphas[best]) if best is not None else None,
@@ -69,6 +71,8 @@ def model_case(name: str, tmp: Path) -> dict[str, Any]:
         "D_gap_below_0.005": sum(r["D_gap"] < 0.005 for r in small),
         "alpha_gt_6": [sum(a > t.alpha_high for a in alphas), sum(a > t.alpha_high for a in alt)],
         "alpha_lt_2": [sum(a < t.alpha_low for a in alphas), sum(a < t.alpha_low for a in alt)],
+        "xmin_peak_alpha_gt_6": sum(r["alpha_xmin_peak"] > t.alpha_high for r in rows),
+        "xmin_peak_alpha_lt_2": sum(r["alpha_xmin_peak"] < t.alpha_low for r in rows),
         "closest": sorted(small, key=lambda r: r["D_gap"])[:5],
     }
 
@@ -89,7 +93,8 @@ def run_case(run: Path) -> list[dict[str, Any]]:
 def _tie_line(r: dict[str, Any]) -> str:
     return (
         f"alpha {r['alpha']:.2f} on {r['tail']} (D {r['D']:.4f}); "
-        f"{r['alpha_large_tail']:.2f} on {r['tail_large']} (D +{r['D_gap']:.4f})"
+        f"{r['alpha_large_tail']:.2f} on {r['tail_large']} (D +{r['D_gap']:.4f}); "
+        f"xmin_peak {r['alpha_xmin_peak']:.2f}"
     )
 
 
@@ -109,7 +114,8 @@ def main() -> None:
                 f"of < {MIN_TAIL}; {case['D_gap_below_0.005']} of them within D 0.005 of a tail >= "
                 f"{MIN_TAIL} (median gap {case['D_gap_median']}); alpha > 6: "
                 f"{case['alpha_gt_6'][0]} -> {case['alpha_gt_6'][1]}, alpha < 2: "
-                f"{case['alpha_lt_2'][0]} -> {case['alpha_lt_2'][1]}"
+                f"{case['alpha_lt_2'][0]} -> {case['alpha_lt_2'][1]}; xmin_peak: alpha > 6 "
+                f"{case['xmin_peak_alpha_gt_6']}, alpha < 2 {case['xmin_peak_alpha_lt_2']}"
             )
             for r in case["closest"]:
                 print(f"   {r['layer']}: {_tie_line(r)}")
