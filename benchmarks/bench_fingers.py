@@ -104,6 +104,11 @@ def main() -> None:
     p.add_argument("--run", type=Path)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
+    unknown = set(args.models.split(",")) - set(MODELS)
+    if unknown:
+        p.error(f"--models: unknown {', '.join(sorted(unknown))}; use any of {', '.join(MODELS)}")
+    if args.run and not any(args.run.glob("checkpoints/step-*.safetensors")):
+        p.error(f"--run: {args.run} has no checkpoints/step-*.safetensors (not a calibration run)")
     out: dict[str, Any] = {"min_tail": MIN_TAIL, "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
